@@ -1,0 +1,1 @@
+"""massgate agent: totalizer, balance, outbox, publisher, runtime and command line."""

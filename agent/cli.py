@@ -1,0 +1,206 @@
+"""massgate: the one entry point (check, run, sim, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .yamlsource import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+log = logging.getLogger("massgate")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # pymodbus logs every failed connect at WARNING; the driver already says it once, clearly.
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    count = len(exc.problems)
+    print(
+        f"{count} problem{'s' if count != 1 else ''} found; nothing was started.", file=sys.stderr
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import config as config_module
+
+    try:
+        config = config_module.load(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_BAD_CONFIG
+    points = sum(len(d.points) for d in config.devices)
+    brokers = ", ".join(str(b) for b in config.mqtt.brokers) if config.mqtt else "none"
+    print(
+        f"{args.config}: OK: {len(config.devices)} devices ({points} points), "
+        f"{len(config.streams)} streams, {len(config.inventories)} inventories, "
+        f"{len(config.nodes)} nodes; brokers: {brokers}; state in {config.gateway.state_dir}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import config as config_module
+
+    try:
+        config = config_module.load(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_BAD_CONFIG
+    _setup_logging(args.verbose)
+    from .runtime import run
+
+    async def main() -> None:
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Signal handlers belong to the real entry point only; tests inject `shutdown`.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, shutdown.set)
+        await run(config, shutdown=shutdown)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("cannot run: %s", exc)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    from .demo import serve_plant
+
+    try:
+        asyncio.run(serve_plant(args))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"massgate sim: cannot serve the plant: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        return asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="massgate",
+        description=(
+            "Edge gateway for mass balance: reads meters over Modbus, totalizes kilograms, "
+            "checks that mass is conserved, and publishes every result over MQTT/TLS."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "check",
+        help="validate a configuration file without touching any device or broker",
+        description="Validate CONFIG and print every problem as file:line: path: message. "
+        "Exits 0 when the file is valid, 2 when it is not.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="the YAML configuration file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "run",
+        help="run the agent until SIGTERM or Ctrl-C",
+        description="Poll the devices of CONFIG, totalize, check balances and publish. "
+        "On SIGTERM/SIGINT polling stops, totals are saved and the outbox is flushed.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="the YAML configuration file")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sim",
+        help="serve the simulated plant as Modbus TCP slaves",
+        description="Serve the built-in plant (tank T-100 with a Coriolis meter on its feed, "
+        "a magnetic meter and a temperature transmitter on its product line, a radar level) "
+        "as Modbus TCP slaves until Ctrl-C, and print the device section of an agent "
+        "configuration that reads them.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=5020,
+        help="first TCP port; the four meters use this and the next three (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="noise seed (default %(default)s)")
+    p.add_argument(
+        "--leak-at", type=float, metavar="SECONDS", help="open a leak this long after start"
+    )
+    p.add_argument(
+        "--leak-rate",
+        type=float,
+        default=0.5,
+        metavar="KG_PER_S",
+        help="leak on the product line, kg/s (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the simulated plant and the agent together, with a live table",
+        description="Start the simulated plant and the agent in one process, show flows, "
+        "totals, inventory, the balance and the outbox live, open a leak part-way so the "
+        "alarm is seen to raise, and stop after --duration or Ctrl-C. Without --broker the "
+        "records stay in the outbox, where you can see them pile up.",
+    )
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="seconds to run (default %(default)s)"
+    )
+    p.add_argument(
+        "--leak-at",
+        type=float,
+        metavar="SECONDS",
+        help="when the leak opens (default: 40%% of the duration)",
+    )
+    p.add_argument(
+        "--leak-rate", type=float, default=0.5, metavar="KG_PER_S", help="(default %(default)s)"
+    )
+    p.add_argument("--broker", metavar="URL", help="publish to this broker, e.g. mqtts://host:8883")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate that signed the broker's")
+    p.add_argument("--client-cert", metavar="FILE", help="client certificate for mutual TLS")
+    p.add_argument("--client-key", metavar="FILE", help="key of the client certificate")
+    p.add_argument(
+        "--state-dir", metavar="DIR", help="where to keep the outbox (default: a temporary dir)"
+    )
+    p.add_argument(
+        "--plain", action="store_true", help="print the table as plain text instead of redrawing"
+    )
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

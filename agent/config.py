@@ -1,0 +1,639 @@
+"""The one YAML file, validated once into typed, frozen objects.
+
+Nothing downstream reads raw dicts. Every problem is reported as `file:line: path: what`,
+all of them in one pass, and the agent does not touch a device or a broker until the file
+is clean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from massgate.drivers import profiles
+from massgate.drivers.modbus import codec
+from massgate.drivers.modbus.model import MAX_READ_REGISTERS, TABLES, Point, TcpDevice
+
+from . import units
+from .yamlsource import (
+    ConfigError,
+    Invalid,
+    Report,
+    Section,
+    boolean,
+    choice,
+    integer,
+    load_file,
+    load_text,
+    name,
+    names,
+    number,
+    text,
+)
+
+__all__ = [
+    "BrokerEndpoint",
+    "Config",
+    "ConfigError",
+    "DensityModel",
+    "GatewayConfig",
+    "InventoryConfig",
+    "MqttConfig",
+    "NodeConfig",
+    "OutboxConfig",
+    "StreamConfig",
+    "load",
+    "loads",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    site: str
+    id: str
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DensityModel:
+    """ρ(T) = ρ_ref / (1 + β (T − T_ref)): a liquid whose volume grows linearly with T.
+
+    With `temperature` unset (or β = 0) the density is the constant ρ_ref.
+    """
+
+    reference: float  # kg/m³
+    reference_temperature: float  # K
+    expansion: float  # 1/K
+    temperature: str | None  # tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamConfig:
+    name: str
+    mass_flow: str | None  # tag, kg/s
+    volume_flow: str | None  # tag, m³/s
+    density: DensityModel | None
+    accuracy: float  # relative, stated as the meter's rated (≈2σ) accuracy
+    low_flow_cutoff: float  # in SI of the flow signal
+    max_gap: float  # s
+
+    @property
+    def flow_tag(self) -> str:
+        tag = self.mass_flow or self.volume_flow
+        assert tag is not None
+        return tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryConfig:
+    """A vertical tank of constant cross-section: m = ρ · A · level."""
+
+    name: str
+    level: str  # tag, m
+    area: float  # m²
+    density: DensityModel
+    accuracy: float  # m, rated (≈2σ) level accuracy
+    max_age: float  # s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inventories: tuple[str, ...]
+    window: float  # s
+    evaluate_every: float  # s
+    tolerance_fixed: float  # kg
+    tolerance_relative: float  # of throughput
+    tolerance_sigma: float  # k in k·σ
+    persistence: float  # s
+    clear_after: float  # s
+    min_coverage: float  # fraction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerEndpoint:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttConfig:
+    brokers: tuple[BrokerEndpoint, ...]
+    ca_file: Path | None  # None: the system's trust store
+    client_cert: Path | None
+    client_key: Path | None
+    protocol: str  # "5" or "3.1.1"
+    keepalive: float
+    topic_prefix: str
+    in_flight: int
+    username: str | None
+    password_file: Path | None
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    path: Path
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: Path
+    gateway: GatewayConfig
+    devices: tuple[TcpDevice, ...]
+    streams: tuple[StreamConfig, ...]
+    inventories: tuple[InventoryConfig, ...]
+    nodes: tuple[NodeConfig, ...]
+    totals_interval: float
+    telemetry_interval: float
+    outbox: OutboxConfig
+    mqtt: MqttConfig | None
+
+    def tag_unit(self, tag: str) -> units.Unit:
+        for device in self.devices:
+            for point in device.points:
+                if point.tag == tag:
+                    return units.lookup(point.unit)
+        raise KeyError(tag)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a configuration file. Raises ConfigError listing every problem."""
+    return _build(load_file(path), path)
+
+
+def loads(text_: str, *, path: Path) -> Config:
+    """Validate configuration text as if it were the file at `path` (tests, SIGHUP checks)."""
+    return _build(load_text(text_, filename=str(path)), path)
+
+
+# --- converters ---------------------------------------------------------------------------
+
+
+def _quantity(dimension: str, *, positive: bool = False, minimum: float | None = None) -> Any:
+    def convert(value: Any) -> float:
+        try:
+            result = units.parse_quantity(value, dimension)
+        except units.UnitError as exc:
+            raise Invalid(str(exc)) from None
+        if positive and not result > 0:
+            raise Invalid(f"must be greater than zero, got {value!r}")
+        if minimum is not None and result < minimum:
+            raise Invalid(f"must be at least {minimum} (SI), got {value!r}")
+        return result
+
+    return convert
+
+
+def _unit_symbol(value: Any) -> str:
+    symbol = text(value)
+    try:
+        units.lookup(symbol)
+    except units.UnitError as exc:
+        raise Invalid(str(exc)) from None
+    return symbol
+
+
+def _tag(value: Any) -> str:
+    result = text(value)
+    if result.count(".") != 1 or not all(part for part in result.split(".")):
+        raise Invalid(f"'{result}' is not a tag; tags are written <device>.<point>")
+    return result
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+def _build(raw: Any, path: Path) -> Config:
+    report = Report(str(path))
+    root = Section(raw, path="", report=report, line=1)
+    base = path.resolve().parent
+
+    def resolve(value: Any) -> Path:
+        candidate = Path(text(value)).expanduser()
+        return candidate if candidate.is_absolute() else base / candidate
+
+    gateway = _gateway(root.section("gateway"), resolve)
+    devices = tuple(_device(s) for s in root.sections("devices", required=True))
+    streams = tuple(_stream(s) for s in root.sections("streams"))
+    inventories = tuple(_inventory(s) for s in root.sections("inventories"))
+    nodes = tuple(_node(s) for s in root.sections("nodes"))
+
+    totals_interval = 60.0
+    if (totals := root.section("totals", required=False)) is not None:
+        totals_interval = totals.take("interval", _quantity(units.TIME, positive=True), 60.0)
+        totals.finish()
+    telemetry_interval = 10.0
+    if (telemetry := root.section("telemetry", required=False)) is not None:
+        telemetry_interval = telemetry.take("interval", _quantity(units.TIME, minimum=0.0), 10.0)
+        telemetry.finish()
+
+    state_dir = gateway.state_dir if gateway is not None else base
+    outbox = OutboxConfig(path=state_dir / "state.sqlite", max_bytes=256 * 1024 * 1024)
+    if (outbox_section := root.section("outbox", required=False)) is not None:
+        outbox = _outbox(outbox_section, state_dir, resolve)
+
+    mqtt = None
+    if (mqtt_section := root.section("mqtt", required=False)) is not None:
+        default_id = f"massgate-{gateway.site}-{gateway.id}" if gateway else "massgate"
+        mqtt = _mqtt(mqtt_section, resolve, default_id)
+    root.finish()
+    report.raise_if_any()
+
+    config = Config(
+        source=path,
+        gateway=gateway,  # type: ignore[arg-type]  # checked by raise_if_any
+        devices=devices,  # type: ignore[arg-type]
+        streams=streams,  # type: ignore[arg-type]
+        inventories=inventories,  # type: ignore[arg-type]
+        nodes=nodes,  # type: ignore[arg-type]
+        totals_interval=totals_interval,
+        telemetry_interval=telemetry_interval,
+        outbox=outbox,
+        mqtt=mqtt,
+    )
+    _cross_check(config, root, report)
+    report.raise_if_any()
+    return config
+
+
+def _gateway(s: Section | None, resolve: Any) -> GatewayConfig | None:
+    if s is None:
+        return None
+    result = GatewayConfig(
+        site=s.take("site", name),
+        id=s.take("id", name),
+        state_dir=s.take("state_dir", resolve),
+    )
+    s.finish()
+    return result if s.ok else None
+
+
+def _device(s: Section) -> TcpDevice | None:
+    device_name = s.take("name", name)
+    s.take("protocol", choice("modbus_tcp"))
+    host = s.take("host", text)
+    port = s.take("port", integer(1, 65535), 502)
+    unit_id = s.take("unit_id", integer(0, 255), 1)
+    poll_interval = s.take("poll_interval", _quantity(units.TIME, minimum=0.01), 1.0)
+    timeout = s.take("timeout", _quantity(units.TIME, minimum=0.01), 1.0)
+    max_request = s.take(
+        "max_request_registers", integer(1, MAX_READ_REGISTERS), MAX_READ_REGISTERS
+    )
+    gap_fill = s.take("gap_fill", integer(0, MAX_READ_REGISTERS), 8)
+    profile_name = s.take("profile", text, None)
+
+    points: dict[str, Point] = {}
+    if profile_name is not None:
+        try:
+            profile = profiles.load(profile_name)
+        except KeyError:
+            close = difflib.get_close_matches(profile_name, profiles.names(), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            s.fail("profile", f"no device profile '{profile_name}'.{hint}")
+        else:
+            for pp in profile.points:
+                unit = units.lookup(pp.unit)
+                points[pp.name] = Point(
+                    tag=f"{device_name}.{pp.name}",
+                    table=pp.table,
+                    address=pp.address,
+                    type=pp.type,
+                    order=pp.order,
+                    factor=unit.factor,
+                    offset=unit.offset,
+                    unit=pp.unit,
+                )
+    for ps in s.sections("points"):
+        point = _point(ps, device_name)
+        if point is not None:
+            points[point.tag.split(".", 1)[1]] = point
+    s.finish()
+    if profile_name is None and not s.has("points"):
+        s.fail(None, "a device needs a 'profile' or at least one entry under 'points'")
+    if not s.ok:
+        return None
+    return TcpDevice(
+        name=device_name,
+        host=host,
+        port=port,
+        unit_id=unit_id,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        points=tuple(points.values()),
+        max_request_registers=max_request,
+        gap_fill=gap_fill,
+    )
+
+
+def _point(s: Section, device_name: str) -> Point | None:
+    point_name = s.take("name", name)
+    table = s.take("table", choice(*TABLES), "holding")
+    address = s.take("address", integer(0, 65535))
+    type_name = s.take("type", choice(*codec.TYPES), "float32")
+    order = s.take("order", choice(*codec.ORDERS), "ABCD")
+    unit_symbol = s.take("unit", _unit_symbol)
+    scale = s.take("scale", number, 1.0)
+    offset = s.take("offset", number, 0.0)
+    s.finish()
+    if not s.ok:
+        return None
+    if address + codec.width(type_name) > 65536:
+        s.fail("address", f"{type_name} at {address} runs past register 65535")
+        return None
+    unit = units.lookup(unit_symbol)
+    # raw → (raw·scale + offset) in the device unit → SI, folded into one multiply-add.
+    return Point(
+        tag=f"{device_name}.{point_name}",
+        table=table,
+        address=address,
+        type=type_name,
+        order=order,
+        factor=scale * unit.factor,
+        offset=offset * unit.factor + unit.offset,
+        unit=unit_symbol,
+    )
+
+
+def _density(s: Section | None) -> DensityModel | None:
+    if s is None:
+        return None
+    model = s.take("model", choice("constant", "linear"), "linear")
+    reference = s.take("reference", _quantity(units.DENSITY, positive=True))
+    if model == "constant":
+        s.finish()
+        return DensityModel(
+            reference=reference, reference_temperature=288.15, expansion=0.0, temperature=None
+        )
+    reference_temperature = s.take("at", _quantity(units.TEMPERATURE, positive=True))
+    expansion = s.take("expansion", _quantity(units.PER_KELVIN, minimum=0.0))
+    temperature = s.take("temperature", _tag)
+    s.finish()
+    return DensityModel(
+        reference=reference,
+        reference_temperature=reference_temperature,
+        expansion=expansion,
+        temperature=temperature,
+    )
+
+
+def _stream(s: Section) -> StreamConfig | None:
+    stream_name = s.take("name", name)
+    mass_flow = s.take("mass_flow", _tag, None)
+    volume_flow = s.take("volume_flow", _tag, None)
+    density = _density(s.section("density", required=volume_flow is not None))
+    accuracy = s.take("accuracy", _quantity(units.FRACTION, positive=True))
+    max_gap = s.take("max_gap", _quantity(units.TIME, positive=True), 5.0)
+    dimension = units.MASS_FLOW if volume_flow is None else units.VOLUME_FLOW
+    cutoff = s.take("low_flow_cutoff", _quantity(dimension, minimum=0.0), 0.0)
+    if mass_flow is None and volume_flow is None and s.ok:
+        s.fail(None, "a stream needs 'mass_flow' or 'volume_flow' (the tag of its meter)")
+    if mass_flow is not None and volume_flow is not None:
+        s.fail("volume_flow", "give either 'mass_flow' or 'volume_flow', not both")
+    if mass_flow is not None and s.has("density"):
+        s.fail("density", "a mass-flow stream needs no density")
+    s.finish()
+    if not s.ok:
+        return None
+    return StreamConfig(
+        name=stream_name,
+        mass_flow=mass_flow,
+        volume_flow=volume_flow,
+        density=density,
+        accuracy=accuracy,
+        low_flow_cutoff=cutoff,
+        max_gap=max_gap,
+    )
+
+
+def _inventory(s: Section) -> InventoryConfig | None:
+    result = InventoryConfig(
+        name=s.take("name", name),
+        level=s.take("level", _tag),
+        area=s.take("area", _quantity(units.AREA, positive=True)),
+        density=_density(s.section("density")),  # type: ignore[arg-type]
+        accuracy=s.take("accuracy", _quantity(units.LENGTH, positive=True)),
+        max_age=s.take("max_age", _quantity(units.TIME, positive=True), 5.0),
+    )
+    s.finish()
+    return result if s.ok else None
+
+
+def _node(s: Section) -> NodeConfig | None:
+    node_name = s.take("name", name)
+    inputs = s.take("inputs", names, ())
+    outputs = s.take("outputs", names, ())
+    inventories = s.take("inventories", names, ())
+    window = s.take("window", _quantity(units.TIME, positive=True))
+    evaluate_every = s.take("evaluate_every", _quantity(units.TIME, positive=True), None)
+    fixed, relative, sigma = 0.0, 0.01, 3.0
+    if (tol := s.section("tolerance", required=False)) is not None:
+        fixed = tol.take("fixed", _quantity(units.MASS, minimum=0.0), 0.0)
+        relative = tol.take("relative", _quantity(units.FRACTION, minimum=0.0), 0.0)
+        sigma = tol.take("sigma", number, 3.0)
+        tol.finish()
+    persistence = s.take("persistence", _quantity(units.TIME, minimum=0.0))
+    clear_after = s.take("clear_after", _quantity(units.TIME, minimum=0.0), 0.0)
+    min_coverage = s.take("min_coverage", _quantity(units.FRACTION, minimum=0.0), 0.9)
+    s.finish()
+    if not s.ok:
+        return None
+    if not inputs and not outputs and not inventories:
+        s.fail(None, "a node needs at least one of 'inputs', 'outputs', 'inventories'")
+        return None
+    if evaluate_every is None:
+        evaluate_every = min(window / 10, 60.0)
+    if evaluate_every > window:
+        s.fail("evaluate_every", "must not be longer than the window")
+        return None
+    return NodeConfig(
+        name=node_name,
+        inputs=inputs,
+        outputs=outputs,
+        inventories=inventories,
+        window=window,
+        evaluate_every=evaluate_every,
+        tolerance_fixed=fixed,
+        tolerance_relative=relative,
+        tolerance_sigma=sigma,
+        persistence=persistence,
+        clear_after=clear_after,
+        min_coverage=min_coverage,
+    )
+
+
+def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
+    path = s.take("path", resolve, state_dir / "state.sqlite")
+    max_bytes = s.take("max_size", _quantity(units.BYTES, minimum=1e5), 256 * 1024 * 1024)
+    s.finish()
+    return OutboxConfig(path=path, max_bytes=int(max_bytes or 0))
+
+
+def _broker(value: Any) -> BrokerEndpoint:
+    url = urlsplit(text(value))
+    if url.scheme not in ("mqtts", "mqtt") or not url.hostname:
+        raise Invalid(f"'{value}' is not a broker URL like mqtts://broker.example.com:8883")
+    try:
+        port = url.port
+    except ValueError:
+        raise Invalid(f"'{value}' has an invalid port") from None
+    tls = url.scheme == "mqtts"
+    return BrokerEndpoint(host=url.hostname, port=port or (8883 if tls else 1883), tls=tls)
+
+
+def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
+    brokers: tuple[BrokerEndpoint, ...] = ()
+    raw_brokers = s.take("brokers", lambda v: v)
+    if isinstance(raw_brokers, list) and raw_brokers:
+        collected = []
+        for i, item in enumerate(raw_brokers):
+            try:
+                collected.append(_broker(item))
+            except Invalid as exc:
+                s.report.add(raw_brokers.item_lines[i], f"{s.child_path('brokers')}[{i}]", str(exc))
+                s.ok = False
+        brokers = tuple(collected)
+    elif raw_brokers is not None:
+        s.fail("brokers", "expected a list of broker URLs, e.g. [mqtts://broker:8883]")
+    allow_plaintext = s.take("allow_plaintext", boolean, False)
+    if any(not b.tls for b in brokers) and not allow_plaintext:
+        s.fail(
+            "brokers",
+            "an mqtt:// (plaintext) broker sends readings unencrypted; use mqtts:// "
+            "or set 'allow_plaintext: true' if you really mean it",
+        )
+    result = MqttConfig(
+        brokers=brokers,
+        ca_file=s.take("ca_file", resolve, None),
+        client_cert=s.take("client_cert", resolve, None),
+        client_key=s.take("client_key", resolve, None),
+        protocol=s.take("protocol", choice("5", "3.1.1"), "5"),
+        keepalive=s.take("keepalive", _quantity(units.TIME, minimum=5.0), 30.0),
+        topic_prefix=s.take("topic_prefix", text, "massgate"),
+        in_flight=s.take("in_flight", integer(1, 65535), 20),
+        username=s.take("username", text, None),
+        password_file=s.take("password_file", resolve, None),
+        client_id=s.take("client_id", text, default_client_id),
+    )
+    if (result.client_cert is None) != (result.client_key is None):
+        s.fail("client_cert", "give both 'client_cert' and 'client_key', or neither")
+    s.finish()
+    return result
+
+
+# --- cross-object checks ------------------------------------------------------------------
+
+
+def _cross_check(config: Config, root: Section, report: Report) -> None:
+    def where(section: str, index: int, key: str | None = None) -> tuple[int, str]:
+        items = root.data.get(section)
+        entry = items[index] if items is not None else None
+        path = f"{section}[{index}]"
+        line = items.item_lines[index] if items is not None else 1
+        if key is not None and entry is not None and key in entry.key_lines:
+            return entry.key_lines[key], f"{path}.{key}"
+        return line, path
+
+    def unique(section: str, items: tuple[Any, ...]) -> None:
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                report.add(
+                    *where(section, i, "name"),
+                    f"'{item.name}' is already used by {section}[{seen[item.name]}]",
+                )
+            seen.setdefault(item.name, i)
+
+    unique("devices", config.devices)
+    unique("streams", config.streams)
+    unique("inventories", config.inventories)
+    unique("nodes", config.nodes)
+
+    tags: dict[str, str] = {}
+    for i, device in enumerate(config.devices):
+        for point in device.points:
+            tags[point.tag] = point.unit
+        _check_overlaps(device, *where("devices", i), report)
+    endpoints: dict[tuple[str, int, int], int] = {}
+    for i, device in enumerate(config.devices):
+        key = (device.host, device.port, device.unit_id)
+        if key in endpoints:
+            report.add(
+                *where("devices", i, "unit_id"),
+                f"{device.endpoint} is already polled as devices[{endpoints[key]}]; "
+                "put all its points in one device",
+            )
+        endpoints.setdefault(key, i)
+
+    def check_tag(section: str, index: int, key: str, tag: str | None, dimension: str) -> None:
+        if tag is None:
+            return
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, list(tags), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            report.add(*where(section, index, key), f"no device point '{tag}'.{hint}")
+            return
+        unit = units.lookup(tags[tag])
+        if unit.dimension != dimension:
+            report.add(
+                *where(section, index, key),
+                f"'{tag}' is in {tags[tag]} ({unit.dimension}), but a {dimension} is needed here",
+            )
+
+    for i, stream in enumerate(config.streams):
+        check_tag("streams", i, "mass_flow", stream.mass_flow, units.MASS_FLOW)
+        check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
+        if stream.density is not None:
+            check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
+    for i, inventory in enumerate(config.inventories):
+        check_tag("inventories", i, "level", inventory.level, units.LENGTH)
+        check_tag("inventories", i, "density", inventory.density.temperature, units.TEMPERATURE)
+
+    stream_names = {s.name for s in config.streams}
+    inventory_names = {v.name for v in config.inventories}
+    for i, node in enumerate(config.nodes):
+        for key, wanted, known in (
+            ("inputs", node.inputs, stream_names),
+            ("outputs", node.outputs, stream_names),
+            ("inventories", node.inventories, inventory_names),
+        ):
+            for item in wanted:
+                if item not in known:
+                    kind = "stream" if key != "inventories" else "inventory"
+                    report.add(*where("nodes", i, key), f"no {kind} named '{item}'")
+        both = set(node.inputs) & set(node.outputs)
+        if both:
+            report.add(
+                *where("nodes", i, "outputs"),
+                f"{sorted(both)} cannot be both an input and an output of one node",
+            )
+        if not math.isfinite(node.tolerance_sigma) or node.tolerance_sigma < 0:
+            report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
+
+
+def _check_overlaps(device: TcpDevice, line: int, path: str, report: Report) -> None:
+    by_table: dict[str, list[Point]] = {}
+    for point in device.points:
+        by_table.setdefault(point.table, []).append(point)
+    for table, points in by_table.items():
+        points.sort(key=lambda p: p.address)
+        for a, b in itertools.pairwise(points):
+            if b.address < a.end:
+                report.add(
+                    line,
+                    path,
+                    f"points '{a.tag}' ({table} {a.address}..{a.end - 1}) and "
+                    f"'{b.tag}' ({table} {b.address}..{b.end - 1}) overlap",
+                )

@@ -1,0 +1,55 @@
+"""What leaves the gateway: record kinds, their priorities and their topics."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Priority(enum.IntEnum):
+    """When the outbox is full, the lowest priority goes first; the highest is sent first."""
+
+    TELEMETRY = 0
+    TOTALS = 1
+    BALANCE = 2
+    ALARM = 3
+
+
+KIND_PRIORITY = {
+    "telemetry": Priority.TELEMETRY,
+    "totals": Priority.TOTALS,
+    "balance": Priority.BALANCE,
+    "alarm": Priority.ALARM,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message to publish; `body` is JSON-serializable and gains the envelope at put()."""
+
+    kind: str
+    body: dict[str, Any]
+    created: float  # time.time()
+
+    @property
+    def priority(self) -> Priority:
+        return KIND_PRIORITY[self.kind]
+
+
+def utc(wall: float | None) -> str | None:
+    """UTC wall time as ISO 8601 with microseconds and a Z."""
+    if wall is None:
+        return None
+    return (
+        datetime.fromtimestamp(wall, tz=UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def topic(prefix: str, site: str, gateway: str, kind: str) -> str:
+    return f"{prefix}/{site}/{gateway}/{kind}"

@@ -1,0 +1,304 @@
+"""The running agent: drivers → totalizer → balance → outbox → publisher.
+
+One TaskGroup supervises the pollers, the processing cycle and the publisher. Shutdown is
+an injectable event (tests and the demo set it; `massgate run` sets it on SIGTERM/SIGINT):
+polling stops, the last samples are integrated, final totals are committed, the publisher
+drains what it can within the graceful timeout, and the outbox is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from massgate.drivers.errors import FatalError
+from massgate.drivers.modbus.tcp import TcpPoller
+
+from .balance import AlarmEvent, NodeBalance, WindowResult
+from .config import Config
+from .outbox import Outbox
+from .publisher import Publisher
+from .records import Record, utc
+from .samples import Batch, Quality
+from .totalizer import InventoryGauge, StreamTotal
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25  # s between processing cycles
+GRACEFUL_TIMEOUT = 10.0  # s for the publisher to drain at shutdown
+
+
+def _num(value: float) -> float | None:
+    """JSON has no NaN: a value that could not be computed is null."""
+    return None if value is None or math.isnan(value) or math.isinf(value) else round(value, 6)
+
+
+@dataclass(slots=True)
+class Latest:
+    value: float
+    mono: float
+    quality: Quality
+
+
+class Gateway:
+    """The pipeline's state between drivers and outbox; driven by the runtime's cycle."""
+
+    def __init__(self, config: Config, outbox: Outbox) -> None:
+        self.config = config
+        saved = outbox.load_totals()
+        self.streams = {s.name: StreamTotal(s, saved=saved.get(s.name)) for s in config.streams}
+        self.inventories = {v.name: InventoryGauge(v) for v in config.inventories}
+        self.nodes = [
+            NodeBalance(
+                n,
+                inputs=[self.streams[name] for name in n.inputs],
+                outputs=[self.streams[name] for name in n.outputs],
+                inventories=[self.inventories[name] for name in n.inventories],
+            )
+            for n in config.nodes
+        ]
+        self.latest: dict[str, Latest] = {}
+        self.batches = 0
+        self.pending: list[Record] = []
+        self.next_totals: float | None = None
+        self.next_telemetry: float | None = None
+        self.alarms: list[AlarmEvent] = []
+        self._totals_saved_at = -math.inf
+
+    def _fresh(self, tag: str | None, mono: float, max_age: float) -> float:
+        if tag is None:
+            return math.nan
+        latest = self.latest.get(tag)
+        if latest is None or latest.quality >= Quality.BAD or mono - latest.mono > max_age:
+            return math.nan
+        return latest.value
+
+    def ingest(self, batch: Batch) -> None:
+        self.batches += 1
+        bad = batch.quality >= Quality.BAD
+        for tag, value in batch.values.items():
+            self.latest[tag] = Latest(value, batch.mono, batch.quality)
+        for stream in self.streams.values():
+            cfg = stream.config
+            if cfg.flow_tag not in batch.values:
+                continue
+            flow = math.nan if bad else batch.values[cfg.flow_tag]
+            temperature = math.nan
+            if cfg.density is not None:
+                temperature = self._fresh(cfg.density.temperature, batch.mono, cfg.max_gap)
+            stream.add(batch.mono, batch.wall, flow, temperature)
+        for gauge in self.inventories.values():
+            cfg_v = gauge.config
+            if cfg_v.level not in batch.values or bad:
+                continue
+            temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
+            gauge.update(batch.mono, batch.values[cfg_v.level], temperature)
+
+    def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
+        """Integrate, judge the balances that are due, and queue the records that result."""
+        for stream in self.streams.values():
+            stream.integrate()
+        for node in self.nodes:
+            node.snapshot(mono, wall)
+            if node.due(mono):
+                judged = node.evaluate(mono)
+                if judged is not None:
+                    self._balance_records(*judged, wall)
+        if self.next_totals is None:
+            self.next_totals = mono + self.config.totals_interval
+        if final or mono >= self.next_totals:
+            self.next_totals = mono + self.config.totals_interval
+            self.pending.append(self._totals_record(wall))
+        if self.config.telemetry_interval > 0:
+            if self.next_telemetry is None:
+                self.next_telemetry = mono
+            if mono >= self.next_telemetry:
+                self.next_telemetry = mono + self.config.telemetry_interval
+                self.pending.append(self._telemetry_record(wall))
+
+    def _balance_records(self, result: WindowResult, event: AlarmEvent | None, wall: float) -> None:
+        body = balance_body(result)
+        self.pending.append(Record("balance", body, wall))
+        if event is not None:
+            self.alarms.append(event)
+            level = logging.WARNING if event.event == "raised" else logging.INFO
+            log.log(
+                level,
+                "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
+                event.node,
+                event.event,
+                result.imbalance,
+                result.tolerance,
+                event.hint,
+            )
+            alarm = {
+                "node": event.node,
+                "event": event.event,
+                "since": utc(event.since_wall),
+                "at": utc(event.wall),
+                "hint": event.hint,
+                "balance": body,
+            }
+            self.pending.append(Record("alarm", alarm, wall))
+
+    def _totals_record(self, wall: float) -> Record:
+        streams = []
+        for name, stream in self.streams.items():
+            period = stream.close_period()
+            streams.append(
+                {
+                    "stream": name,
+                    "period_start": utc(period.start_wall),
+                    "period_end": utc(period.end_wall),
+                    "mass_kg": _num(period.mass),
+                    "forward_kg": _num(stream.forward),
+                    "reverse_kg": _num(stream.reverse),
+                    "estimated_kg": _num(period.estimated),
+                    "gap_s": _num(period.gap_time),
+                }
+            )
+        return Record("totals", {"streams": streams}, wall)
+
+    def _telemetry_record(self, wall: float) -> Record:
+        points = {
+            tag: {"value": _num(latest.value), "quality": latest.quality.name.lower()}
+            for tag, latest in sorted(self.latest.items())
+        }
+        return Record("telemetry", {"points": points}, wall)
+
+    def take_pending(self, mono: float) -> tuple[list[Record], dict[str, Any] | None]:
+        """Records to commit, and the running totals when they are due to be saved.
+
+        Totals are saved with every batch of records (so a record and the total it reports
+        are one transaction) and at least once a second, which bounds what a power cut loses
+        without syncing the SD card at every cycle.
+        """
+        records, self.pending = self.pending, []
+        if not records and mono - self._totals_saved_at < 1.0:
+            return records, None
+        self._totals_saved_at = mono
+        return records, {name: s.saved() for name, s in self.streams.items()}
+
+
+def balance_body(r: WindowResult) -> dict[str, Any]:
+    return {
+        "node": r.node,
+        "window_start": utc(r.start_wall),
+        "window_end": utc(r.end_wall),
+        "in_kg": _num(r.inflow),
+        "out_kg": _num(r.outflow),
+        "inventory_start_kg": _num(r.inventory_start),
+        "inventory_end_kg": _num(r.inventory_end),
+        "delta_inventory_kg": _num(r.delta_inventory),
+        "imbalance_kg": _num(r.imbalance),
+        "relative": _num(r.relative),
+        "uncertainty_kg": _num(r.sigma),
+        "tolerance_kg": _num(r.tolerance),
+        "coverage": _num(r.coverage),
+        "status": r.status,
+        "alarm_active": r.alarm_active,
+    }
+
+
+@dataclass
+class Agent:
+    """Handles the running parts, for the demo's table and for tests."""
+
+    config: Config
+    gateway: Gateway
+    outbox: Outbox
+    pollers: list[TcpPoller]
+    publisher: Publisher | None
+
+
+async def run(
+    config: Config,
+    *,
+    shutdown: asyncio.Event | None = None,
+    on_cycle: Callable[[Agent], None] | None = None,
+    tick: float = TICK,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
+) -> None:
+    """Run the agent until `shutdown` is set (forever if None)."""
+    shutdown = shutdown or asyncio.Event()
+    outbox = Outbox(
+        config.outbox.path,
+        max_bytes=config.outbox.max_bytes,
+        site=config.gateway.site,
+        gateway=config.gateway.id,
+        topic_prefix=config.mqtt.topic_prefix if config.mqtt else "massgate",
+    )
+    try:
+        gateway = Gateway(config, outbox)
+        batches: asyncio.Queue[Batch] = asyncio.Queue()
+        pollers = [TcpPoller(d, emit=batches.put_nowait) for d in config.devices]
+        publisher = None
+        if config.mqtt is not None and config.mqtt.brokers:
+            publisher = Publisher(outbox, config.mqtt, config.gateway.site, config.gateway.id)
+        else:
+            log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
+        agent = Agent(config, gateway, outbox, pollers, publisher)
+        stop_polling = asyncio.Event()
+        stop_publishing = asyncio.Event()
+
+        async with asyncio.TaskGroup() as group:
+            poll_tasks = [
+                group.create_task(_poll(p, stop_polling), name=f"poll-{p.device.name}")
+                for p in pollers
+            ]
+            if publisher is not None:
+                group.create_task(
+                    publisher.run(stop_publishing, drain_timeout=graceful_timeout),
+                    name="publisher",
+                )
+            log.info(
+                "massgate running: %d devices, %d streams, %d nodes",
+                len(pollers),
+                len(gateway.streams),
+                len(gateway.nodes),
+            )
+            while not shutdown.is_set():
+                _process(agent, batches, final=False)
+                if on_cycle is not None:
+                    on_cycle(agent)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(shutdown.wait(), timeout=tick)
+            log.info("stopping: polling ends, totals and outbox are flushed")
+            stop_polling.set()
+            await asyncio.gather(*poll_tasks)
+            _process(agent, batches, final=True)
+            if on_cycle is not None:
+                on_cycle(agent)
+            stop_publishing.set()
+    finally:
+        outbox.close()
+
+
+async def _poll(poller: TcpPoller, stop: asyncio.Event) -> None:
+    try:
+        await poller.run(stop)
+    except FatalError as exc:
+        # One misconfigured device must not stop the others; it stays down and says why.
+        poller.last_error = str(exc)
+        log.error("%s: stopped polling: %s", poller.device.name, exc)
+
+
+def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> None:
+    while True:
+        try:
+            agent.gateway.ingest(batches.get_nowait())
+        except asyncio.QueueEmpty:
+            break
+    mono = time.monotonic()
+    agent.gateway.cycle(mono, time.time(), final=final)
+    records, totals = agent.gateway.take_pending(mono)
+    # Group commit: one transaction per cycle for its records and the totals they report.
+    agent.outbox.put(records, totals=totals)
+    if agent.publisher is not None and records:
+        agent.publisher.wake()

@@ -1,0 +1,289 @@
+"""A YAML reader that remembers where every key came from.
+
+Every mapping and sequence keeps its file and line (and the line of each key or item), so a
+problem found later, during validation, can be reported as `site.yaml:12: devices[0].port: ...`.
+Duplicate keys are refused: YAML itself would silently keep the last one, and a plant engineer
+who pasted a block twice deserves to hear about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class YamlMap(dict[str, Any]):
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class YamlSeq(list[Any]):
+    line: int = 0
+    item_lines: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file, each with file, line and path."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> YamlMap:
+    loader.flatten_mapping(node)
+    result = YamlMap()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.MarkedYAMLError(
+                problem=f"keys must be text, not {type(key).__name__} ({key!r})",
+                problem_mark=key_node.start_mark,
+            )
+        if key in result:
+            raise yaml.MarkedYAMLError(
+                context=f"'{key}' was first given on line {result.key_lines[key]}",
+                problem=f"duplicate key '{key}'",
+                problem_mark=key_node.start_mark,
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> YamlSeq:
+    result = YamlSeq(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+def load_text(text: str, *, filename: str) -> Any:
+    """Parse YAML text; a syntax error becomes a ConfigError that names file and line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        message = exc.problem or "invalid YAML"
+        if exc.context:
+            message = f"{message} ({exc.context})"
+        raise ConfigError([Problem(filename, line, "", message)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(filename, 0, "", f"invalid YAML: {exc}")]) from None
+
+
+def load_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(path), 0, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+    return load_text(text, filename=str(path))
+
+
+@dataclass
+class Report:
+    """Collects problems so that one run of `massgate check` shows all of them, not the first."""
+
+    filename: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, line: int, path: str, message: str) -> None:
+        self.problems.append(Problem(self.filename, line, path, message))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(sorted(self.problems, key=lambda p: p.line))
+
+
+class Invalid(Exception):
+    """Raised by a converter; the section turns it into a Problem at the right line."""
+
+
+class _Missing:
+    pass
+
+
+REQUIRED: Any = _Missing()
+
+
+class Section:
+    """A validated view over one YAML mapping; every key must be taken or it is an error."""
+
+    def __init__(self, data: Any, *, path: str, report: Report, line: int) -> None:
+        self.path = path
+        self.report = report
+        self.ok = True
+        if not isinstance(data, YamlMap):
+            kind = "nothing" if data is None else type(data).__name__
+            report.add(line, path, f"expected a mapping of keys to values, got {kind}")
+            self.data: YamlMap = YamlMap()
+            self.data.key_lines = {}
+            self.data.line = line
+            self.ok = False
+        else:
+            self.data = data
+        self._taken: set[str] = set()
+
+    @property
+    def line(self) -> int:
+        return self.data.line
+
+    def key_line(self, key: str) -> int:
+        return self.data.key_lines.get(key, self.data.line)
+
+    def child_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def fail(self, key: str | None, message: str) -> None:
+        self.ok = False
+        if key is None:
+            self.report.add(self.line, self.path, message)
+        else:
+            self.report.add(self.key_line(key), self.child_path(key), message)
+
+    def take(self, key: str, convert: Callable[[Any], T], default: Any = REQUIRED) -> T:
+        """Convert the value of `key`; on error, record it and return `default` (or None)."""
+        self._taken.add(key)
+        if key not in self.data:
+            if default is REQUIRED:
+                self.fail(None, f"'{key}' is required")
+                return None  # type: ignore[return-value]
+            return default  # type: ignore[no-any-return]
+        try:
+            return convert(self.data[key])
+        except (Invalid, ValueError) as exc:
+            self.fail(key, str(exc))
+            return None  # type: ignore[return-value]
+
+    def section(self, key: str, *, required: bool = True) -> Section | None:
+        self._taken.add(key)
+        if key not in self.data:
+            if required:
+                self.fail(None, f"'{key}' is required")
+            return None
+        return Section(
+            self.data[key], path=self.child_path(key), report=self.report, line=self.key_line(key)
+        )
+
+    def sections(self, key: str, *, required: bool = False) -> list[Section]:
+        """The mappings of a list under `key`, each with its own path `key[i]`."""
+        self._taken.add(key)
+        if key not in self.data:
+            if required:
+                self.fail(None, f"'{key}' is required")
+            return []
+        items = self.data[key]
+        if items is None:
+            return []
+        if not isinstance(items, YamlSeq):
+            self.fail(key, "expected a list")
+            return []
+        return [
+            Section(item, path=f"{self.child_path(key)}[{i}]", report=self.report, line=line)
+            for i, (item, line) in enumerate(zip(items, items.item_lines, strict=True))
+        ]
+
+    def finish(self, extra_known: Iterable[str] = ()) -> None:
+        """Every key not taken is unknown: an error with the closest known key as a hint."""
+        known = self._taken | set(extra_known)
+        for key in self.data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                allowed = ", ".join(sorted(known))
+                self.fail(key, f"unknown key '{key}'.{hint} (allowed here: {allowed})")
+
+
+# Converters: each takes a raw YAML value and returns a typed one or raises Invalid.
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"expected text, got {value!r}")
+    return value.strip()
+
+
+def name(value: Any) -> str:
+    """A name used in tags and topics: letters, digits, '_' and '-'."""
+    result = text(value)
+    bad = sorted({c for c in result if not (c.isalnum() or c in "_-")})
+    if bad:
+        raise Invalid(f"'{result}' may contain only letters, digits, '_' and '-' (not {bad})")
+    return result
+
+
+def integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise Invalid(f"{value} is out of range {low}..{high}")
+        return value
+
+    return convert
+
+
+def number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {value!r}")
+    return value
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise Invalid(f"'{value}' is not one of {', '.join(options)}.{hint}")
+        return value
+
+    return convert
+
+
+def names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (name(value),)
+    if not isinstance(value, list):
+        raise Invalid(f"expected a name or a list of names, got {value!r}")
+    return tuple(name(v) for v in value)

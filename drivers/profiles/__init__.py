@@ -1,0 +1,65 @@
+"""Device profiles: register maps for instrument families, named instead of typed.
+
+A profile is a YAML file beside this module. The agent's configuration names one with
+`profile:`; the simulated plant serves its meters through the same files, so the two can
+never disagree about where a value lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfilePoint:
+    name: str
+    table: str
+    address: int
+    type: str
+    order: str
+    unit: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    description: str
+    points: tuple[ProfilePoint, ...]
+
+    def point(self, name: str) -> ProfilePoint:
+        for point in self.points:
+            if point.name == name:
+                return point
+        raise KeyError(f"profile '{self.name}' has no point '{name}'")
+
+
+def names() -> list[str]:
+    files = resources.files(__name__).iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+@cache
+def load(name: str) -> Profile:
+    """Load a shipped profile; KeyError when there is none of that name."""
+    if name not in names():
+        raise KeyError(name)
+    text = resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    points = tuple(
+        ProfilePoint(
+            name=p["name"],
+            table=p.get("table", "holding"),
+            address=int(p["address"]),
+            type=p.get("type", "float32"),
+            order=p.get("order", "ABCD"),
+            unit=p["unit"],
+            description=p.get("description", ""),
+        )
+        for p in data["points"]
+    )
+    return Profile(name, data.get("description", ""), points)

@@ -1,0 +1,1 @@
+"""Simulated plant: real mass, served as Modbus slaves."""

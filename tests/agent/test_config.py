@@ -1,0 +1,86 @@
+"""Configuration: the example validates, broken files name file, line and path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from massgate.agent import config as config_module
+from massgate.agent.yamlsource import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = sorted(p for p in (Path(__file__).parent.parent / "cases").iterdir() if p.is_dir())
+
+
+def test_example_validates_and_converts_units():
+    config = config_module.load(ROOT / "config.example.yaml")
+    assert [d.name for d in config.devices] == ["ft101", "ft102", "tt102", "lt100"]
+    ft101 = config.devices[0]
+    assert ft101.poll_interval == 0.5
+    mass_flow = next(p for p in ft101.points if p.tag == "ft101.mass_flow")
+    assert mass_flow.factor == pytest.approx(1 / 3600)  # kg/h → kg/s
+    level = next(p for p in config.devices[3].points if p.tag == "lt100.level")
+    assert (level.table, level.type, level.factor) == ("input", "uint16", pytest.approx(1e-3))
+    node = config.nodes[0]
+    assert (node.window, node.persistence, node.tolerance_relative) == (900.0, 300.0, 0.005)
+    product = config.streams[1]
+    assert product.density is not None
+    assert product.density.reference_temperature == pytest.approx(293.15)
+    assert config.mqtt is not None
+    assert config.mqtt.brokers[0].tls
+    assert config.mqtt.brokers[0].port == 8883
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_broken_files_report_file_line_and_path(case: Path, tmp_path: Path):
+    target = tmp_path / "config.yaml"
+    shutil.copy(case / "config.yaml", target)
+    with pytest.raises(ConfigError) as info:
+        config_module.load(target)
+    got = [str(p).replace(str(tmp_path) + "/", "") for p in info.value.problems]
+    expected = (case / "error.txt").read_text().strip().splitlines()
+    for line in expected:
+        assert any(g.startswith(line) for g in got), f"missing {line!r} in {got}"
+    assert len(got) == len(expected), got
+
+
+def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "massgate.agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_command_accepts_the_example():
+    result = _massgate("check", str(ROOT / "config.example.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "OK: 4 devices" in result.stdout
+
+
+def test_check_command_rejects_a_broken_file_with_file_line(tmp_path: Path):
+    bad = tmp_path / "site.yaml"
+    shutil.copy(CASES[0].parent / "unknown_key" / "config.yaml", bad)
+    result = _massgate("check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:7: devices[0].pol_interval: unknown key" in result.stderr
+    assert "nothing was started" in result.stderr
+
+
+def test_check_command_on_a_missing_file():
+    result = _massgate("check", "/nonexistent/massgate.yaml")
+    assert result.returncode == 2
+    assert "/nonexistent/massgate.yaml:0: no such file" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "run", "sim", "demo"])
+def test_every_command_has_help(command: str):
+    result = _massgate(command, "--help")
+    assert result.returncode == 0
+    assert "usage: massgate " + command in result.stdout

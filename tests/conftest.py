@@ -1,0 +1,209 @@
+"""Shared fixtures: a real Mosquitto with TLS on a free loopback port, and leak guards."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.tlsfixtures import Pki, make_pki
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        pytest.fail(
+            "mosquitto is not installed; `make test` installs it (apt-get install mosquitto)"
+        )
+    return found
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run, failing the test when the coroutine leaves tasks behind."""
+
+    async def guarded() -> Any:
+        result = await coro
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not leftover, f"tasks leaked: {leftover}"
+        return result
+
+    return asyncio.run(guarded())
+
+
+@dataclass
+class Broker:
+    """A Mosquitto process with one TLS listener on a free loopback port."""
+
+    pki: Pki
+    workdir: Path
+    cert: Path
+    key: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port()
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "per_listener_settings false",
+                    "allow_anonymous true",
+                    "persistence false",
+                    f"user {getpass.getuser()}",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    f"listener {self.port} {LOOPBACK}",
+                    f"cafile {self.pki.ca}",
+                    f"certfile {self.cert}",
+                    f"keyfile {self.key}",
+                    "tls_version tlsv1.2",
+                    "",
+                ]
+            )
+        )
+        self.log_path = self.workdir / f"mosquitto-{self.port}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"mosquitto exited: {self.log_path.read_text()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://{LOOPBACK}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def broker(pki: Pki, tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(pki, tmp_path, pki.server_cert, pki.server_key)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def stranger_broker(pki: Pki, tmp_path: Path) -> Iterator[Broker]:
+    """A broker whose certificate comes from a CA the gateway does not trust."""
+    b = Broker(pki, tmp_path, pki.other_server_cert, pki.other_server_key)
+    b.start()
+    yield b
+    b.stop()
+
+
+@dataclass
+class Subscriber:
+    """A test client that records every message under a topic filter."""
+
+    broker: Broker
+    topic: str = "massgate/#"
+    messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="")
+        context = ssl.create_default_context(cafile=str(self.broker.pki.ca))
+        self.client.tls_set_context(context)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, json.loads(message.payload), message.retain))
+
+    def start(self) -> None:
+        self.client.connect(LOOPBACK, self.broker.port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "subscriber got no SUBACK"
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for t, m, _ in self.messages if t.endswith("/" + kind)]
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return bool(predicate())
+
+
+@pytest.fixture
+def subscriber(broker: Broker) -> Iterator[Subscriber]:
+    s = Subscriber(broker)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (pymodbus's conftest does the same)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"threads leaked: {[t.name for t in leaked]}")
