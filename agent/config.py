@@ -25,6 +25,7 @@ from .yamlsource import (
     Invalid,
     Report,
     Section,
+    YamlSeq,
     boolean,
     choice,
     integer,
@@ -255,7 +256,7 @@ def _build(raw: Any, path: Path) -> Config:
     config = Config(
         source=path,
         gateway=gateway,  # type: ignore[arg-type]  # checked by raise_if_any
-        devices=devices,  # type: ignore[arg-type]
+        devices=devices,  # checked by raise_if_any
         streams=streams,  # type: ignore[arg-type]
         inventories=inventories,  # type: ignore[arg-type]
         nodes=nodes,  # type: ignore[arg-type]
@@ -496,7 +497,7 @@ def _broker(value: Any) -> BrokerEndpoint:
 def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
     brokers: tuple[BrokerEndpoint, ...] = ()
     raw_brokers = s.take("brokers", lambda v: v)
-    if isinstance(raw_brokers, list) and raw_brokers:
+    if isinstance(raw_brokers, YamlSeq) and raw_brokers:
         collected = []
         for i, item in enumerate(raw_brokers):
             try:
@@ -568,14 +569,14 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         _check_overlaps(device, *where("devices", i), report)
     endpoints: dict[tuple[str, int, int], int] = {}
     for i, device in enumerate(config.devices):
-        key = (device.host, device.port, device.unit_id)
-        if key in endpoints:
+        endpoint = (device.host, device.port, device.unit_id)
+        if endpoint in endpoints:
             report.add(
                 *where("devices", i, "unit_id"),
-                f"{device.endpoint} is already polled as devices[{endpoints[key]}]; "
+                f"{device.endpoint} is already polled as devices[{endpoints[endpoint]}]; "
                 "put all its points in one device",
             )
-        endpoints.setdefault(key, i)
+        endpoints.setdefault(endpoint, i)
 
     def check_tag(section: str, index: int, key: str, tag: str | None, dimension: str) -> None:
         if tag is None:

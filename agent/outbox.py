@@ -90,7 +90,7 @@ class Outbox:
             conn.execute("PRAGMA synchronous=FULL")
             db = sqlite_utils.Database(conn, execute_plugins=False)
             db.enable_wal()
-            db["outbox"].create(
+            db.table("outbox").create(
                 {
                     "seq": int,
                     "priority": int,
@@ -103,14 +103,14 @@ class Outbox:
                 not_null={"priority", "kind", "payload", "created", "size"},
                 if_not_exists=True,
             )
-            db["outbox"].create_index(
+            db.table("outbox").create_index(
                 ["priority", "seq"], index_name="outbox_evict", if_not_exists=True
             )
-            db["outbox"].create_index(
+            db.table("outbox").create_index(
                 [DescIndex("priority"), "seq"], index_name="outbox_send", if_not_exists=True
             )
-            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["totals"].create(
+            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db.table("totals").create(
                 {"stream": str, "state": str, "updated": float}, pk="stream", if_not_exists=True
             )
             conn.execute("BEGIN IMMEDIATE")

@@ -105,7 +105,7 @@ class MeterSlave:
         return port
 
     async def stop(self) -> None:
-        await self.server.shutdown()
+        await self.server.shutdown()  # type: ignore[no-untyped-call]
 
 
 class SimulatedSite:
