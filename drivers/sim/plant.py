@@ -144,6 +144,9 @@ class Plant:
 
     def truth_between(self, wall_start: float, wall_end: float) -> Truth:
         """True quantities moved between two wall times (interpolated on the history)."""
+        self.advance()
+        if self.history[-1].mono < self.started + self.t:
+            self._record()  # so that "now" is inside the history, not just past its end
         a = self._at(wall_start)
         b = self._at(wall_end)
         return Truth(
