@@ -173,7 +173,7 @@ def render(agent: Agent, plant: Plant, *, elapsed: float, duration: float) -> st
             f"{r.node:11}{r.inflow:9.2f}{r.outflow:9.2f}{r.delta_inventory:9.2f}"
             f"{r.imbalance:10.2f}{r.tolerance:8.2f}{r.coverage:7.0%}  {r.status.upper()}"
         )
-    for event in gw.alarms[-3:]:
+    for event in list(gw.alarms)[-3:]:
         lines.append(
             f"  alarm {event.event} on {event.node} at {event.mono - plant.started:.1f} s: "
             f"{event.hint}"

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,8 @@ class Gateway:
         self.pending: list[Record] = []
         self.next_totals: float | None = None
         self.next_telemetry: float | None = None
-        self.alarms: list[AlarmEvent] = []
+        # Recent events for the demo table and status; the outbox keeps the full record.
+        self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
 
     def _fresh(self, tag: str | None, mono: float, max_age: float) -> float:
