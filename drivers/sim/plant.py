@@ -159,9 +159,8 @@ class Plant:
         )
 
     def _at(self, wall: float) -> Truth:
-        walls = [h.wall for h in self.history]
-        i = bisect.bisect_left(walls, wall)
-        if i <= 0 or i >= len(walls):
+        i = bisect.bisect_left(self.history, wall, key=lambda h: h.wall)
+        if i <= 0 or i >= len(self.history):
             raise ValueError(f"wall time {wall} is outside the plant's recorded history")
         a, b = self.history[i - 1], self.history[i]
         f = (wall - a.wall) / (b.wall - a.wall)
