@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint deps mosquitto clean help
+.PHONY: test lint deps mosquitto socat clean help
 
 help:
-	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto if missing, run pytest"
+	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto and socat if missing, run pytest"
 	@echo "make lint   - ruff and mypy"
 	@echo "make clean  - remove $(VENV) and caches"
 
@@ -18,22 +18,32 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-deps: $(VENV)/.installed mosquitto
+deps: $(VENV)/.installed mosquitto socat
+
+# apt_install PACKAGE: install a Debian package as root or with password-less sudo.
+define apt_install
+	echo "$(1) is missing: installing it from Debian's packages"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "error: cannot install $(1) without root. Run: sudo apt-get install -y $(1)" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "error: no apt-get here. Install $(1) with your package manager." >&2; exit 1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null || \
+	{ echo "error: apt-get could not install $(1)" >&2; exit 1; }
+endef
 
 # Mosquitto comes from Debian's packages; the tests start their own broker on a free loopback port.
 mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then exit 0; fi; \
-	echo "mosquitto is missing: installing it from Debian's packages"; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	else echo "error: cannot install mosquitto without root. Run: sudo apt-get install -y mosquitto" >&2; exit 1; fi; \
-	if ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "error: no apt-get here. Install the Mosquitto broker (2.x) with your package manager." >&2; exit 1; fi; \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null || \
-	{ echo "error: apt-get could not install mosquitto" >&2; exit 1; }; \
+	$(call apt_install,mosquitto); \
 	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then \
 	  $$SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+
+# socat joins two pseudo-terminals into a virtual RS-485 cable for the RTU tests.
+socat:
+	@if command -v socat >/dev/null 2>&1; then exit 0; fi; \
+	$(call apt_install,socat)
 
 test: deps
 	$(BIN)/python -m pytest

@@ -17,10 +17,20 @@ from urllib.parse import urlsplit
 
 from massgate.drivers import profiles
 from massgate.drivers.modbus import codec
-from massgate.drivers.modbus.model import MAX_READ_REGISTERS, TABLES, Point, TcpDevice
+from massgate.drivers.modbus.model import (
+    BIT_TABLES,
+    MAX_READ_REGISTERS,
+    PARITIES,
+    TABLES,
+    ModbusDevice,
+    Point,
+    SerialLink,
+    TcpLink,
+)
 
 from . import units
 from .yamlsource import (
+    REQUIRED,
     ConfigError,
     Invalid,
     Report,
@@ -153,7 +163,8 @@ class OutboxConfig:
 class Config:
     source: Path
     gateway: GatewayConfig
-    devices: tuple[TcpDevice, ...]
+    lines: tuple[SerialLink, ...]
+    devices: tuple[ModbusDevice, ...]
     streams: tuple[StreamConfig, ...]
     inventories: tuple[InventoryConfig, ...]
     nodes: tuple[NodeConfig, ...]
@@ -227,7 +238,9 @@ def _build(raw: Any, path: Path) -> Config:
         return candidate if candidate.is_absolute() else base / candidate
 
     gateway = _gateway(root.section("gateway"), resolve)
-    devices = tuple(_device(s) for s in root.sections("devices", required=True))
+    lines = tuple(_line(s) for s in root.sections("lines"))
+    known_lines = {line.name: line for line in lines if line is not None}
+    devices = tuple(_device(s, known_lines) for s in root.sections("devices", required=True))
     streams = tuple(_stream(s) for s in root.sections("streams"))
     inventories = tuple(_inventory(s) for s in root.sections("inventories"))
     nodes = tuple(_node(s) for s in root.sections("nodes"))
@@ -256,7 +269,8 @@ def _build(raw: Any, path: Path) -> Config:
     config = Config(
         source=path,
         gateway=gateway,  # type: ignore[arg-type]  # checked by raise_if_any
-        devices=devices,  # checked by raise_if_any
+        lines=lines,
+        devices=devices,
         streams=streams,  # type: ignore[arg-type]
         inventories=inventories,  # type: ignore[arg-type]
         nodes=nodes,  # type: ignore[arg-type]
@@ -282,18 +296,56 @@ def _gateway(s: Section | None, resolve: Any) -> GatewayConfig | None:
     return result if s.ok else None
 
 
-def _device(s: Section) -> TcpDevice | None:
+def _line(s: Section) -> SerialLink | None:
+    line_name = s.take("name", name)
+    port = s.take("port", text)
+    baudrate = s.take("baudrate", integer(300, 4_000_000), 19200)
+    parity = s.take("parity", choice(*PARITIES), "none")
+    stopbits = s.take("stopbits", integer(1, 2), 1)
+    bytesize = s.take("bytesize", integer(7, 8), 8)
+    delay = s.take("inter_frame_delay", _quantity(units.TIME, minimum=0.0), None)
+    s.finish()
+    if not s.ok:
+        return None
+    return SerialLink(
+        name=line_name,
+        port=port,
+        baudrate=baudrate,
+        parity=PARITIES[parity],
+        stopbits=stopbits,
+        bytesize=bytesize,
+        inter_frame_delay=delay,
+    )
+
+
+def _device(s: Section, lines: dict[str, SerialLink]) -> ModbusDevice | None:
     device_name = s.take("name", name)
-    s.take("protocol", choice("modbus_tcp"))
-    host = s.take("host", text)
-    port = s.take("port", integer(1, 65535), 502)
-    unit_id = s.take("unit_id", integer(0, 255), 1)
+    protocol = s.take("protocol", choice("modbus_tcp", "modbus_rtu"))
+    link: TcpLink | SerialLink | None = None
+    if protocol == "modbus_tcp":
+        host = s.take("host", text)
+        port = s.take("port", integer(1, 65535), 502)
+        framing = s.take("framing", choice("tcp", "rtu"), "tcp")
+        if host is not None and port is not None and framing is not None:
+            link = TcpLink(host=host, port=port, framing=framing)
+    elif protocol == "modbus_rtu":
+        line_name = s.take("line", name)
+        if line_name is not None:
+            link = lines.get(line_name)
+            if link is None:
+                known = ", ".join(sorted(lines)) or "none are defined under 'lines'"
+                s.fail("line", f"no serial line named '{line_name}' (lines: {known})")
+    unit_id = s.take("unit_id", integer(0, 247), 1)
     poll_interval = s.take("poll_interval", _quantity(units.TIME, minimum=0.01), 1.0)
     timeout = s.take("timeout", _quantity(units.TIME, minimum=0.01), 1.0)
+    retries = s.take("retries", integer(0, 10), 1)
     max_request = s.take(
         "max_request_registers", integer(1, MAX_READ_REGISTERS), MAX_READ_REGISTERS
     )
     gap_fill = s.take("gap_fill", integer(0, MAX_READ_REGISTERS), 8)
+    degrade_after = s.take("degrade_after", integer(1, 1000), 3)
+    degraded_interval = s.take("degraded_interval", _quantity(units.TIME, minimum=0.01), 10.0)
+    stale_after = s.take("stale_after", _quantity(units.TIME, positive=True), None)
     profile_name = s.take("profile", text, None)
 
     points: dict[str, Point] = {}
@@ -313,10 +365,13 @@ def _device(s: Section) -> TcpDevice | None:
                     address=pp.address,
                     type=pp.type,
                     order=pp.order,
-                    factor=unit.factor,
-                    offset=unit.offset,
+                    factor=pp.scale * unit.factor,
+                    offset=pp.offset * unit.factor + unit.offset,
                     unit=pp.unit,
+                    bit=pp.bit,
                 )
+    # An entry under `points` with the name of a profile point replaces it (a meter whose
+    # firmware puts one value elsewhere, or in other units).
     for ps in s.sections("points"):
         point = _point(ps, device_name)
         if point is not None:
@@ -324,18 +379,21 @@ def _device(s: Section) -> TcpDevice | None:
     s.finish()
     if profile_name is None and not s.has("points"):
         s.fail(None, "a device needs a 'profile' or at least one entry under 'points'")
-    if not s.ok:
+    if not s.ok or link is None:
         return None
-    return TcpDevice(
+    return ModbusDevice(
         name=device_name,
-        host=host,
-        port=port,
+        link=link,
         unit_id=unit_id,
         poll_interval=poll_interval,
         timeout=timeout,
+        retries=retries,
         points=tuple(points.values()),
         max_request_registers=max_request,
         gap_fill=gap_fill,
+        degrade_after=degrade_after,
+        degraded_interval=degraded_interval,
+        stale_after=stale_after,
     )
 
 
@@ -343,15 +401,32 @@ def _point(s: Section, device_name: str) -> Point | None:
     point_name = s.take("name", name)
     table = s.take("table", choice(*TABLES), "holding")
     address = s.take("address", integer(0, 65535))
-    type_name = s.take("type", choice(*codec.TYPES), "float32")
+    bit_table = table in BIT_TABLES
+    bit = s.take("bit", integer(0, 15), None)
+    default_type = "bool" if bit_table else ("uint16" if bit is not None else "float32")
+    type_name = s.take("type", choice("bool", *codec.TYPES), default_type)
     order = s.take("order", choice(*codec.ORDERS), "ABCD")
-    unit_symbol = s.take("unit", _unit_symbol)
+    flag = bit_table or s.has("bit") or type_name == "bool"
+    unit_symbol = s.take("unit", _unit_symbol, "flag" if flag else REQUIRED)
     scale = s.take("scale", number, 1.0)
     offset = s.take("offset", number, 0.0)
     s.finish()
     if not s.ok:
         return None
-    if address + codec.width(type_name) > 65536:
+    if bit_table and type_name != "bool":
+        s.fail("type", f"a {table} is one bit: its type is 'bool', not '{type_name}'")
+        return None
+    if not bit_table and type_name == "bool":
+        s.fail(
+            "type",
+            f"'bool' is for coil and discrete tables; in a {table} register "
+            "name the flag's 'bit' (0-15) instead",
+        )
+        return None
+    if bit is not None and (bit_table or codec.width(type_name) != 1):
+        s.fail("bit", "'bit' picks a flag out of one 16-bit register (type uint16 or int16)")
+        return None
+    if type_name != "bool" and address + codec.width(type_name) > 65536:
         s.fail("address", f"{type_name} at {address} runs past register 65535")
         return None
     unit = units.lookup(unit_symbol)
@@ -365,6 +440,7 @@ def _point(s: Section, device_name: str) -> Point | None:
         factor=scale * unit.factor,
         offset=offset * unit.factor + unit.offset,
         unit=unit_symbol,
+        bit=bit,
     )
 
 
@@ -557,6 +633,15 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
                 )
             seen.setdefault(item.name, i)
 
+    unique("lines", config.lines)
+    ports: dict[str, int] = {}
+    for i, line in enumerate(config.lines):
+        if line.port in ports:
+            report.add(
+                *where("lines", i, "port"),
+                f"{line.port} is already lines[{ports[line.port]}]; one port is one line",
+            )
+        ports.setdefault(line.port, i)
     unique("devices", config.devices)
     unique("streams", config.streams)
     unique("inventories", config.inventories)
@@ -567,9 +652,19 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         for point in device.points:
             tags[point.tag] = point.unit
         _check_overlaps(device, *where("devices", i), report)
-    endpoints: dict[tuple[str, int, int], int] = {}
+    endpoints: dict[tuple[str, int], int] = {}
+    framings: dict[str, tuple[str, int]] = {}
     for i, device in enumerate(config.devices):
-        endpoint = (device.host, device.port, device.unit_id)
+        link = device.link
+        if isinstance(link, TcpLink):
+            framing, first = framings.setdefault(link.key, (link.framing, i))
+            if framing != link.framing:
+                report.add(
+                    *where("devices", i, "framing"),
+                    f"devices[{first}] reads {link.host}:{link.port} with '{framing}' framing; "
+                    "one endpoint speaks one framing",
+                )
+        endpoint = (link.key, device.unit_id)
         if endpoint in endpoints:
             report.add(
                 *where("devices", i, "unit_id"),
@@ -624,10 +719,22 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
             report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
 
 
-def _check_overlaps(device: TcpDevice, line: int, path: str, report: Report) -> None:
+def _check_overlaps(device: ModbusDevice, line: int, path: str, report: Report) -> None:
+    """Two values in the same registers are a typo, except flags picked out of a register."""
     by_table: dict[str, list[Point]] = {}
+    flags: dict[tuple[str, int, int], Point] = {}
     for point in device.points:
-        by_table.setdefault(point.table, []).append(point)
+        if point.bit is None:
+            by_table.setdefault(point.table, []).append(point)
+            continue
+        other = flags.setdefault((point.table, point.address, point.bit), point)
+        if other is not point:
+            report.add(
+                line,
+                path,
+                f"points '{other.tag}' and '{point.tag}' are both bit {point.bit} of "
+                f"{point.table} {point.address}",
+            )
     for table, points in by_table.items():
         points.sort(key=lambda p: p.address)
         for a, b in itertools.pairwise(points):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from massgate.drivers.errors import FatalError
-from massgate.drivers.modbus.tcp import TcpPoller
+from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 
 from .balance import AlarmEvent, NodeBalance, WindowResult
 from .config import Config
@@ -215,7 +215,7 @@ class Agent:
     config: Config
     gateway: Gateway
     outbox: Outbox
-    pollers: list[TcpPoller]
+    pollers: list[DevicePoller]
     publisher: Publisher | None
 
 
@@ -239,7 +239,7 @@ async def run(
     try:
         gateway = Gateway(config, outbox)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
-        pollers = [TcpPoller(d, emit=batches.put_nowait) for d in config.devices]
+        pollers = pollers_for(config.devices, emit=batches.put_nowait)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
             publisher = Publisher(outbox, config.mqtt, config.gateway.site, config.gateway.id)
@@ -274,6 +274,7 @@ async def run(
             log.info("stopping: polling ends, totals and outbox are flushed")
             stop_polling.set()
             await asyncio.gather(*poll_tasks)
+            await close_buses(pollers)
             _process(agent, batches, final=True)
             if on_cycle is not None:
                 on_cycle(agent)
@@ -282,7 +283,7 @@ async def run(
         outbox.close()
 
 
-async def _poll(poller: TcpPoller, stop: asyncio.Event) -> None:
+async def _poll(poller: DevicePoller, stop: asyncio.Event) -> None:
     try:
         await poller.run(stop)
     except FatalError as exc:

@@ -25,6 +25,7 @@ TIME = "time"
 FRACTION = "fraction"
 PER_KELVIN = "thermal expansion"
 BYTES = "size"
+DIMENSIONLESS = "dimensionless"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ _add(FRACTION, 1.0, "ratio")
 _add(FRACTION, 1e-6, "ppm")
 _add(PER_KELVIN, 1.0, "1/K", "1/degC")
 _add(PER_KELVIN, 9 / 5, "1/degF")
+_add(DIMENSIONLESS, 1.0, "1", "flag", "count")
 _add(BYTES, 1.0, "B")
 _add(BYTES, 1e3, "kB")
 _add(BYTES, 1e6, "MB")

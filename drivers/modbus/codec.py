@@ -50,13 +50,25 @@ def decode(
     return np.frombuffer(raw, dtype=">" + code).astype(np.float64)
 
 
+def decode_bits(
+    block: npt.NDArray[np.uint16], offsets: npt.NDArray[np.intp], bits: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """One bit of each register at `offsets` (bit 0 is the least significant): 0.0 or 1.0.
+
+    A bit table (coils, discrete inputs) arrives as one 0/1 word per bit; pass bits of 0.
+    """
+    return ((block[offsets] >> bits.astype(np.uint16)) & 1).astype(np.float64)
+
+
 def encode(value: float, type_name: str, order: str) -> list[int]:
     """The registers a device would send for `value` (used by the simulated plant)."""
     code, _ = TYPES[type_name]
     if code.startswith("f"):
         raw = np.array([value], dtype=">" + code)
     else:
-        raw = np.array([round(value)], dtype=">" + code)
+        # A device saturates at its type's range (and float64 cannot hold 2**64 - 1 exactly).
+        info = np.iinfo(np.dtype(code))
+        raw = np.array([min(max(round(value), int(info.min)), int(info.max))], dtype=">" + code)
     words = np.frombuffer(raw.tobytes(), dtype=">u2").astype(np.uint16)
     if order in _BYTES_SWAPPED:
         words = _swap_bytes(words)

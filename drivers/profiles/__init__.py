@@ -23,6 +23,9 @@ class ProfilePoint:
     order: str
     unit: str
     description: str = ""
+    scale: float = 1.0  # device value = raw * scale + offset, in `unit`
+    offset: float = 0.0
+    bit: int | None = None  # a flag: this bit (0 = least significant) of a 16-bit register
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +58,13 @@ def load(name: str) -> Profile:
             name=p["name"],
             table=p.get("table", "holding"),
             address=int(p["address"]),
-            type=p.get("type", "float32"),
+            type=p.get("type", "uint16" if "bit" in p else "float32"),
             order=p.get("order", "ABCD"),
-            unit=p["unit"],
+            unit=p.get("unit", "flag"),
             description=p.get("description", ""),
+            scale=float(p.get("scale", 1.0)),
+            offset=float(p.get("offset", 0.0)),
+            bit=int(p["bit"]) if "bit" in p else None,
         )
         for p in data["points"]
     )

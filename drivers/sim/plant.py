@@ -18,7 +18,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .faults import Faults
+
 STEP = 0.005  # s, integration step of the truth
+GRAVITY = 9.80665  # m/s²
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +47,11 @@ class PlantSpec:
     temperature_noise: float = 0.05  # K σ
     leak_rate: float = 0.0  # kg/s when the leak is open
     leak_start: float | None = None  # s after start, or None: only by command
+    tank_tare: float = 850.0  # kg, the empty tank on its load cells
+    load_cell_noise: float = 0.2  # kg σ
+    discharge_pressure: float = 3.0e5  # Pa gauge, product pump
+    pressure_noise: float = 500.0  # Pa σ, discharge pressure
+    head_noise: float = 10.0  # Pa σ, hydrostatic level transmitter (≈ 1 mm of water)
 
 
 @dataclass(slots=True)
@@ -65,6 +73,7 @@ class Plant:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.spec.seed)
+        self.faults = Faults(self.spec.seed)
         self.t = 0.0  # s since start
         self.feed = 0.0
         self.product = 0.0
@@ -106,7 +115,13 @@ class Plant:
     def leak_at(self, t: float) -> float:
         s = self.spec
         scheduled = s.leak_start is not None and t >= s.leak_start
+        if (fault := self.faults.find("leak", "plant", t)) is not None:
+            return fault.magnitude
         return s.leak_rate if (self.leak_open or scheduled) else 0.0
+
+    def now(self) -> float:
+        """Plant time: seconds since the plant started (the clock of fault schedules)."""
+        return time.monotonic() - self.started
 
     def open_leak(self, rate: float | None = None) -> None:
         """Open the leak now (rate in kg/s, default the spec's)."""
@@ -212,3 +227,42 @@ class Plant:
         self.advance()
         reading = self.temperature_at(self.t) + self._noise(self.spec.temperature_noise)
         return {"temperature": reading}
+
+    def load_cell(self) -> dict[str, float]:
+        """T-100 stands on load cells: the indicator weighs tank and contents."""
+        self.advance()
+        net = self.tank + self._noise(self.spec.load_cell_noise)
+        t = self.t
+        rate = (
+            self.feed_at(t)
+            - self.product_volume_at(t) * self.density(self.temperature_at(t))
+            - self.leak_at(t)
+        )
+        return {
+            "gross_weight": net + self.spec.tank_tare,
+            "net_weight": net,
+            "tare": self.spec.tank_tare,
+            "stable": 1.0 if abs(rate) < 0.2 else 0.0,
+            "overload": 0.0,
+        }
+
+    def hydrostatic(self) -> dict[str, float]:
+        """A pressure transmitter at the bottom of T-100, set up for the reference density."""
+        self.advance()
+        temperature = self.temperature_at(self.t)
+        head = self.tank / self.spec.tank_area * GRAVITY  # ρ·g·h = m·g/A
+        pressure = head + self._noise(self.spec.head_noise)
+        return {
+            "level": pressure / (self.spec.fluid_density * GRAVITY),
+            "pressure": pressure,
+            "temperature": temperature,
+        }
+
+    def pressure(self) -> dict[str, float]:
+        self.advance()
+        swing = 0.05 * math.sin(2 * math.pi * self.t / self.spec.product_period)
+        return {
+            "pressure": self.spec.discharge_pressure * (1 + swing)
+            + self._noise(self.spec.pressure_noise),
+            "temperature": self.temperature_at(self.t),
+        }

@@ -1,9 +1,13 @@
-"""The plant's instruments as Modbus TCP slaves (pymodbus 4.0-style SimDevice servers).
+"""The plant's instruments as Modbus slaves (pymodbus 4.0-style SimDevice servers).
 
 Each meter is served through its device profile: on every read the registers are filled
 with what the meter says at that instant, encoded as the profile says. The same profile
 files drive the agent's decoding, so a wrong address shows up as a wrong test, not as two
 maps that agree with themselves.
+
+Meters are served as Modbus TCP slaves (one server per meter) or as several slaves on one
+serial line (one RTU server, as on an RS-485 bus). Link faults act here: a silent slave, a
+late reply, an exception reply, a frame with a broken CRC.
 """
 
 from __future__ import annotations
@@ -14,18 +18,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from massgate.agent import units
 
 from .. import profiles
 from ..modbus import codec
+from ..modbus.model import BIT_TABLES, FUNCTION_CODES
 from .plant import Plant
 
 log = logging.getLogger(__name__)
 
 WRITE_FUNCTIONS = {5, 6, 15, 16, 22, 23}
+_TABLE_OF_FUNCTION = {code: table for table, code in FUNCTION_CODES.items()}
+_TABLE_ORDER = ("coil", "discrete", "holding", "input")  # SimDevice's tuple of blocks
+_MBAP_UNIT = 6  # offset of the unit id in a Modbus TCP frame
+_NOBODY = 254  # a unit id no simulated slave answers to
+
+
+def _break_crc(frame: bytes) -> bytes:
+    return frame[:-1] + bytes([frame[-1] ^ 0xA5])
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,35 +58,51 @@ def meters_of(plant: Plant) -> list[Meter]:
         Meter("lt100", "level_radar", plant.level, "tank T-100 radar level LT-100"),
         Meter("tt102", "temperature_tx", plant.temperature, "product line temperature TT-102"),
         Meter("ft102", "magmeter", plant.magmeter, "product line magnetic meter FT-102"),
+        Meter("wt100", "load_cell", plant.load_cell, "tank T-100 load cells WT-100"),
+        Meter("lt101", "level_hydrostatic", plant.hydrostatic, "tank T-100 hydrostatic LT-101"),
+        Meter("pt102", "pressure_tx", plant.pressure, "product pump discharge PT-102"),
     ]
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
     meter: Meter
-    host: str
-    port: int
+    host: str  # a TCP host, or a serial port's path
+    port: int  # 0 on a serial line
     unit_id: int
 
 
-class MeterSlave:
-    """A Modbus TCP server for one meter."""
+class MeterDevice:
+    """One meter as a pymodbus SimDevice: registers filled from the plant at every read."""
 
-    def __init__(self, meter: Meter, *, host: str, port: int, unit_id: int = 1) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        plant: Plant,
+        *,
+        unit_id: int = 1,
+        profile: profiles.Profile | None = None,
+    ) -> None:
         self.meter = meter
-        self.profile = profiles.load(meter.profile)
-        self.host = host
-        self.requested_port = port
+        self.plant = plant
         self.unit_id = unit_id
+        self.profile = profile or profiles.load(meter.profile)
         self.requests = 0
-        size = max(p.address + codec.width(p.type) for p in self.profile.points)
         self._units = {p.name: units.lookup(p.unit) for p in self.profile.points}
-        device = SimDevice(
+        blocks: list[list[SimData]] = []
+        for table in _TABLE_ORDER:
+            points = [p for p in self.profile.points if p.table == table]
+            if table in BIT_TABLES:
+                size = max((p.address // 16 + 1 for p in points), default=1)
+                blocks.append([SimData(0, count=size, values=0, datatype=DataType.BITS)])
+            else:
+                size = max((p.address + codec.width(p.type) for p in points), default=1)
+                blocks.append([SimData(0, count=size, values=0, datatype=DataType.REGISTERS)])
+        self.device = SimDevice(
             id=unit_id,
-            simdata=[SimData(address=0, count=size, values=0, datatype=DataType.REGISTERS)],
+            simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
             action=self._on_request,
         )
-        self.server = ModbusTcpServer(device, address=(host, port))
 
     async def _on_request(
         self,
@@ -86,14 +116,75 @@ class MeterSlave:
         if function_code in WRITE_FUNCTIONS or set_values is not None:
             return ExcCodes.ILLEGAL_FUNCTION  # a meter's measurements are read-only
         self.requests += 1
-        values = self.meter.read()
+        faults = self.plant.faults
+        t = self.plant.now()
+        if (slow := faults.find("slow", self.meter.name, t)) is not None:
+            await asyncio.sleep(slow.magnitude)
+        if (exc := faults.find("exception", self.meter.name, t)) is not None:
+            return ExcCodes(int(exc.magnitude or ExcCodes.DEVICE_BUSY))
+        table = _TABLE_OF_FUNCTION.get(function_code)
+        values = faults.apply(self.meter.name, t, self.meter.read())
         for point in self.profile.points:
+            if point.table != table:
+                continue
             unit = self._units[point.name]
-            raw = (values[point.name] - unit.offset) / unit.factor
-            words = codec.encode(raw, point.type, point.order)
-            offset = point.address - start_address
-            registers[offset : offset + len(words)] = words
+            raw = ((values[point.name] - unit.offset) / unit.factor - point.offset) / point.scale
+            if table in BIT_TABLES:
+                self._set_bit(
+                    registers, start_address, point.address // 16, point.address % 16, raw
+                )
+            elif point.bit is not None:
+                self._set_bit(registers, start_address, point.address, point.bit, raw)
+            else:
+                words = codec.encode(raw, point.type, point.order)
+                offset = point.address - start_address
+                registers[offset : offset + len(words)] = words
         return None
+
+    @staticmethod
+    def _set_bit(registers: list[int], start: int, address: int, bit: int, value: float) -> None:
+        mask = 1 << bit
+        word = registers[address - start]
+        registers[address - start] = (word | mask) if value >= 0.5 else (word & ~mask)
+
+    def silent(self) -> bool:
+        return self.plant.faults.find("dropout", self.meter.name, self.plant.now()) is not None
+
+
+class MeterSlave:
+    """A Modbus TCP server for one meter."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        plant: Plant,
+        *,
+        host: str,
+        port: int,
+        unit_id: int = 1,
+        profile: profiles.Profile | None = None,
+    ) -> None:
+        self.meter = meter
+        self.host = host
+        self.unit_id = unit_id
+        self.device = MeterDevice(meter, plant, unit_id=unit_id, profile=profile)
+        self.server = ModbusTcpServer(
+            self.device.device,
+            address=(host, port),
+            trace_packet=self._trace,
+            ignore_missing_devices=True,
+        )
+
+    @property
+    def requests(self) -> int:
+        return self.device.requests
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        # A silent slave: the request is readdressed to a unit nobody serves, which the server
+        # ignores (the bytes must still be consumed, or pymodbus replays them later).
+        if not sending and self.device.silent() and len(data) > _MBAP_UNIT:
+            return data[:_MBAP_UNIT] + bytes([_NOBODY]) + data[_MBAP_UNIT + 1 :]
+        return data
 
     async def start(self) -> int:
         await self.server.serve_forever(background=True)
@@ -103,6 +194,53 @@ class MeterSlave:
             raise RuntimeError(f"{self.meter.name}: the Modbus server did not start listening")
         port: int = sockets[0].getsockname()[1]
         return port
+
+    async def stop(self) -> None:
+        await self.server.shutdown()  # type: ignore[no-untyped-call]
+
+
+class SerialSlaves:
+    """Several meters as RTU slaves on one serial line (the far end of a pty pair in tests)."""
+
+    def __init__(
+        self,
+        port: str,
+        meters: dict[int, Meter],
+        plant: Plant,
+        *,
+        baudrate: int = 19200,
+        parity: str = "N",
+        stopbits: int = 1,
+    ) -> None:
+        self.port = port
+        self.devices = {uid: MeterDevice(m, plant, unit_id=uid) for uid, m in meters.items()}
+        self.garbled = 0
+        self.server = ModbusSerialServer(
+            [d.device for d in self.devices.values()],
+            framer=FramerType.RTU,
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            trace_packet=self._trace,
+        )
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not data:
+            return data
+        device = self.devices.get(data[0])
+        if device is None:
+            return data
+        if not sending:
+            # A silent slave did not hear the request: to the server it is line noise.
+            return _break_crc(data) if device.silent() else data
+        if device.plant.faults.garble(device.meter.name, device.plant.now()):
+            self.garbled += 1
+            return _break_crc(data)  # noise on the wire
+        return data
+
+    async def start(self) -> None:
+        await self.server.serve_forever(background=True)
 
     async def stop(self) -> None:
         await self.server.shutdown()  # type: ignore[no-untyped-call]
@@ -123,7 +261,7 @@ class SimulatedSite:
         try:
             for i, meter in enumerate(meters_of(self.plant)):
                 port = self.base_port + i if self.base_port else 0
-                slave = MeterSlave(meter, host=self.host, port=port)
+                slave = MeterSlave(meter, self.plant, host=self.host, port=port)
                 self.slaves.append(slave)
                 actual = await slave.start()
                 self.served.append(Served(meter, self.host, actual, slave.unit_id))

@@ -1,20 +1,27 @@
-"""Codec, planner and the TCP poller against real pymodbus slaves."""
+"""Codec, planner and the pollers against real pymodbus slaves over TCP."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
+from massgate.agent import config as cfg
+from massgate.agent.samples import Quality
+from massgate.drivers import profiles
 from massgate.drivers.errors import FatalError
 from massgate.drivers.modbus import codec
-from massgate.drivers.modbus.model import Point, TcpDevice
+from massgate.drivers.modbus.model import ModbusDevice, Point, TcpLink
 from massgate.drivers.modbus.planner import plan
-from massgate.drivers.modbus.tcp import TcpPoller
+from massgate.drivers.modbus.poller import close_buses, pollers_for
 from massgate.drivers.sim.plant import Plant
-from massgate.drivers.sim.server import SimulatedSite
-from tests.conftest import run_async
+from massgate.drivers.sim.server import Meter, MeterSlave, SimulatedSite
+from tests.conftest import free_port, run_async
 
 SAMPLES = {
     "int16": [-32768, -1, 0, 12345],
@@ -64,6 +71,19 @@ def _point(address: int, type_name: str = "float32", table: str = "holding") -> 
     )
 
 
+def devices_from(
+    devices: list[dict[str, Any]], tmp_path: Path, lines: list[dict[str, Any]] | None = None
+) -> tuple[ModbusDevice, ...]:
+    """Devices as the agent builds them: through the configuration loader."""
+    document = {
+        "gateway": {"site": "test", "id": "gw", "state_dir": str(tmp_path)},
+        "lines": lines or [],
+        "devices": devices,
+    }
+    text = yaml.safe_dump(document, sort_keys=False)
+    return cfg.loads(text, path=tmp_path / "massgate.yaml").devices
+
+
 def test_planner_merges_a_30_register_device_with_small_gaps():
     # 12 float32 values over registers 0..29 with gaps of 1–2 registers, plus 2 input regs.
     addresses = [0, 2, 5, 7, 9, 12, 14, 17, 19, 22, 25, 28]
@@ -79,51 +99,208 @@ def test_planner_merges_a_30_register_device_with_small_gaps():
     )
 
 
-def test_poller_reads_the_simulated_meters_in_si():
+def test_planner_merges_bits_in_bit_units_and_keeps_register_flags_with_their_register():
+    coils = tuple(
+        Point(
+            tag=f"d.c{a}",
+            table="coil",
+            address=a,
+            type="bool",
+            order="ABCD",
+            factor=1.0,
+            offset=0.0,
+            unit="flag",
+        )
+        for a in (0, 1, 17, 100, 2500)
+    )
+    # 0..100 are within 8 registers' worth (128 bits) of each other; 2500 is far away.
+    requests = plan(coils, max_registers=125, gap_fill=8)
+    assert [(r.start, r.count) for r in requests] == [(0, 101), (2500, 1)]
+    flags = tuple(
+        Point(
+            tag=f"d.s{b}",
+            table="holding",
+            address=6,
+            type="uint16",
+            order="ABCD",
+            factor=1.0,
+            offset=0.0,
+            unit="flag",
+            bit=b,
+        )
+        for b in (0, 1, 15)
+    )
+    (request,) = plan((*flags, _point(0, "int32")), max_registers=125, gap_fill=8)
+    assert (request.start, request.count) == (0, 7)
+    block = np.zeros(7, dtype=np.uint16)
+    block[6] = 0b1000_0000_0000_0010
+    (group,) = [g for g in request.groups if g.bits is not None]
+    assert codec.decode_bits(block, group.offsets, group.bits).tolist() == [0.0, 1.0, 1.0]
+
+
+def _every_type_and_order() -> tuple[profiles.Profile, dict[str, float], list[dict[str, Any]]]:
+    """A profile with every type in every order, bits, coils and a scaled value; the values
+    the simulated slave will serve; and the same map as agent configuration."""
+    points: list[profiles.ProfilePoint] = []
+    values: dict[str, float] = {}
+    yaml_points: list[dict[str, Any]] = []
+    address = 0
+    for type_name in sorted(SAMPLES):
+        for order in codec.ORDERS:
+            for i, value in enumerate(SAMPLES[type_name]):
+                name = f"{type_name}_{order}_{i}"
+                points.append(
+                    profiles.ProfilePoint(
+                        name=name,
+                        table="holding",
+                        address=address,
+                        type=type_name,
+                        order=order,
+                        unit="1",
+                    )
+                )
+                yaml_points.append(
+                    {
+                        "name": name,
+                        "address": address,
+                        "type": type_name,
+                        "order": order,
+                        "unit": "1",
+                    }
+                )
+                values[name] = float(value)
+                address += codec.width(type_name)
+    for name, table, addr, bit, value in (
+        ("flag_a", "input", 0, 0, 1.0),
+        ("flag_b", "input", 0, 9, 1.0),
+        ("flag_c", "input", 0, 15, 0.0),
+        ("coil_a", "coil", 3, None, 1.0),
+        ("coil_b", "coil", 4, None, 0.0),
+        ("coil_c", "coil", 35, None, 1.0),
+        ("di_a", "discrete", 0, None, 1.0),
+    ):
+        bits_table = table in ("coil", "discrete")
+        points.append(
+            profiles.ProfilePoint(
+                name=name,
+                table=table,
+                address=addr,
+                type="bool" if bits_table else "uint16",
+                order="ABCD",
+                unit="flag",
+                bit=bit,
+            )
+        )
+        entry: dict[str, Any] = {"name": name, "table": table, "address": addr}
+        if bit is not None:
+            entry["bit"] = bit
+        yaml_points.append(entry)
+        values[name] = value
+    # A level in centimetres as int16 counts of 0.1 cm: 1234 counts = 123.4 cm = 1.234 m.
+    points.append(
+        profiles.ProfilePoint(
+            name="scaled",
+            table="input",
+            address=1,
+            type="int16",
+            order="ABCD",
+            unit="cm",
+            scale=0.1,
+        )
+    )
+    yaml_points.append(
+        {
+            "name": "scaled",
+            "table": "input",
+            "address": 1,
+            "type": "int16",
+            "unit": "cm",
+            "scale": 0.1,
+        }
+    )
+    values["scaled"] = 1.234
+    profile = profiles.Profile("every_type", "test map", tuple(points))
+    return profile, values, yaml_points
+
+
+def test_every_type_and_order_decodes_what_the_simulator_wrote(tmp_path: Path):
+    profile, values, points = _every_type_and_order()
+    port = free_port()
+    (device,) = devices_from(
+        [
+            {
+                "name": "dut",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "points": points,
+            }
+        ],
+        tmp_path,
+    )
+
+    async def main() -> None:
+        slave = MeterSlave(
+            Meter("dut", "every_type", lambda: dict(values), "all types"),
+            Plant(),
+            host="127.0.0.1",
+            port=port,
+            profile=profile,
+        )
+        await slave.start()
+        try:
+            (poller,) = pollers_for((device,), emit=lambda b: None)
+            batch = await poller.poll()
+            await close_buses([poller])
+        finally:
+            await slave.stop()
+        assert batch.quality is Quality.GOOD, batch.error
+        got = {tag.split(".", 1)[1]: v for tag, v in batch.values.items()}
+        for name, want in values.items():
+            if name == "scaled":
+                assert got[name] == pytest.approx(want, rel=1e-12), name
+            else:
+                assert got[name] == want, name
+        # 96 values, 4 tables: the planner reads each table in as few requests as allowed.
+        holding_registers = sum(codec.width(p.type) for p in profile.points if p.table == "holding")
+        assert poller.bus.stats.requests == -(-holding_registers // 125) + 3
+
+    run_async(main())
+
+
+def test_poller_reads_the_simulated_meters_in_si(tmp_path: Path):
     async def main() -> None:
         plant = Plant()
         site = SimulatedSite(plant)
         served = await site.start()
         try:
-            from massgate.agent import units
-            from massgate.drivers import profiles
-
-            for s in served:
-                profile = profiles.load(s.meter.profile)
-                points = tuple(
-                    Point(
-                        tag=f"{s.meter.name}.{p.name}",
-                        table=p.table,
-                        address=p.address,
-                        type=p.type,
-                        order=p.order,
-                        factor=units.lookup(p.unit).factor,
-                        offset=units.lookup(p.unit).offset,
-                        unit=p.unit,
-                    )
-                    for p in profile.points
-                )
-                device = TcpDevice(
-                    name=s.meter.name,
-                    host=s.host,
-                    port=s.port,
-                    unit_id=1,
-                    poll_interval=0.1,
-                    timeout=1.0,
-                    points=points,
-                )
-                poller = TcpPoller(device, emit=lambda b: None)
+            devices = devices_from(
+                [
+                    {
+                        "name": s.meter.name,
+                        "protocol": "modbus_tcp",
+                        "host": s.host,
+                        "port": s.port,
+                        "profile": s.meter.profile,
+                    }
+                    for s in served
+                ],
+                tmp_path,
+            )
+            pollers = pollers_for(devices, emit=lambda b: None)
+            for poller, s in zip(pollers, served, strict=True):
                 assert len(poller.requests) == 1  # every profile fits one request
-                batch = await poller.poll_once()
-                await poller._close()
+                batch = await poller.poll()
                 truth = s.meter.read()
+                assert batch.quality is Quality.GOOD, batch.error
                 for name, value in truth.items():
-                    # Rates: float32 on the wire and the meter's noise. Totals: they grow
-                    # between the poll and this read, by at most a few kg in a few ms.
-                    slack = 0.1 if name.endswith("_total") else 1e-6
+                    # Rates: float32 on the wire and the meter's noise. Totals and weights:
+                    # they move between the poll and this read, by a few kg in a few ms.
+                    slack = 0.1 if name.endswith(("_total", "_weight")) else 1e-6
                     assert batch.values[f"{s.meter.name}.{name}"] == pytest.approx(
                         value, rel=2e-3, abs=slack
                     ), name
+            await close_buses(pollers)
         finally:
             await site.stop()
 
@@ -136,21 +313,18 @@ def test_illegal_address_is_a_fatal_error_naming_the_register():
         served = await site.start()
         try:
             s = served[2]  # the temperature transmitter has registers 0..1 only
-            device = TcpDevice(
+            device = ModbusDevice(
                 name="tt",
-                host=s.host,
-                port=s.port,
+                link=TcpLink(host=s.host, port=s.port),
                 unit_id=1,
                 poll_interval=0.1,
                 timeout=1.0,
                 points=(_point(40),),
             )
-            poller = TcpPoller(device, emit=lambda b: None)
-            with pytest.raises(
-                FatalError, match=r"illegal data address.*holding registers 40\.\.41"
-            ):
-                await poller.poll_once()
-            await poller._close()
+            (poller,) = pollers_for((device,), emit=lambda b: None)
+            with pytest.raises(FatalError, match=r"illegal data address.*holding 40\.\.41.*d\.p40"):
+                await poller.poll()
+            await close_buses([poller])
         finally:
             await site.stop()
 
@@ -158,31 +332,74 @@ def test_illegal_address_is_a_fatal_error_naming_the_register():
 
 
 def test_a_dead_device_gives_bad_batches_not_a_crash():
-    import asyncio
-
-    from massgate.agent.samples import Quality
-    from tests.conftest import free_port
-
     async def main() -> None:
-        device = TcpDevice(
+        device = ModbusDevice(
             name="gone",
-            host="127.0.0.1",
-            port=free_port(),
+            link=TcpLink(host="127.0.0.1", port=free_port()),
             unit_id=1,
             poll_interval=0.05,
             timeout=0.2,
             points=(_point(0),),
+            degraded_interval=0.2,
         )
         batches = []
-        poller = TcpPoller(device, emit=batches.append)
+        (poller,) = pollers_for((device,), emit=batches.append)
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
-        while len(batches) < 3:
+        for _ in range(200):
+            if len(batches) >= 5:
+                break
             await asyncio.sleep(0.02)
         stop.set()
         await task
+        await close_buses([poller])
+        assert len(batches) >= 5
         assert all(b.quality is Quality.BAD and math.isnan(b.values["d.p0"]) for b in batches)
         assert "cannot connect" in (batches[0].error or "")
         assert not poller.up
+        assert poller.degraded  # three failed polls in a row
+        # Once degraded, it is asked every 0.2 s instead of every 0.05 s.
+        assert batches[4].mono - batches[3].mono >= 0.19
+
+    run_async(main())
+
+
+def test_stuck_values_turn_stale_after_the_configured_time(tmp_path: Path):
+    from massgate.drivers.sim.faults import Fault
+
+    async def main() -> None:
+        plant = Plant()
+        site = SimulatedSite(plant)
+        served = await site.start()
+        try:
+            s = next(x for x in served if x.meter.name == "ft101")
+            (device,) = devices_from(
+                [
+                    {
+                        "name": "ft101",
+                        "protocol": "modbus_tcp",
+                        "host": s.host,
+                        "port": s.port,
+                        "profile": "coriolis",
+                        "stale_after": "300ms",
+                    }
+                ],
+                tmp_path,
+            )
+            (poller,) = pollers_for((device,), emit=lambda b: None)
+            assert (await poller.poll()).quality is Quality.GOOD
+            plant.faults.add(Fault(kind="stuck", target="ft101", start=plant.now()))
+            qualities = []
+            for _ in range(8):
+                qualities.append((await poller.poll()).quality)
+                await asyncio.sleep(0.1)
+            # Identical replies are fine at first; past 300 ms they are STALE.
+            assert qualities[0] is Quality.GOOD
+            assert qualities[-1] is Quality.STALE
+            plant.faults.clear("ft101")
+            assert (await poller.poll()).quality is Quality.GOOD
+            await close_buses([poller])
+        finally:
+            await site.stop()
 
     run_async(main())
