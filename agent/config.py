@@ -27,6 +27,9 @@ from massgate.drivers.modbus.model import (
     SerialLink,
     TcpLink,
 )
+from massgate.drivers.opcua.model import MODES as UA_MODES
+from massgate.drivers.opcua.model import POLICIES as UA_POLICIES
+from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
 
 from . import units
 from .yamlsource import (
@@ -164,7 +167,7 @@ class Config:
     source: Path
     gateway: GatewayConfig
     lines: tuple[SerialLink, ...]
-    devices: tuple[ModbusDevice, ...]
+    devices: tuple[ModbusDevice | OpcUaDevice, ...]
     streams: tuple[StreamConfig, ...]
     inventories: tuple[InventoryConfig, ...]
     nodes: tuple[NodeConfig, ...]
@@ -240,7 +243,9 @@ def _build(raw: Any, path: Path) -> Config:
     gateway = _gateway(root.section("gateway"), resolve)
     lines = tuple(_line(s) for s in root.sections("lines"))
     known_lines = {line.name: line for line in lines if line is not None}
-    devices = tuple(_device(s, known_lines) for s in root.sections("devices", required=True))
+    devices = tuple(
+        _device(s, known_lines, resolve) for s in root.sections("devices", required=True)
+    )
     streams = tuple(_stream(s) for s in root.sections("streams"))
     inventories = tuple(_inventory(s) for s in root.sections("inventories"))
     nodes = tuple(_node(s) for s in root.sections("nodes"))
@@ -318,9 +323,13 @@ def _line(s: Section) -> SerialLink | None:
     )
 
 
-def _device(s: Section, lines: dict[str, SerialLink]) -> ModbusDevice | None:
+def _device(
+    s: Section, lines: dict[str, SerialLink], resolve: Any
+) -> ModbusDevice | OpcUaDevice | None:
     device_name = s.take("name", name)
-    protocol = s.take("protocol", choice("modbus_tcp", "modbus_rtu"))
+    protocol = s.take("protocol", choice("modbus_tcp", "modbus_rtu", "opcua"))
+    if protocol == "opcua":
+        return _opcua_device(s, device_name, resolve)
     link: TcpLink | SerialLink | None = None
     if protocol == "modbus_tcp":
         host = s.take("host", text)
@@ -394,6 +403,91 @@ def _device(s: Section, lines: dict[str, SerialLink]) -> ModbusDevice | None:
         degrade_after=degrade_after,
         degraded_interval=degraded_interval,
         stale_after=stale_after,
+    )
+
+
+def _opcua_device(s: Section, device_name: str, resolve: Any) -> OpcUaDevice | None:
+    url = s.take("url", text)
+    if url is not None and not url.startswith("opc.tcp://"):
+        s.fail("url", f"'{url}' is not an OPC UA address; write opc.tcp://host:port[/path]")
+    mode = s.take("mode", choice("subscribe", "poll"), "subscribe")
+    publishing = s.take("publishing_interval", _quantity(units.TIME, minimum=0.01), 0.5)
+    sampling = s.take("sampling_interval", _quantity(units.TIME, minimum=0.0), 0.25)
+    queue_size = s.take("queue_size", integer(0, 10_000), 10)
+    deadband = s.take("deadband", number, None)
+    poll_interval = s.take("poll_interval", _quantity(units.TIME, minimum=0.01), 1.0)
+    timeout = s.take("timeout", _quantity(units.TIME, minimum=0.1), 4.0)
+    reconnect_max = s.take("reconnect_max", _quantity(units.TIME, minimum=0.1), 30.0)
+    username = s.take("username", text, None)
+    password_file = s.take("password_file", resolve, None)
+    security = UaSecurity(
+        policy="None", mode=None, certificate=None, private_key=None, server_certificate=None
+    )
+    if (sec := s.section("security", required=False)) is not None:
+        policy = sec.take("policy", choice(*UA_POLICIES))
+        sec_mode = sec.take("mode", choice(*UA_MODES), None if policy == "None" else REQUIRED)
+        certificate = sec.take("certificate", resolve, None if policy == "None" else REQUIRED)
+        private_key = sec.take("private_key", resolve, None if policy == "None" else REQUIRED)
+        server_certificate = sec.take("server_certificate", resolve, None)
+        sec.finish()
+        for key, path in (
+            ("certificate", certificate),
+            ("private_key", private_key),
+            ("server_certificate", server_certificate),
+        ):
+            if path is not None and not path.is_file():
+                sec.fail(key, f"no such file: {path}")
+        if sec.ok:
+            security = UaSecurity(
+                policy=policy,
+                mode=sec_mode,
+                certificate=certificate,
+                private_key=private_key,
+                server_certificate=server_certificate,
+            )
+        else:
+            s.ok = False
+    points: list[UaPoint] = []
+    for ns in s.sections("nodes", required=True):
+        point_name = ns.take("name", name)
+        node_id = ns.take("node", text)
+        unit_symbol = ns.take("unit", _unit_symbol)
+        scale = ns.take("scale", number, 1.0)
+        offset = ns.take("offset", number, 0.0)
+        ns.finish()
+        if not ns.ok:
+            s.ok = False
+            continue
+        unit = units.lookup(unit_symbol)
+        points.append(
+            UaPoint(
+                tag=f"{device_name}.{point_name}",
+                node_id=node_id,
+                unit=unit_symbol,
+                factor=scale * unit.factor,
+                offset=offset * unit.factor + unit.offset,
+            )
+        )
+    s.finish()
+    if password_file is not None and username is None:
+        s.fail("password_file", "a password needs a 'username'")
+    if not s.ok:
+        return None
+    return OpcUaDevice(
+        name=device_name,
+        url=url,
+        points=tuple(points),
+        mode=mode,
+        publishing_interval=publishing,
+        sampling_interval=sampling,
+        queue_size=queue_size,
+        deadband=deadband,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        security=security,
+        username=username,
+        password_file=password_file,
+        reconnect_max=reconnect_max,
     )
 
 
@@ -651,10 +745,13 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
     for i, device in enumerate(config.devices):
         for point in device.points:
             tags[point.tag] = point.unit
-        _check_overlaps(device, *where("devices", i), report)
+        if isinstance(device, ModbusDevice):
+            _check_overlaps(device, *where("devices", i), report)
     endpoints: dict[tuple[str, int], int] = {}
     framings: dict[str, tuple[str, int]] = {}
     for i, device in enumerate(config.devices):
+        if not isinstance(device, ModbusDevice):
+            continue
         link = device.link
         if isinstance(link, TcpLink):
             framing, first = framings.setdefault(link.key, (link.framing, i))

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from massgate.drivers.errors import FatalError
+from massgate.drivers.modbus.model import ModbusDevice
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
+from massgate.drivers.opcua.model import OpcUaDevice
+from massgate.drivers.poller import Poller
 
 from .balance import AlarmEvent, NodeBalance, WindowResult
 from .config import Config
@@ -215,7 +218,7 @@ class Agent:
     config: Config
     gateway: Gateway
     outbox: Outbox
-    pollers: list[DevicePoller]
+    pollers: list[Poller]
     publisher: Publisher | None
 
 
@@ -239,7 +242,7 @@ async def run(
     try:
         gateway = Gateway(config, outbox)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
-        pollers = pollers_for(config.devices, emit=batches.put_nowait)
+        pollers = _pollers(config, batches.put_nowait)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
             publisher = Publisher(outbox, config.mqtt, config.gateway.site, config.gateway.id)
@@ -274,7 +277,7 @@ async def run(
             log.info("stopping: polling ends, totals and outbox are flushed")
             stop_polling.set()
             await asyncio.gather(*poll_tasks)
-            await close_buses(pollers)
+            await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
             _process(agent, batches, final=True)
             if on_cycle is not None:
                 on_cycle(agent)
@@ -283,7 +286,19 @@ async def run(
         outbox.close()
 
 
-async def _poll(poller: DevicePoller, stop: asyncio.Event) -> None:
+def _pollers(config: Config, emit: Callable[[Batch], None]) -> list[Poller]:
+    modbus = tuple(d for d in config.devices if isinstance(d, ModbusDevice))
+    pollers: list[Poller] = list(pollers_for(modbus, emit=emit))
+    opcua = [d for d in config.devices if isinstance(d, OpcUaDevice)]
+    if opcua:
+        # asyncua takes a second to import on a Raspberry Pi: only when a device needs it.
+        from massgate.drivers.opcua.client import OpcUaPoller  # noqa: PLC0415
+
+        pollers.extend(OpcUaPoller(d, emit=emit) for d in opcua)
+    return pollers
+
+
+async def _poll(poller: Poller, stop: asyncio.Event) -> None:
     try:
         await poller.run(stop)
     except FatalError as exc:

@@ -1,0 +1,1 @@
+"""OPC UA client driver: subscriptions with a polling fallback, reconnect by itself."""

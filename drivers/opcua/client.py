@@ -1,0 +1,325 @@
+"""OPC UA client: subscriptions (or polling), status codes as quality, reconnect by itself.
+
+One task per server. A session lives until `stop` or until asyncua's supervisor reports the
+connection lost (server restart, network cut, session timeout). Then the values go BAD, the
+client is dropped, and a fresh one connects with capped exponential backoff and creates its
+subscriptions again: data resumes without restarting the agent. asyncua's own
+auto-reconnect is left off so that there is one reconnect policy, ours, and every loss is
+seen as a BAD batch rather than a quiet gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeNotif
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError
+from cryptography import x509
+
+from massgate.agent.samples import Batch, Quality
+
+from ..errors import FatalError
+from .model import OpcUaDevice, UaPoint
+
+log = logging.getLogger(__name__)
+
+_FIRST_DELAY = 0.5  # s before the first reconnect; doubles up to device.reconnect_max
+# A value the server keeps but cannot refresh is stale, not simply bad.
+_STALE_CODES = {
+    StatusCodes.UncertainLastUsableValue,
+    StatusCodes.BadNoCommunication,
+    StatusCodes.BadWaitingForInitialData,
+    StatusCodes.BadOutOfService,
+}
+_LINK_ERRORS = (OSError, TimeoutError, ConnectionError, UaError)
+
+
+def quality_of(status: ua.StatusCode | None) -> Quality:
+    """OPC UA status code → sample quality."""
+    if status is None or status.is_good():
+        return Quality.GOOD
+    if status.value in _STALE_CODES:
+        return Quality.STALE
+    if status.is_uncertain():
+        return Quality.UNCERTAIN
+    return Quality.BAD
+
+
+@dataclass(slots=True)
+class UaStats:
+    sessions: int = 0
+    losses: int = 0
+    notifications: int = 0
+    reads: int = 0
+
+
+class OpcUaPoller:
+    """Reads one OPC UA server's nodes and emits Batches, reconnecting for as long as it runs."""
+
+    def __init__(self, device: OpcUaDevice, *, emit: Callable[[Batch], None]) -> None:
+        self.device = device
+        self.emit = emit
+        self.stats = UaStats()
+        self.last_error: str | None = None
+        self.connected = False
+        self._by_node = {_canonical(p.node_id): p for p in device.points}
+        self._last: dict[str, tuple[float, Quality, float]] = {}  # tag: SI, quality, mono
+
+    @property
+    def polls(self) -> int:
+        return self.stats.notifications + self.stats.reads
+
+    @property
+    def up(self) -> bool:
+        return self.connected and self.last_error is None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = _FIRST_DELAY
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                delay = _FIRST_DELAY
+            except FatalError:
+                raise
+            except _LINK_ERRORS as exc:
+                self._lost(exc)
+            except Exception as exc:  # asyncua raises more kinds than it documents
+                log.exception("%s: unexpected OPC UA error", self.device.name)
+                self._lost(exc)
+            if stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, self.device.reconnect_max)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        device = self.device
+        client = Client(device.url, timeout=device.timeout, watchdog_intervall=1.0)
+        lost = asyncio.Event()
+        reason: list[Exception] = []
+
+        async def on_lost(exc: Exception) -> None:
+            reason.append(exc)
+            lost.set()
+
+        client.connection_lost_callback = on_lost
+        await self._configure(client)
+        await client.connect()
+        try:
+            self.stats.sessions += 1
+            self.connected = True
+            if self.last_error is not None:
+                log.info("%s: connected again to %s", device.name, device.url)
+            self.last_error = None
+            nodes = [self._node(client, p) for p in device.points]
+            if device.mode == "subscribe":
+                await self._subscribe(client, nodes)
+                await self._hold(stop, lost)
+            else:
+                await self._poll(client, nodes, stop, lost)
+            if lost.is_set() and not stop.is_set():
+                raise ConnectionError(f"session lost: {reason[0] if reason else 'no reason'}")
+        finally:
+            self.connected = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=device.timeout)
+
+    async def _configure(self, client: Client) -> None:
+        device = self.device
+        security = device.security
+        if security.policy != "None":
+            if security.certificate is None or security.private_key is None:
+                raise FatalError(f"{device.name}: policy {security.policy} needs a certificate")
+            client.application_uri = _application_uri(security.certificate, client.application_uri)
+            await client.set_security(
+                SecurityPolicyBasic256Sha256,
+                str(security.certificate),
+                str(security.private_key),
+                server_certificate=(
+                    str(security.server_certificate) if security.server_certificate else None
+                ),
+                mode=getattr(ua.MessageSecurityMode, security.mode or "SignAndEncrypt"),
+            )
+        if device.username is not None:
+            client.set_user(device.username)
+            if device.password_file is not None:
+                client.set_password(device.password_file.read_text(encoding="utf-8").strip())
+
+    def _node(self, client: Client, point: UaPoint) -> Node:
+        try:
+            return client.get_node(point.node_id)
+        except (ValueError, UaError) as exc:
+            raise FatalError(
+                f"{self.device.name}: '{point.node_id}' ({point.tag}) is not a node id: {exc}"
+            ) from exc
+
+    async def _subscribe(self, client: Client, nodes: list[Node]) -> None:
+        device = self.device
+        subscription = await client.create_subscription(
+            device.publishing_interval * 1000, _Handler(self)
+        )
+        if device.deadband is not None:
+            results = await subscription.deadband_monitor(
+                nodes, ua.Double(device.deadband), ua.UInt32(1), device.queue_size
+            )
+        else:
+            results = await subscription.subscribe_data_change(
+                nodes,
+                queuesize=device.queue_size,
+                sampling_interval=ua.Duration(device.sampling_interval * 1000),
+            )
+        handles = results if isinstance(results, list) else [results]
+        refused = [
+            f"{p.tag} ({p.node_id}): {r.name}"
+            for p, r in zip(device.points, handles, strict=True)
+            if isinstance(r, ua.StatusCode) and not r.is_good()
+        ]
+        if refused:
+            raise FatalError(
+                f"{device.name}: the server refused to monitor {', '.join(refused)}; "
+                "check the node ids in the configuration"
+            )
+
+    async def _hold(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        """Repeat unchanged values once per publishing interval while the session lives.
+
+        A server reports by exception: a steady flow sends no notification. The totalizer
+        would take that silence for a gap, so the last value is held and re-stamped for as
+        long as the subscription is alive (asyncua's supervisor watches the session).
+        """
+        period = self.device.publishing_interval
+        while not (stop.is_set() or lost.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop, lost), timeout=period)
+            if stop.is_set() or lost.is_set():
+                return
+            now = time.monotonic()
+            held = {
+                tag: value
+                for tag, (value, quality, mono) in self._last.items()
+                if now - mono >= period and quality is Quality.GOOD
+            }
+            if held:
+                self.emit(Batch(self.device.name, now, time.time(), held, Quality.GOOD))
+
+    async def _poll(
+        self, client: Client, nodes: list[Node], stop: asyncio.Event, lost: asyncio.Event
+    ) -> None:
+        device = self.device
+        next_at = time.monotonic()
+        while not (stop.is_set() or lost.is_set()):
+            values = await client.read_attributes(nodes)
+            self.stats.reads += 1
+            mono, wall = time.monotonic(), time.time()
+            batch: dict[str, float] = {}
+            worst = Quality.GOOD
+            errors = []
+            for point, value in zip(device.points, values, strict=True):
+                quality = quality_of(value.StatusCode)
+                worst = max(worst, quality)
+                if quality is Quality.BAD:
+                    status = value.StatusCode
+                    errors.append(f"{point.tag}: {status.name if status else 'bad'}")
+                batch[point.tag] = _si(point, value.Value.Value if value.Value else None, quality)
+            self.emit(Batch(device.name, mono, wall, batch, worst, "; ".join(errors) or None))
+            next_at += device.poll_interval
+            now = time.monotonic()
+            if next_at < now:
+                next_at = now + device.poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop, lost), timeout=next_at - now)
+
+    def on_value(self, node: Node, value: Any, status: ua.StatusCode | None) -> None:
+        point = self._by_node.get(node.nodeid.to_string())
+        if point is None:
+            return
+        self.stats.notifications += 1
+        quality = quality_of(status)
+        error = status.name if status is not None and quality is not Quality.GOOD else None
+        mono = time.monotonic()
+        si = _si(point, value, quality)
+        self._last[point.tag] = (si, quality, mono)
+        self.emit(Batch(self.device.name, mono, time.time(), {point.tag: si}, quality, error))
+
+    def _lost(self, exc: BaseException) -> None:
+        self.stats.losses += 1
+        self._last.clear()
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if message != self.last_error:
+            log.warning("%s (%s): %s", self.device.name, self.device.url, message)
+        self.last_error = message
+        nan = float("nan")
+        values = {p.tag: nan for p in self.device.points}
+        self.emit(
+            Batch(self.device.name, time.monotonic(), time.time(), values, Quality.BAD, message)
+        )
+
+
+class _Handler:
+    """asyncua's subscription callback, forwarding to the poller."""
+
+    def __init__(self, poller: OpcUaPoller) -> None:
+        self.poller = poller
+
+    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
+        self.poller.on_value(node, val, data.monitored_item.Value.StatusCode)
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        # The session supervisor reports the loss itself; this only leaves a trace.
+        log.info("%s: subscription status %s", self.poller.device.name, status.Status)
+
+
+def _canonical(node_id: str) -> str:
+    """The form asyncua prints a node id in, so that notifications find their point."""
+    try:
+        return str(ua.NodeId.from_string(node_id).to_string())
+    except (ValueError, UaError):
+        return node_id  # reported as a FatalError when the session starts
+
+
+def _si(point: UaPoint, value: Any, quality: Quality) -> float:
+    if quality is Quality.BAD or value is None:
+        return math.nan
+    try:
+        return float(value) * point.factor + point.offset
+    except (TypeError, ValueError):
+        return math.nan
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of the events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def _application_uri(certificate: Path, default: str) -> str:
+    """The client's application URI must match its certificate's: take it from there."""
+    data = certificate.read_bytes()  # a small file, once per session
+    try:
+        cert = x509.load_der_x509_certificate(data)
+    except ValueError:
+        cert = x509.load_pem_x509_certificate(data)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return default
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else default
