@@ -1,4 +1,4 @@
-"""massgate: the one entry point (check, run, sim, demo)."""
+"""massgate: the one entry point (check, run, sim, demo, probe, scan)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sim",
         help="serve the simulated plant as Modbus TCP slaves",
         description="Serve the built-in plant (tank T-100 with a Coriolis meter on its feed, "
-        "a magnetic meter and a temperature transmitter on its product line, a radar level) "
+        "load cells, radar and hydrostatic level; a magnetic meter, temperature and pressure "
+        "transmitters on its product line) "
         "as Modbus TCP slaves until Ctrl-C, and print the device section of an agent "
         "configuration that reads them.",
     )
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         default=5020,
-        help="first TCP port; the four meters use this and the next three (default %(default)s)",
+        help="first TCP port; the seven meters use this and the next six (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=1, help="noise seed (default %(default)s)")
     p.add_argument(
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--plain", action="store_true", help="print the table as plain text instead of redrawing"
     )
     p.set_defaults(func=cmd_demo)
+
+    from . import sitetools
+
+    sitetools.add_commands(sub)
     return parser
 
 

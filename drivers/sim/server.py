@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 WRITE_FUNCTIONS = {5, 6, 15, 16, 22, 23}
 _TABLE_OF_FUNCTION = {code: table for table, code in FUNCTION_CODES.items()}
 _TABLE_ORDER = ("coil", "discrete", "holding", "input")  # SimDevice's tuple of blocks
-_MBAP_UNIT = 6  # offset of the unit id in a Modbus TCP frame
-_NOBODY = 254  # a unit id no simulated slave answers to
 
 
 def _break_crc(frame: bytes) -> bytes:
@@ -172,7 +170,6 @@ class MeterSlave:
             self.device.device,
             address=(host, port),
             trace_packet=self._trace,
-            ignore_missing_devices=True,
         )
 
     @property
@@ -180,10 +177,9 @@ class MeterSlave:
         return self.device.requests
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        # A silent slave: the request is readdressed to a unit nobody serves, which the server
-        # ignores (the bytes must still be consumed, or pymodbus replays them later).
-        if not sending and self.device.silent() and len(data) > _MBAP_UNIT:
-            return data[:_MBAP_UNIT] + bytes([_NOBODY]) + data[_MBAP_UNIT + 1 :]
+        # A silent slave: its reply is swallowed, the master hears nothing.
+        if sending and self.device.silent():
+            return b""
         return data
 
     async def start(self) -> int:
@@ -230,7 +226,9 @@ class SerialSlaves:
             return data
         device = self.devices.get(data[0])
         if device is None:
-            return data
+            # No slave at that address: on RS-485 nobody answers (pymodbus would reply with
+            # an exception on the absent unit's behalf).
+            return data if sending else _break_crc(data)
         if not sending:
             # A silent slave did not hear the request: to the server it is line noise.
             return _break_crc(data) if device.silent() else data

@@ -364,6 +364,45 @@ def test_a_dead_device_gives_bad_batches_not_a_crash():
     run_async(main())
 
 
+def test_a_silent_tcp_slave_times_out_and_answers_again(tmp_path: Path):
+    from massgate.drivers.sim.faults import Fault
+
+    async def main() -> None:
+        plant = Plant()
+        site = SimulatedSite(plant)
+        served = await site.start()
+        try:
+            s = next(x for x in served if x.meter.name == "tt102")
+            (device,) = devices_from(
+                [
+                    {
+                        "name": "tt102",
+                        "protocol": "modbus_tcp",
+                        "host": s.host,
+                        "port": s.port,
+                        "profile": "temperature_tx",
+                        "timeout": "200ms",
+                        "retries": 0,
+                    }
+                ],
+                tmp_path,
+            )
+            (poller,) = pollers_for((device,), emit=lambda b: None)
+            plant.faults.add(Fault(kind="dropout", target="tt102"))
+            silent = [await poller.poll() for _ in range(2)]
+            plant.faults.clear("tt102")
+            back = await poller.poll()
+            await close_buses([poller])
+        finally:
+            await site.stop()
+        assert [b.quality for b in silent] == [Quality.BAD, Quality.BAD]
+        assert all("no reply" in (b.error or "") for b in silent)
+        assert poller.stats.timeouts == 2
+        assert back.quality is Quality.GOOD, back.error
+
+    run_async(main())
+
+
 def test_stuck_values_turn_stale_after_the_configured_time(tmp_path: Path):
     from massgate.drivers.sim.faults import Fault
 
