@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    from . import sitetools
+    from . import bench, sitetools
 
     sitetools.add_commands(sub)
+    bench.add_commands(sub)
     return parser
 
 
