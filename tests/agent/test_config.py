@@ -11,6 +11,8 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.yamlsource import ConfigError
+from massgate.drivers.modbus.model import ModbusDevice, SerialLink, TcpLink
+from massgate.drivers.opcua.model import OpcUaDevice
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = sorted(p for p in (Path(__file__).parent.parent / "cases").iterdir() if p.is_dir())
@@ -18,13 +20,29 @@ CASES = sorted(p for p in (Path(__file__).parent.parent / "cases").iterdir() if 
 
 def test_example_validates_and_converts_units():
     config = config_module.load(ROOT / "config.example.yaml")
-    assert [d.name for d in config.devices] == ["ft101", "ft102", "tt102", "lt100"]
+    names = [d.name for d in config.devices]
+    assert names == ["ft101", "ft102", "tt102", "lt100", "wt100", "ft103", "plc"]
     ft101 = config.devices[0]
+    assert isinstance(ft101, ModbusDevice)
     assert ft101.poll_interval == 0.5
     mass_flow = next(p for p in ft101.points if p.tag == "ft101.mass_flow")
     assert mass_flow.factor == pytest.approx(1 / 3600)  # kg/h → kg/s
     level = next(p for p in config.devices[3].points if p.tag == "lt100.level")
     assert (level.table, level.type, level.factor) == ("input", "uint16", pytest.approx(1e-3))
+    high_alarm = next(p for p in config.devices[3].points if p.tag == "lt100.high_alarm")
+    assert (high_alarm.bit, high_alarm.type, high_alarm.unit) == (0, "uint16", "flag")
+    wt100, ft103, plc = config.devices[4:]
+    assert isinstance(wt100, ModbusDevice)
+    assert isinstance(wt100.link, SerialLink)
+    assert (wt100.link.baudrate, wt100.link.parity, wt100.unit_id) == (19200, "E", 7)
+    assert isinstance(ft103, ModbusDevice)
+    assert isinstance(ft103.link, TcpLink)
+    assert ft103.link.framing == "rtu"
+    overridden = next(p for p in ft103.points if p.tag == "ft103.mass_flow")
+    assert (overridden.order, overridden.factor) == ("CDAB", pytest.approx(1 / 3600))
+    assert len(ft103.points) == 5  # the profile's five, one of them replaced
+    assert isinstance(plc, OpcUaDevice)
+    assert plc.points[0].node_id == "ns=3;s=FIC201.PV"
     node = config.nodes[0]
     assert (node.window, node.persistence, node.tolerance_relative) == (900.0, 300.0, 0.005)
     product = config.streams[1]
@@ -61,7 +79,7 @@ def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_command_accepts_the_example():
     result = _massgate("check", str(ROOT / "config.example.yaml"))
     assert result.returncode == 0, result.stderr
-    assert "OK: 4 devices" in result.stdout
+    assert "OK: 7 devices" in result.stdout
 
 
 def test_check_command_rejects_a_broken_file_with_file_line(tmp_path: Path):
