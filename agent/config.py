@@ -367,18 +367,7 @@ def _device(
             s.fail("profile", f"no device profile '{profile_name}'.{hint}")
         else:
             for pp in profile.points:
-                unit = units.lookup(pp.unit)
-                points[pp.name] = Point(
-                    tag=f"{device_name}.{pp.name}",
-                    table=pp.table,
-                    address=pp.address,
-                    type=pp.type,
-                    order=pp.order,
-                    factor=pp.scale * unit.factor,
-                    offset=pp.offset * unit.factor + unit.offset,
-                    unit=pp.unit,
-                    bit=pp.bit,
-                )
+                points[pp.name] = profile_point(pp, device_name)
     # An entry under `points` with the name of a profile point replaces it (a meter whose
     # firmware puts one value elsewhere, or in other units).
     for ps in s.sections("points"):
@@ -403,6 +392,22 @@ def _device(
         degrade_after=degrade_after,
         degraded_interval=degraded_interval,
         stale_after=stale_after,
+    )
+
+
+def profile_point(pp: profiles.ProfilePoint, device_name: str) -> Point:
+    """A profile's point on one device, with its scale and unit folded into SI factors."""
+    unit = units.lookup(pp.unit)
+    return Point(
+        tag=f"{device_name}.{pp.name}",
+        table=pp.table,
+        address=pp.address,
+        type=pp.type,
+        order=pp.order,
+        factor=pp.scale * unit.factor,
+        offset=pp.offset * unit.factor + unit.offset,
+        unit=pp.unit,
+        bit=pp.bit,
     )
 
 

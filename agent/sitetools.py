@@ -14,6 +14,7 @@ from massgate.drivers.modbus.model import BIT_TABLES, PARITIES, TABLES, Point, S
 from massgate.drivers.modbus.probe import probe, scan
 
 from . import units
+from .config import profile_point
 
 EXIT_OK = 0
 EXIT_NO_REPLY = 1
@@ -60,25 +61,11 @@ def _link(args: argparse.Namespace) -> TcpLink | SerialLink:
 def _points(args: argparse.Namespace) -> tuple[tuple[Point, ...], dict[str, tuple[float, float]]]:
     if args.profile:
         profile = profiles.load(args.profile)
-        listed: list[Point] = []
+        listed = tuple(profile_point(pp, "probe") for pp in profile.points)
         factors = {}
-        for pp in profile.points:
-            unit = units.lookup(pp.unit)
-            tag = f"probe.{pp.name}"
-            listed.append(
-                Point(
-                    tag=tag,
-                    table=pp.table,
-                    address=pp.address,
-                    type=pp.type,
-                    order=pp.order,
-                    factor=pp.scale * unit.factor,
-                    offset=pp.offset * unit.factor + unit.offset,
-                    unit=pp.unit,
-                    bit=pp.bit,
-                )
-            )
-            factors[tag] = (unit.factor, unit.offset)
+        for point in listed:
+            unit = units.lookup(point.unit)
+            factors[point.tag] = (unit.factor, unit.offset)
         return tuple(listed), factors
     type_name = "bool" if args.table in BIT_TABLES else args.type
     width = 1 if type_name == "bool" else codec.width(type_name)
