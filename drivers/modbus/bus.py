@@ -127,6 +127,8 @@ class Bus:
         except ModbusException as exc:
             if not client.connected:
                 await self.close()
+                if not self._received:
+                    raise LinkDown(f"connection to {self.link} lost during {span}") from exc
             if self._received:
                 self.stats.garbled += 1
                 raise Garbled(
