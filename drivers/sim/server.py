@@ -85,7 +85,6 @@ class MeterDevice:
         self.plant = plant
         self.unit_id = unit_id
         self.profile = profile or profiles.load(meter.profile)
-        self.requests = 0
         self._units = {p.name: units.lookup(p.unit) for p in self.profile.points}
         blocks: list[list[SimData]] = []
         for table in _TABLE_ORDER:
@@ -113,7 +112,6 @@ class MeterDevice:
     ) -> ExcCodes | None:
         if function_code in WRITE_FUNCTIONS or set_values is not None:
             return ExcCodes.ILLEGAL_FUNCTION  # a meter's measurements are read-only
-        self.requests += 1
         faults = self.plant.faults
         t = self.plant.now()
         if (slow := faults.find("slow", self.meter.name, t)) is not None:
@@ -171,10 +169,6 @@ class MeterSlave:
             address=(host, port),
             trace_packet=self._trace,
         )
-
-    @property
-    def requests(self) -> int:
-        return self.device.requests
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         # A silent slave: its reply is swallowed, the master hears nothing.

@@ -45,6 +45,17 @@ def _rtu_devices(port: str, tmp_path: Path, **overrides: object) -> tuple:
     )
 
 
+async def _serve(slave_end: str, units: dict[int, str]) -> tuple[Plant, SerialSlaves]:
+    """The plant with the named meters as RTU slaves on the far end of the line."""
+    plant = Plant()
+    meters = {m.name: m for m in meters_of(plant)}
+    slaves = SerialSlaves(
+        slave_end, {uid: meters[name] for uid, name in units.items()}, plant, baudrate=115200
+    )
+    await slaves.start()
+    return plant, slaves
+
+
 def _rate(batches: list[Batch], device: str, start: float, end: float) -> float:
     """Good polls per second of one device between two monotonic times."""
     good = [
@@ -60,12 +71,7 @@ def test_a_dead_slave_does_not_slow_the_live_one_and_comes_back(line, tmp_path: 
     devices = _rtu_devices(master, tmp_path)
 
     async def main() -> None:
-        plant = Plant()
-        meters = {m.name: m for m in meters_of(plant)}
-        slaves = SerialSlaves(
-            slave_end, {1: meters["ft101"], 2: meters["wt100"]}, plant, baudrate=115200
-        )
-        await slaves.start()
+        plant, slaves = await _serve(slave_end, {1: "ft101", 2: "wt100"})
         batches: list[Batch] = []
         pollers = pollers_for(devices, emit=batches.append)
         assert pollers[0].bus is pollers[1].bus  # one line, one lock
@@ -121,12 +127,7 @@ def test_crc_garbage_and_exception_replies_are_counted_and_never_crash(line, tmp
     devices = _rtu_devices(master, tmp_path, retries=0, degrade_after=1000)
 
     async def main() -> None:
-        plant = Plant()
-        meters = {m.name: m for m in meters_of(plant)}
-        slaves = SerialSlaves(
-            slave_end, {1: meters["ft101"], 2: meters["wt100"]}, plant, baudrate=115200
-        )
-        await slaves.start()
+        plant, slaves = await _serve(slave_end, {1: "ft101", 2: "wt100"})
         pollers = pollers_for(devices, emit=lambda b: None)
         ft, wt = pollers
         try:
@@ -159,10 +160,7 @@ def test_slow_replies_within_the_timeout_are_good_and_beyond_it_are_no_reply(lin
     devices = _rtu_devices(master, tmp_path, retries=0, degrade_after=1000)
 
     async def main() -> None:
-        plant = Plant()
-        meters = {m.name: m for m in meters_of(plant)}
-        slaves = SerialSlaves(slave_end, {1: meters["ft101"]}, plant, baudrate=115200)
-        await slaves.start()
+        plant, slaves = await _serve(slave_end, {1: "ft101"})
         (ft, _) = pollers_for(devices, emit=lambda b: None)
         try:
             plant.faults.add(Fault(kind="slow", target="ft101", magnitude=0.1))
