@@ -83,16 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    from .demo import serve_plant
+    from . import simcmd
 
-    try:
-        asyncio.run(serve_plant(args))
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        print(f"massgate sim: cannot serve the plant: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return simcmd.run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -135,31 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sim",
-        help="serve the simulated plant as Modbus TCP slaves",
-        description="Serve the built-in plant (tank T-100 with a Coriolis meter on its feed, "
-        "load cells, radar and hydrostatic level; a magnetic meter, temperature and pressure "
-        "transmitters on its product line) "
-        "as Modbus TCP slaves until Ctrl-C, and print the device section of an agent "
-        "configuration that reads them.",
+        help="serve a simulated plant over Modbus TCP, Modbus RTU and OPC UA",
+        description="Serve the built-in plant (tank T-100 on load cells with a Coriolis meter "
+        "on its feed, radar and hydrostatic level; a magnetic meter, temperature and pressure "
+        "transmitters on its product line) or a plant file of your own until Ctrl-C or "
+        "SIGTERM: every meter as a Modbus TCP slave, and on request as RTU slaves on a serial "
+        "line and over OPC UA. Prints an agent configuration that reads them all.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument(
-        "--base-port",
-        type=int,
-        default=5020,
-        help="first TCP port; the seven meters use this and the next six (default %(default)s)",
-    )
-    p.add_argument("--seed", type=int, default=1, help="noise seed (default %(default)s)")
-    p.add_argument(
-        "--leak-at", type=float, metavar="SECONDS", help="open a leak this long after start"
-    )
-    p.add_argument(
-        "--leak-rate",
-        type=float,
-        default=0.5,
-        metavar="KG_PER_S",
-        help="leak on the product line, kg/s (default %(default)s)",
-    )
+    from . import simcmd
+
+    simcmd.add_arguments(p)
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser(

@@ -47,6 +47,7 @@ from .yamlsource import (
     name,
     names,
     number,
+    quantity,
     text,
 )
 
@@ -197,21 +198,6 @@ def loads(text_: str, *, path: Path) -> Config:
 # --- converters ---------------------------------------------------------------------------
 
 
-def _quantity(dimension: str, *, positive: bool = False, minimum: float | None = None) -> Any:
-    def convert(value: Any) -> float:
-        try:
-            result = units.parse_quantity(value, dimension)
-        except units.UnitError as exc:
-            raise Invalid(str(exc)) from None
-        if positive and not result > 0:
-            raise Invalid(f"must be greater than zero, got {value!r}")
-        if minimum is not None and result < minimum:
-            raise Invalid(f"must be at least {minimum} (SI), got {value!r}")
-        return result
-
-    return convert
-
-
 def _unit_symbol(value: Any) -> str:
     symbol = text(value)
     try:
@@ -252,11 +238,11 @@ def _build(raw: Any, path: Path) -> Config:
 
     totals_interval = 60.0
     if (totals := root.section("totals", required=False)) is not None:
-        totals_interval = totals.take("interval", _quantity(units.TIME, positive=True), 60.0)
+        totals_interval = totals.take("interval", quantity(units.TIME, positive=True), 60.0)
         totals.finish()
     telemetry_interval = 10.0
     if (telemetry := root.section("telemetry", required=False)) is not None:
-        telemetry_interval = telemetry.take("interval", _quantity(units.TIME, minimum=0.0), 10.0)
+        telemetry_interval = telemetry.take("interval", quantity(units.TIME, minimum=0.0), 10.0)
         telemetry.finish()
 
     state_dir = gateway.state_dir if gateway is not None else base
@@ -308,7 +294,7 @@ def _line(s: Section) -> SerialLink | None:
     parity = s.take("parity", choice(*PARITIES), "none")
     stopbits = s.take("stopbits", integer(1, 2), 1)
     bytesize = s.take("bytesize", integer(7, 8), 8)
-    delay = s.take("inter_frame_delay", _quantity(units.TIME, minimum=0.0), None)
+    delay = s.take("inter_frame_delay", quantity(units.TIME, minimum=0.0), None)
     s.finish()
     if not s.ok:
         return None
@@ -345,16 +331,16 @@ def _device(
                 known = ", ".join(sorted(lines)) or "none are defined under 'lines'"
                 s.fail("line", f"no serial line named '{line_name}' (lines: {known})")
     unit_id = s.take("unit_id", integer(0, 247), 1)
-    poll_interval = s.take("poll_interval", _quantity(units.TIME, minimum=0.01), 1.0)
-    timeout = s.take("timeout", _quantity(units.TIME, minimum=0.01), 1.0)
+    poll_interval = s.take("poll_interval", quantity(units.TIME, minimum=0.01), 1.0)
+    timeout = s.take("timeout", quantity(units.TIME, minimum=0.01), 1.0)
     retries = s.take("retries", integer(0, 10), 1)
     max_request = s.take(
         "max_request_registers", integer(1, MAX_READ_REGISTERS), MAX_READ_REGISTERS
     )
     gap_fill = s.take("gap_fill", integer(0, MAX_READ_REGISTERS), 8)
     degrade_after = s.take("degrade_after", integer(1, 1000), 3)
-    degraded_interval = s.take("degraded_interval", _quantity(units.TIME, minimum=0.01), 10.0)
-    stale_after = s.take("stale_after", _quantity(units.TIME, positive=True), None)
+    degraded_interval = s.take("degraded_interval", quantity(units.TIME, minimum=0.01), 10.0)
+    stale_after = s.take("stale_after", quantity(units.TIME, positive=True), None)
     profile_name = s.take("profile", text, None)
 
     points: dict[str, Point] = {}
@@ -416,13 +402,13 @@ def _opcua_device(s: Section, device_name: str, resolve: Any) -> OpcUaDevice | N
     if url is not None and not url.startswith("opc.tcp://"):
         s.fail("url", f"'{url}' is not an OPC UA address; write opc.tcp://host:port[/path]")
     mode = s.take("mode", choice("subscribe", "poll"), "subscribe")
-    publishing = s.take("publishing_interval", _quantity(units.TIME, minimum=0.01), 0.5)
-    sampling = s.take("sampling_interval", _quantity(units.TIME, minimum=0.0), 0.25)
+    publishing = s.take("publishing_interval", quantity(units.TIME, minimum=0.01), 0.5)
+    sampling = s.take("sampling_interval", quantity(units.TIME, minimum=0.0), 0.25)
     queue_size = s.take("queue_size", integer(0, 10_000), 10)
     deadband = s.take("deadband", number, None)
-    poll_interval = s.take("poll_interval", _quantity(units.TIME, minimum=0.01), 1.0)
-    timeout = s.take("timeout", _quantity(units.TIME, minimum=0.1), 4.0)
-    reconnect_max = s.take("reconnect_max", _quantity(units.TIME, minimum=0.1), 30.0)
+    poll_interval = s.take("poll_interval", quantity(units.TIME, minimum=0.01), 1.0)
+    timeout = s.take("timeout", quantity(units.TIME, minimum=0.1), 4.0)
+    reconnect_max = s.take("reconnect_max", quantity(units.TIME, minimum=0.1), 30.0)
     username = s.take("username", text, None)
     password_file = s.take("password_file", resolve, None)
     security = UaSecurity(
@@ -547,14 +533,14 @@ def _density(s: Section | None) -> DensityModel | None:
     if s is None:
         return None
     model = s.take("model", choice("constant", "linear"), "linear")
-    reference = s.take("reference", _quantity(units.DENSITY, positive=True))
+    reference = s.take("reference", quantity(units.DENSITY, positive=True))
     if model == "constant":
         s.finish()
         return DensityModel(
             reference=reference, reference_temperature=288.15, expansion=0.0, temperature=None
         )
-    reference_temperature = s.take("at", _quantity(units.TEMPERATURE, positive=True))
-    expansion = s.take("expansion", _quantity(units.PER_KELVIN, minimum=0.0))
+    reference_temperature = s.take("at", quantity(units.TEMPERATURE, positive=True))
+    expansion = s.take("expansion", quantity(units.PER_KELVIN, minimum=0.0))
     temperature = s.take("temperature", _tag)
     s.finish()
     return DensityModel(
@@ -570,10 +556,10 @@ def _stream(s: Section) -> StreamConfig | None:
     mass_flow = s.take("mass_flow", _tag, None)
     volume_flow = s.take("volume_flow", _tag, None)
     density = _density(s.section("density", required=volume_flow is not None))
-    accuracy = s.take("accuracy", _quantity(units.FRACTION, positive=True))
-    max_gap = s.take("max_gap", _quantity(units.TIME, positive=True), 5.0)
+    accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True))
+    max_gap = s.take("max_gap", quantity(units.TIME, positive=True), 5.0)
     dimension = units.MASS_FLOW if volume_flow is None else units.VOLUME_FLOW
-    cutoff = s.take("low_flow_cutoff", _quantity(dimension, minimum=0.0), 0.0)
+    cutoff = s.take("low_flow_cutoff", quantity(dimension, minimum=0.0), 0.0)
     if mass_flow is None and volume_flow is None and s.ok:
         s.fail(None, "a stream needs 'mass_flow' or 'volume_flow' (the tag of its meter)")
     if mass_flow is not None and volume_flow is not None:
@@ -598,10 +584,10 @@ def _inventory(s: Section) -> InventoryConfig | None:
     result = InventoryConfig(
         name=s.take("name", name),
         level=s.take("level", _tag),
-        area=s.take("area", _quantity(units.AREA, positive=True)),
+        area=s.take("area", quantity(units.AREA, positive=True)),
         density=_density(s.section("density")),  # type: ignore[arg-type]
-        accuracy=s.take("accuracy", _quantity(units.LENGTH, positive=True)),
-        max_age=s.take("max_age", _quantity(units.TIME, positive=True), 5.0),
+        accuracy=s.take("accuracy", quantity(units.LENGTH, positive=True)),
+        max_age=s.take("max_age", quantity(units.TIME, positive=True), 5.0),
     )
     s.finish()
     return result if s.ok else None
@@ -612,17 +598,17 @@ def _node(s: Section) -> NodeConfig | None:
     inputs = s.take("inputs", names, ())
     outputs = s.take("outputs", names, ())
     inventories = s.take("inventories", names, ())
-    window = s.take("window", _quantity(units.TIME, positive=True))
-    evaluate_every = s.take("evaluate_every", _quantity(units.TIME, positive=True), None)
+    window = s.take("window", quantity(units.TIME, positive=True))
+    evaluate_every = s.take("evaluate_every", quantity(units.TIME, positive=True), None)
     fixed, relative, sigma = 0.0, 0.01, 3.0
     if (tol := s.section("tolerance", required=False)) is not None:
-        fixed = tol.take("fixed", _quantity(units.MASS, minimum=0.0), 0.0)
-        relative = tol.take("relative", _quantity(units.FRACTION, minimum=0.0), 0.0)
+        fixed = tol.take("fixed", quantity(units.MASS, minimum=0.0), 0.0)
+        relative = tol.take("relative", quantity(units.FRACTION, minimum=0.0), 0.0)
         sigma = tol.take("sigma", number, 3.0)
         tol.finish()
-    persistence = s.take("persistence", _quantity(units.TIME, minimum=0.0))
-    clear_after = s.take("clear_after", _quantity(units.TIME, minimum=0.0), 0.0)
-    min_coverage = s.take("min_coverage", _quantity(units.FRACTION, minimum=0.0), 0.9)
+    persistence = s.take("persistence", quantity(units.TIME, minimum=0.0))
+    clear_after = s.take("clear_after", quantity(units.TIME, minimum=0.0), 0.0)
+    min_coverage = s.take("min_coverage", quantity(units.FRACTION, minimum=0.0), 0.9)
     s.finish()
     if not s.ok:
         return None
@@ -652,7 +638,7 @@ def _node(s: Section) -> NodeConfig | None:
 
 def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
     path = s.take("path", resolve, state_dir / "state.sqlite")
-    max_bytes = s.take("max_size", _quantity(units.BYTES, minimum=1e5), 256 * 1024 * 1024)
+    max_bytes = s.take("max_size", quantity(units.BYTES, minimum=1e5), 256 * 1024 * 1024)
     s.finish()
     return OutboxConfig(path=path, max_bytes=int(max_bytes or 0))
 
@@ -696,7 +682,7 @@ def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
         client_cert=s.take("client_cert", resolve, None),
         client_key=s.take("client_key", resolve, None),
         protocol=s.take("protocol", choice("5", "3.1.1"), "5"),
-        keepalive=s.take("keepalive", _quantity(units.TIME, minimum=5.0), 30.0),
+        keepalive=s.take("keepalive", quantity(units.TIME, minimum=5.0), 30.0),
         topic_prefix=s.take("topic_prefix", text, "massgate"),
         in_flight=s.take("in_flight", integer(1, 65535), 20),
         username=s.take("username", text, None),

@@ -10,14 +10,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from massgate.drivers.sim.plant import Plant, PlantSpec
+from massgate.drivers.sim.faults import Fault
+from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import Served, SimulatedSite
 
 from . import config as config_module
 from .runtime import Agent, run
+from .simcmd import tcp_devices
 from .yamlsource import ConfigError
 
 log = logging.getLogger(__name__)
+
+# The agent's inventories of the demo configuration, and the vessels of the plant they gauge.
+DEMO_VESSELS = {"t100": "T-100"}
 
 
 def site_config(
@@ -35,12 +40,7 @@ def site_config(
     poll_interval: str = "200ms",
 ) -> str:
     """An agent configuration (YAML text) for the simulated plant served at `served`."""
-    devices = "\n".join(
-        f"  - {{name: {s.meter.name}, protocol: modbus_tcp, host: {s.host}, port: {s.port}, "
-        f"unit_id: {s.unit_id}, profile: {s.meter.profile}, poll_interval: {poll_interval}, "
-        f"timeout: 500ms}}   # {s.meter.description}"
-        for s in served
-    )
+    devices = "\n".join(tcp_devices(served, poll_interval=poll_interval))
     mqtt = ""
     if broker:
         lines = ["mqtt:", f"  brokers: [{broker}]"]
@@ -108,33 +108,14 @@ telemetry:
 {mqtt}"""
 
 
-async def serve_plant(args: argparse.Namespace) -> None:
-    spec = PlantSpec(seed=args.seed, leak_rate=args.leak_rate, leak_start=args.leak_at)
-    site = SimulatedSite(Plant(spec), host=args.host, base_port=args.base_port)
-    served = await site.start()
-    try:
-        print("Simulated plant is serving (Ctrl-C stops it):")
-        for s in served:
-            print(
-                f"  {s.meter.name:6} {s.meter.description:34} "
-                f"modbus://{s.host}:{s.port} unit {s.unit_id}"
-            )
-        print("\nDevice section of an agent configuration that reads it:\n")
-        text = site_config(served, state_dir=Path("state"))
-        start = text.index("devices:")
-        print(text[start : text.index("streams:")].rstrip())
-        await asyncio.Event().wait()
-    finally:
-        await site.stop()
-
-
 def render(agent: Agent, plant: Plant, *, elapsed: float, duration: float) -> str:
     gw = agent.gateway
     lines = []
     leak = "closed"
-    if plant.leak_open and plant.leak_opened_at is not None:
-        opened = plant.leak_opened_at - plant.started
-        leak = f"OPEN since {opened:.0f} s ({plant.spec.leak_rate:.2f} kg/s)"
+    if leaks := plant.open_leaks():
+        leak = ", ".join(
+            f"OPEN on {f.target} since {f.start:.0f} s ({f.magnitude:.2f} kg/s)" for f in leaks
+        )
     lines.append(
         f"massgate demo · site {agent.config.gateway.site} · gateway {agent.config.gateway.id} · "
         f"{elapsed:5.1f} s of {duration:.0f} s · leak {leak}"
@@ -145,11 +126,11 @@ def render(agent: Agent, plant: Plant, *, elapsed: float, duration: float) -> st
     lines.append(f"{'stream':10}{'flow kg/s':>11}{'total kg':>12}{'true kg':>12}{'error':>9}")
     for name, stream in gw.streams.items():
         true = None
-        # The demo's streams are named after the plant's truth fields (feed, product).
+        # The demo's streams are named after the plant's lines (feed, product).
         if stream.first_wall is not None and stream.last_wall is not None:
             try:
                 moved = plant.truth_between(stream.first_wall, stream.last_wall)
-                true = getattr(moved, name, None)
+                true = moved.lines.get(name)
             except ValueError:
                 true = None
         total = stream.net
@@ -158,7 +139,8 @@ def render(agent: Agent, plant: Plant, *, elapsed: float, duration: float) -> st
         lines.append(f"{name:10}{stream.last_flow:11.3f}{total:12.2f}{true_text}{err:>9}")
     for name, gauge in gw.inventories.items():
         mass = f"{gauge.mass:.1f} kg" if gauge.mass is not None else "—"
-        lines.append(f"{name:10}level {gauge.level:.4f} m  mass {mass}  (true {plant.tank:.1f} kg)")
+        true_mass = plant.mass_in(DEMO_VESSELS[name])
+        lines.append(f"{name:10}level {gauge.level:.4f} m  mass {mass}  (true {true_mass:.1f} kg)")
     lines.append("")
     lines.append(
         f"{'node':11}{'in kg':>9}{'out kg':>9}{'Δinv kg':>9}{'imbal kg':>10}{'tol kg':>8}"
@@ -200,7 +182,10 @@ async def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="massgate-demo-") as tmp:
         state_dir = Path(args.state_dir) if args.state_dir else Path(tmp)
         state_dir.mkdir(parents=True, exist_ok=True)
-        plant = Plant(PlantSpec(leak_rate=args.leak_rate))
+        plant = Plant()
+        plant.faults.add(
+            Fault(kind="leak", target="product", start=leak_at, magnitude=args.leak_rate)
+        )
         site = SimulatedSite(plant)
         served = await site.start()
         try:
@@ -233,8 +218,6 @@ async def run_demo(args: argparse.Namespace) -> int:
 
             def on_cycle(agent: Agent) -> None:
                 elapsed = time.monotonic() - started
-                if not plant.leak_open and elapsed >= leak_at:
-                    plant.open_leak()
                 if elapsed >= duration:
                     shutdown.set()
                 if elapsed - shown[0] < (1.0 if redraw else 5.0) and not shutdown.is_set():

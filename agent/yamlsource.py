@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import units
+
 T = TypeVar("T")
 
 
@@ -287,3 +289,20 @@ def names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise Invalid(f"expected a name or a list of names, got {value!r}")
     return tuple(name(v) for v in value)
+
+
+def quantity(dimension: str, *, positive: bool = False, minimum: float | None = None) -> Any:
+    """A converter for a quantity with its unit ("500ms"), into SI."""
+
+    def convert(value: Any) -> float:
+        try:
+            result = units.parse_quantity(value, dimension)
+        except units.UnitError as exc:
+            raise Invalid(str(exc)) from None
+        if positive and not result > 0:
+            raise Invalid(f"must be greater than zero, got {value!r}")
+        if minimum is not None and result < minimum:
+            raise Invalid(f"must be at least {minimum} (SI), got {value!r}")
+        return result
+
+    return convert

@@ -7,6 +7,7 @@ committed to what arrived, by sequence number.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sqlite3
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from massgate.agent import config as config_module
 from massgate.agent.demo import site_config
 from massgate.agent.runtime import Agent, run
-from massgate.drivers.sim.plant import Plant, PlantSpec
+from massgate.drivers.sim.plant import Plant
+from massgate.drivers.sim.plantspec import builtin
 from massgate.drivers.sim.server import SimulatedSite
 from tests.conftest import Broker, Subscriber, run_async
 
@@ -33,7 +35,7 @@ def _wall(iso: str) -> float:
 def test_pipeline_kilograms_alarm_and_delivery(
     broker: Broker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    plant = Plant(PlantSpec(seed=7, leak_rate=LEAK_RATE))
+    plant = Plant(dataclasses.replace(builtin(), seed=7))
     state_dir = tmp_path / "state"
     seen: dict[str, float] = {}
 
@@ -61,8 +63,8 @@ def test_pipeline_kilograms_alarm_and_delivery(
 
             def on_cycle(agent: Agent) -> None:
                 elapsed = time.monotonic() - started
-                if elapsed >= LEAK_AT and not plant.leak_open:
-                    plant.open_leak()
+                if elapsed >= LEAK_AT and not plant.open_leaks():
+                    plant.open_leak("product", LEAK_RATE)
                     seen["leak_wall"] = time.time()
                 raised = [e for e in agent.gateway.alarms if e.event == "raised"]
                 if raised and "raised" not in seen:
@@ -95,7 +97,7 @@ def test_pipeline_kilograms_alarm_and_delivery(
     # Kilograms against truth, per stream, over exactly the periods the records cover.
     totals = subscriber.records("totals")
     assert len(totals) >= 5
-    for stream, truth_name, accuracy in (("feed", "feed", 0.002), ("product", "product", 0.005)):
+    for stream, accuracy in (("feed", 0.002), ("product", 0.005)):
         periods = [s for t in totals for s in t["streams"] if s["stream"] == stream]
         periods = [p for p in periods if p["period_start"] is not None]
         for before, after in itertools.pairwise(periods):
@@ -106,7 +108,7 @@ def test_pipeline_kilograms_alarm_and_delivery(
         truth = plant.truth_between(
             _wall(periods[0]["period_start"]), _wall(periods[-1]["period_end"])
         )
-        expected = getattr(truth, truth_name)
+        expected = truth.lines[stream]
         assert expected > 30.0
         assert abs(reported - expected) <= accuracy * expected, (stream, reported, expected)
 

@@ -1,268 +1,287 @@
-"""A small plant that moves real (simulated) mass and knows exactly how much.
+"""A plant that moves real (simulated) mass and knows exactly how much.
 
-Feed line (pump P-101, Coriolis FT-101) → tank T-100 (radar LT-100) → product line
-(pump P-102, temperature TT-102, magnetic meter FT-102). A leak can be opened on the product
-line between the tank and FT-102: the tank loses mass that no meter sees.
+The plant is a PlantSpec (plantspec.py, from YAML): vessels, lines whose pumps move fluid
+between them or across the plant's boundary, meters on lines and vessels. Flows are smooth
+functions of time, integrated in small steps: "truth" is this integral, which the agent's
+kilograms are held to. A meter's reading adds its noise to the true value at the instant of
+the read, so the agent sees what a real meter would say.
 
-Flows are smooth functions of time, integrated in small steps: "truth" is this integral,
-which the agent's kilograms are held to. Meter readings add the meter's noise (and bias) to
-the true value at the instant of the read, so the agent sees what a real meter would say.
+A leak on a line loses mass that no meter sees, on the side of the line inside the plant:
+a line out of a vessel draws the leak from that vessel on top of what its pump delivers; a
+line from outside delivers less than its pump (and its meter) moved.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
-from .faults import Faults
+from .faults import Fault, Faults
+from .plantspec import OUTSIDE, MeterSpec, PlantSpec, builtin
 
 STEP = 0.005  # s, integration step of the truth
+RECORD_EVERY = 0.05  # s between points of the truth's history
+HISTORY = 3600.0  # s of history kept for truth_between
 GRAVITY = 9.80665  # m/s²
+STABLE_RATE = 0.2  # kg/s: a load cell indicator calls its weight stable below this rate
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlantSpec:
-    seed: int = 1
-    tank_area: float = 1.0  # m²
-    tank_level: float = 1.5  # m, at start
-    feed_flow: float = 2.0  # kg/s, mean
-    feed_swing: float = 0.10  # ± fraction of the mean
-    feed_period: float = 90.0  # s
-    product_flow: float = 1.95 / 996.0  # m³/s at the pump, mean
-    product_swing: float = 0.05
-    product_period: float = 70.0
-    temperature: float = 303.15  # K, mean
-    temperature_swing: float = 5.0  # K
-    temperature_period: float = 120.0  # s
-    fluid_density: float = 998.2  # kg/m³ at fluid_reference_temperature
-    fluid_reference_temperature: float = 293.15  # K
-    fluid_expansion: float = 2.1e-4  # 1/K
-    coriolis_noise: float = 0.0005  # relative σ
-    magmeter_noise: float = 0.001  # relative σ
-    level_noise: float = 0.0003  # m σ
-    temperature_noise: float = 0.05  # K σ
-    leak_rate: float = 0.0  # kg/s when the leak is open
-    leak_start: float | None = None  # s after start, or None: only by command
-    tank_tare: float = 850.0  # kg, the empty tank on its load cells
-    load_cell_noise: float = 0.2  # kg σ
-    discharge_pressure: float = 3.0e5  # Pa gauge, product pump
-    pressure_noise: float = 500.0  # Pa σ, discharge pressure
-    head_noise: float = 10.0  # Pa σ, hydrostatic level transmitter (≈ 1 mm of water)
+@cache
+def _builtin() -> PlantSpec:
+    return builtin()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Truth:
-    """Cumulative true quantities at one instant."""
+    """True quantities: cumulative at one instant, or moved between two (truth_between)."""
 
     mono: float
     wall: float
-    feed: float  # kg through FT-101
-    product: float  # kg through FT-102
-    leak: float  # kg lost from the product line
-    tank: float  # kg in T-100
+    lines: dict[str, float]  # kg delivered by each line's pump: what its meters measure
+    volumes: dict[str, float]  # m³ at line conditions, the same
+    leaks: dict[str, float]  # kg lost unmetered from each line
+    vessels: dict[str, float]  # kg in each vessel
 
 
-@dataclass
 class Plant:
-    spec: PlantSpec = field(default_factory=PlantSpec)
-    started: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
+    def __init__(self, spec: PlantSpec | None = None, *, started: float | None = None) -> None:
+        self.spec = spec or _builtin()
+        self.started = time.monotonic() if started is None else started
         self.rng = np.random.default_rng(self.spec.seed)
         self.faults = Faults(self.spec.seed)
+        for fault in self.spec.faults:
+            self.faults.add(fault)
         self.t = 0.0  # s since start
-        self.feed = 0.0
-        self.product = 0.0
-        self.product_volume = 0.0  # m³ at line conditions through FT-102
-        self.leak = 0.0
-        self.tank = (
-            self.spec.tank_area * self.spec.tank_level * self.density(self.temperature_at(0.0))
-        )
-        self.leak_open = False
-        self.leak_opened_at: float | None = None  # monotonic
+        self._lines = [line.name for line in self.spec.lines]
+        self._vessels = [v.name for v in self.spec.vessels]
+        self._index = {name: i for i, name in enumerate(self._vessels)}
+        self.line_mass = [0.0] * len(self._lines)
+        self.line_volume = [0.0] * len(self._lines)
+        self.leak = [0.0] * len(self._lines)
+        rho = self.density_at(0.0)
+        self.vessel_mass = [
+            v.mass if v.mass is not None else (v.level or 0.0) * (v.area or 0.0) * rho
+            for v in self.spec.vessels
+        ]
         self.wall_offset = time.time() - time.monotonic()
-        self.history: list[Truth] = []
+        self._history_mono: list[float] = []
+        self._history: list[tuple[float, ...]] = []
         self._record()
 
     # --- physics --------------------------------------------------------------------------
 
-    def density(self, temperature: float) -> float:
-        s = self.spec
-        return s.fluid_density / (
-            1.0 + s.fluid_expansion * (temperature - s.fluid_reference_temperature)
-        )
-
     def temperature_at(self, t: float) -> float:
-        s = self.spec
-        return s.temperature + s.temperature_swing * math.sin(
-            2 * math.pi * t / s.temperature_period
-        )
+        return self.spec.temperature.at(t)
 
-    def feed_at(self, t: float) -> float:
-        s = self.spec
-        return s.feed_flow * (1 + s.feed_swing * math.sin(2 * math.pi * t / s.feed_period))
+    def density_at(self, t: float) -> float:
+        return self.spec.fluid.density_at(self.temperature_at(t))
 
-    def product_volume_at(self, t: float) -> float:
-        s = self.spec
-        return s.product_flow * (
-            1 + s.product_swing * math.sin(2 * math.pi * t / s.product_period + 1.0)
-        )
+    def _flow(self, i: int, t: float, rho: float) -> float:
+        """kg/s the pump of line i delivers at plant time t."""
+        line = self.spec.lines[i]
+        q = line.flow.at(t)
+        return q * rho if line.volumetric else q
 
-    def leak_at(self, t: float) -> float:
-        s = self.spec
-        scheduled = s.leak_start is not None and t >= s.leak_start
-        if (fault := self.faults.find("leak", "plant", t)) is not None:
-            return fault.magnitude
-        return s.leak_rate if (self.leak_open or scheduled) else 0.0
+    def _leak(self, i: int, t: float) -> float:
+        fault = self.faults.find("leak", self._lines[i], t)
+        return fault.magnitude if fault is not None else 0.0
 
     def now(self) -> float:
         """Plant time: seconds since the plant started (the clock of fault schedules)."""
         return time.monotonic() - self.started
 
-    def open_leak(self, rate: float | None = None) -> None:
-        """Open the leak now (rate in kg/s, default the spec's)."""
-        if rate is not None:
-            self.spec = replace(self.spec, leak_rate=rate)
+    def open_leak(self, line: str, rate: float) -> Fault:
+        """Open a leak on `line` now, `rate` kg/s, until cleared."""
         self.advance()
-        self.leak_open = True
-        self.leak_opened_at = time.monotonic()
+        return self.faults.add(Fault(kind="leak", target=line, start=self.now(), magnitude=rate))
+
+    def open_leaks(self) -> list[Fault]:
+        t = self.now()
+        return [f for f in self.faults.faults if f.kind == "leak" and f.active(t)]
 
     def advance(self, mono: float | None = None) -> None:
         """Integrate the truth up to `mono` (default: now), midpoint rule in small steps."""
         target = (time.monotonic() if mono is None else mono) - self.started
+        lines = self.spec.lines
         while self.t < target:
             h = min(STEP, target - self.t)
             mid = self.t + h / 2
-            rho = self.density(self.temperature_at(mid))
-            feed = self.feed_at(mid) * h
-            volume = self.product_volume_at(mid) * h
-            product = volume * rho
-            self.product_volume += volume
-            leak = self.leak_at(mid) * h
-            self.feed += feed
-            self.product += product
-            self.leak += leak
-            self.tank += feed - product - leak
+            rho = self.density_at(mid)
+            for i, line in enumerate(lines):
+                q = self._flow(i, mid, rho) * h
+                leak = self._leak(i, mid) * h
+                if line.source != OUTSIDE:
+                    j = self._index[line.source]
+                    available = max(self.vessel_mass[j], 0.0)
+                    if q + leak > available:  # the vessel ran dry: the pump draws what is left
+                        share = available / (q + leak) if q + leak > 0 else 0.0
+                        q, leak = q * share, leak * share
+                    self.vessel_mass[j] -= q + leak
+                else:
+                    leak = min(leak, q)
+                if line.to != OUTSIDE:
+                    arrived = q if line.source != OUTSIDE else q - leak
+                    self.vessel_mass[self._index[line.to]] += arrived
+                self.line_mass[i] += q
+                self.line_volume[i] += q / rho
+                self.leak[i] += leak
             self.t += h
-        if not self.history or target - (self.history[-1].mono - self.started) >= 0.05:
+        if target - (self._history_mono[-1] - self.started) >= RECORD_EVERY:
             self._record()
 
     def _record(self) -> None:
-        mono = self.started + self.t
-        self.history.append(
-            Truth(mono, mono + self.wall_offset, self.feed, self.product, self.leak, self.tank)
+        self._history_mono.append(self.started + self.t)
+        self._history.append(self._state())
+        if len(self._history) > 2 * HISTORY / RECORD_EVERY:
+            keep = int(HISTORY / RECORD_EVERY)
+            del self._history[:-keep], self._history_mono[:-keep]
+
+    def _truth(self, mono: float, values: tuple[float, ...] | list[float]) -> Truth:
+        n = len(self._lines)
+        return Truth(
+            mono,
+            mono + self.wall_offset,
+            dict(zip(self._lines, values[:n], strict=True)),
+            dict(zip(self._lines, values[n : 2 * n], strict=True)),
+            dict(zip(self._lines, values[2 * n : 3 * n], strict=True)),
+            dict(zip(self._vessels, values[3 * n :], strict=True)),
         )
+
+    def truth(self) -> Truth:
+        """Cumulative true quantities now."""
+        self.advance()
+        return self._truth(self.started + self.t, self._state())
+
+    def _state(self) -> tuple[float, ...]:
+        return (*self.line_mass, *self.line_volume, *self.leak, *self.vessel_mass)
 
     def truth_between(self, wall_start: float, wall_end: float) -> Truth:
         """True quantities moved between two wall times (interpolated on the history)."""
         self.advance()
-        if self.history[-1].mono < self.started + self.t:
+        if self._history_mono[-1] < self.started + self.t:
             self._record()  # so that "now" is inside the history, not just past its end
-        a = self._at(wall_start)
-        b = self._at(wall_end)
-        return Truth(
-            b.mono - a.mono,
-            b.wall - a.wall,
-            b.feed - a.feed,
-            b.product - a.product,
-            b.leak - a.leak,
-            b.tank - a.tank,
-        )
+        a = self._at(wall_start - self.wall_offset)
+        b = self._at(wall_end - self.wall_offset)
+        return self._truth(b[0] - a[0], [y - x for x, y in zip(a[1], b[1], strict=True)])
 
-    def _at(self, wall: float) -> Truth:
-        i = bisect.bisect_left(self.history, wall, key=lambda h: h.wall)
-        if i <= 0 or i >= len(self.history):
-            raise ValueError(f"wall time {wall} is outside the plant's recorded history")
-        a, b = self.history[i - 1], self.history[i]
-        f = (wall - a.wall) / (b.wall - a.wall)
+    def _at(self, mono: float) -> tuple[float, tuple[float, ...]]:
+        i = bisect.bisect_left(self._history_mono, mono)
+        if i <= 0 or i >= len(self._history):
+            raise ValueError(
+                f"time {mono + self.wall_offset} is outside the plant's recorded history"
+            )
+        ta, tb = self._history_mono[i - 1], self._history_mono[i]
+        f = (mono - ta) / (tb - ta)
+        a, b = self._history[i - 1], self._history[i]
+        return mono, tuple(x + (y - x) * f for x, y in zip(a, b, strict=True))
 
-        def lerp(x: float, y: float) -> float:
-            return x + (y - x) * f
-
-        return Truth(
-            lerp(a.mono, b.mono),
-            wall,
-            lerp(a.feed, b.feed),
-            lerp(a.product, b.product),
-            lerp(a.leak, b.leak),
-            lerp(a.tank, b.tank),
-        )
+    def mass_in(self, vessel: str) -> float:
+        """kg in a vessel now."""
+        self.advance()
+        return self.vessel_mass[self._index[vessel]]
 
     # --- what the instruments say (SI units) ------------------------------------------------
 
     def _noise(self, sigma: float) -> float:
         return float(self.rng.normal(0.0, sigma)) if sigma > 0 else 0.0
 
-    def coriolis(self) -> dict[str, float]:
+    def read(self, meter: str) -> dict[str, float]:
+        """What a meter says now, by its profile's point names, in SI units (no faults)."""
+        spec = self.spec.meter(meter)
         self.advance()
-        t = self.t
+        return _READERS[spec.profile](self, spec)
+
+    def _line_index(self, meter: MeterSpec) -> int:
+        assert meter.line is not None
+        return self._lines.index(meter.line)
+
+    def _vessel_index(self, meter: MeterSpec) -> int:
+        assert meter.vessel is not None
+        return self._index[meter.vessel]
+
+    def _coriolis(self, meter: MeterSpec) -> dict[str, float]:
+        i, t = self._line_index(meter), self.t
         temperature = self.temperature_at(t)
-        rho = self.density(temperature)
-        mass_flow = self.feed_at(t) * (1 + self._noise(self.spec.coriolis_noise))
+        rho = self.density_at(t)
+        mass_flow = self._flow(i, t, rho) * (1 + self._noise(meter.accuracy / 2))
         return {
             "mass_flow": mass_flow,
             "density": rho,
             "temperature": temperature,
             "volume_flow": mass_flow / rho,
-            "mass_total": self.feed,
+            "mass_total": self.line_mass[i],
         }
 
-    def magmeter(self) -> dict[str, float]:
-        self.advance()
-        t = self.t
-        volume = self.product_volume_at(t) * (1 + self._noise(self.spec.magmeter_noise))
-        return {"volume_flow": volume, "volume_total": self.product_volume}
+    def _magmeter(self, meter: MeterSpec) -> dict[str, float]:
+        i, t = self._line_index(meter), self.t
+        rho = self.density_at(t)
+        volume_flow = self._flow(i, t, rho) / rho * (1 + self._noise(meter.accuracy / 2))
+        return {"volume_flow": volume_flow, "volume_total": self.line_volume[i]}
 
-    def level(self) -> dict[str, float]:
-        self.advance()
-        rho = self.density(self.temperature_at(self.t))
-        level = self.tank / (rho * self.spec.tank_area)
-        return {"level": level + self._noise(self.spec.level_noise)}
+    def _level(self, meter: MeterSpec) -> dict[str, float]:
+        j = self._vessel_index(meter)
+        area = self.spec.vessels[j].area or 1.0
+        level = self.vessel_mass[j] / (self.density_at(self.t) * area)
+        return {"level": level + self._noise(meter.accuracy / 2)}
 
-    def temperature(self) -> dict[str, float]:
-        self.advance()
-        reading = self.temperature_at(self.t) + self._noise(self.spec.temperature_noise)
-        return {"temperature": reading}
+    def _temperature(self, meter: MeterSpec) -> dict[str, float]:
+        return {"temperature": self.temperature_at(self.t) + self._noise(meter.accuracy / 2)}
 
-    def load_cell(self) -> dict[str, float]:
-        """T-100 stands on load cells: the indicator weighs tank and contents."""
-        self.advance()
-        net = self.tank + self._noise(self.spec.load_cell_noise)
-        t = self.t
-        rate = (
-            self.feed_at(t)
-            - self.product_volume_at(t) * self.density(self.temperature_at(t))
-            - self.leak_at(t)
-        )
+    def _rate_of(self, j: int) -> float:
+        """kg/s into vessel j now."""
+        name, t = self._vessels[j], self.t
+        rho = self.density_at(t)
+        rate = 0.0
+        for i, line in enumerate(self.spec.lines):
+            if line.to == name:
+                rate += self._flow(i, t, rho) - (self._leak(i, t) if line.source == OUTSIDE else 0)
+            if line.source == name:
+                rate -= self._flow(i, t, rho) + self._leak(i, t)
+        return rate
+
+    def _load_cell(self, meter: MeterSpec) -> dict[str, float]:
+        j = self._vessel_index(meter)
+        tare = self.spec.vessels[j].tare
+        net = self.vessel_mass[j] + self._noise(meter.accuracy / 2)
         return {
-            "gross_weight": net + self.spec.tank_tare,
+            "gross_weight": net + tare,
             "net_weight": net,
-            "tare": self.spec.tank_tare,
-            "stable": 1.0 if abs(rate) < 0.2 else 0.0,
+            "tare": tare,
+            "stable": 1.0 if abs(self._rate_of(j)) < STABLE_RATE else 0.0,
             "overload": 0.0,
         }
 
-    def hydrostatic(self) -> dict[str, float]:
-        """A pressure transmitter at the bottom of T-100, set up for the reference density."""
-        self.advance()
-        temperature = self.temperature_at(self.t)
-        head = self.tank / self.spec.tank_area * GRAVITY  # ρ·g·h = m·g/A
-        pressure = head + self._noise(self.spec.head_noise)
+    def _hydrostatic(self, meter: MeterSpec) -> dict[str, float]:
+        """A pressure transmitter at the bottom of a tank, set up for the reference density."""
+        j = self._vessel_index(meter)
+        area = self.spec.vessels[j].area or 1.0
+        head = self.vessel_mass[j] / area * GRAVITY  # ρ·g·h = m·g/A
+        pressure = head + self._noise(meter.accuracy / 2)
         return {
-            "level": pressure / (self.spec.fluid_density * GRAVITY),
+            "level": pressure / (self.spec.fluid.density * GRAVITY),
             "pressure": pressure,
-            "temperature": temperature,
-        }
-
-    def pressure(self) -> dict[str, float]:
-        self.advance()
-        swing = 0.05 * math.sin(2 * math.pi * self.t / self.spec.product_period)
-        return {
-            "pressure": self.spec.discharge_pressure * (1 + swing)
-            + self._noise(self.spec.pressure_noise),
             "temperature": self.temperature_at(self.t),
         }
+
+    def _pressure(self, meter: MeterSpec) -> dict[str, float]:
+        wave = self.spec.lines[self._line_index(meter)].pressure
+        pressure = wave.at(self.t) if wave is not None else 0.0
+        return {
+            "pressure": pressure + self._noise(meter.accuracy / 2),
+            "temperature": self.temperature_at(self.t),
+        }
+
+
+_READERS = {
+    "coriolis": Plant._coriolis,
+    "magmeter": Plant._magmeter,
+    "level_radar": Plant._level,
+    "level_hydrostatic": Plant._hydrostatic,
+    "load_cell": Plant._load_cell,
+    "temperature_tx": Plant._temperature,
+    "pressure_tx": Plant._pressure,
+}

@@ -13,6 +13,7 @@ late reply, an exception reply, a frame with a broken CRC.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +53,8 @@ class Meter:
 
 def meters_of(plant: Plant) -> list[Meter]:
     return [
-        Meter("ft101", "coriolis", plant.coriolis, "feed line Coriolis meter FT-101"),
-        Meter("lt100", "level_radar", plant.level, "tank T-100 radar level LT-100"),
-        Meter("tt102", "temperature_tx", plant.temperature, "product line temperature TT-102"),
-        Meter("ft102", "magmeter", plant.magmeter, "product line magnetic meter FT-102"),
-        Meter("wt100", "load_cell", plant.load_cell, "tank T-100 load cells WT-100"),
-        Meter("lt101", "level_hydrostatic", plant.hydrostatic, "tank T-100 hydrostatic LT-101"),
-        Meter("pt102", "pressure_tx", plant.pressure, "product pump discharge PT-102"),
+        Meter(m.name, m.profile, functools.partial(plant.read, m.name), m.description)
+        for m in plant.spec.meters
     ]
 
 

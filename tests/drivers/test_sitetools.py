@@ -57,7 +57,7 @@ def test_probe_decodes_a_load_cell_as_the_device_states_it():
         by_name = {r.point.tag.split(".", 1)[1]: r for r in readings}
         assert by_name["tare"].value == 850.0  # 85000 counts of 0.01 kg
         assert by_name["tare"].words == (0x0001, 0x4C08)
-        assert abs(by_name["net_weight"].value - plant.tank) < 5.0
+        assert abs(by_name["net_weight"].value - plant.mass_in("T-100")) < 5.0
         assert by_name["stable"].value in (0.0, 1.0)
         assert set(by_name["gross_weight"].other_orders) == {"CDAB", "BADC", "DCBA"}
         assert by_name["stable"].other_orders == {}
