@@ -25,6 +25,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     # pymodbus logs every failed connect at WARNING; the driver already says it once, clearly.
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    # asyncua narrates every node it creates and every session at INFO: noise in the journal.
+    if not verbose:
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 
 def _print_config_error(exc: ConfigError) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -48,9 +49,13 @@ class Truth:
 
 
 class Plant:
-    def __init__(self, spec: PlantSpec | None = None, *, started: float | None = None) -> None:
+    def __init__(
+        self, spec: PlantSpec | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        # `clock` is time.monotonic in service; a test may drive the plant with its own.
         self.spec = spec or _builtin()
-        self.started = time.monotonic() if started is None else started
+        self.clock = clock
+        self.started = clock()
         self.rng = np.random.default_rng(self.spec.seed)
         self.faults = Faults(self.spec.seed)
         for fault in self.spec.faults:
@@ -92,7 +97,7 @@ class Plant:
 
     def now(self) -> float:
         """Plant time: seconds since the plant started (the clock of fault schedules)."""
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def open_leak(self, line: str, rate: float) -> Fault:
         """Open a leak on `line` now, `rate` kg/s, until cleared."""
@@ -105,7 +110,7 @@ class Plant:
 
     def advance(self, mono: float | None = None) -> None:
         """Integrate the truth up to `mono` (default: now), midpoint rule in small steps."""
-        target = (time.monotonic() if mono is None else mono) - self.started
+        target = (self.clock() if mono is None else mono) - self.started
         lines = self.spec.lines
         while self.t < target:
             h = min(STEP, target - self.t)
