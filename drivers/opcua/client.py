@@ -26,7 +26,7 @@ from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from massgate.agent.samples import Batch, Quality
@@ -45,6 +45,11 @@ _STALE_CODES = {
     StatusCodes.BadOutOfService,
 }
 _LINK_ERRORS = (OSError, TimeoutError, ConnectionError, UaError)
+_SIGN_IN_REFUSED = {
+    StatusCodes.BadUserAccessDenied,
+    StatusCodes.BadIdentityTokenRejected,
+    StatusCodes.BadIdentityTokenInvalid,
+}
 
 
 def quality_of(status: ua.StatusCode | None) -> Quality:
@@ -156,7 +161,13 @@ class OpcUaPoller:
         if device.username is not None:
             client.set_user(device.username)
             if device.password_file is not None:
-                client.set_password(device.password_file.read_text(encoding="utf-8").strip())
+                try:
+                    password = device.password_file.read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise FatalError(
+                        f"{device.name}: cannot read password_file {device.password_file}: {exc}"
+                    ) from exc
+                client.set_password(password)
 
     def _node(self, client: Client, point: UaPoint) -> Node:
         try:
@@ -258,6 +269,13 @@ class OpcUaPoller:
         self.stats.losses += 1
         self._last.clear()
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, UaStatusCodeError) and exc.code in _SIGN_IN_REFUSED:
+            # Retried (the server's user list may be fixed), but the cause is said plainly.
+            who = f"user '{self.device.username}'" if self.device.username else "anonymous"
+            message = (
+                f"the server refused the sign-in as {who} ({type(exc).__name__}); "
+                "check username and password_file"
+            )
         if message != self.last_error:
             log.warning("%s (%s): %s", self.device.name, self.device.url, message)
         self.last_error = message

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
 
 from massgate.agent import units
@@ -34,6 +37,24 @@ POLICIES = {
 }
 
 
+class _Users(UserManager):
+    """Username/password sign-in, as a plant's OPC UA server is usually set up."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None  # asyncua answers BadUserAccessDenied
+
+
 class UaPlantServer:
     def __init__(
         self,
@@ -46,6 +67,7 @@ class UaPlantServer:
         certificate: Path | None = None,
         private_key: Path | None = None,
         period: float = 0.1,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.plant = plant
         self.meters = meters
@@ -54,6 +76,7 @@ class UaPlantServer:
         self.certificate = certificate
         self.private_key = private_key
         self.period = period
+        self.users = users
         self.namespace_index = 0
         self.server: Server | None = None
         self._variables: dict[str, list[tuple[str, units.Unit, Node]]] = {}
@@ -63,8 +86,10 @@ class UaPlantServer:
         return f"ns={self.namespace_index};s={meter}.{point}"
 
     async def start(self) -> None:
-        server = Server()
+        server = Server(user_manager=_Users(self.users)) if self.users else Server()
         await server.init()
+        if self.users:
+            server.set_security_IDs(["Username"])  # anonymous sessions are refused
         server.set_endpoint(self.url)
         server.set_server_name("massgate simulated plant")
         server.set_security_policy([POLICIES[p] for p in self.policies])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import socket
 from pathlib import Path
@@ -261,3 +262,111 @@ def test_sign_and_encrypt_session(tmp_path: Path, ua_certificates: dict[str, Pat
         assert plain[0].error
 
     run_async(main())
+
+
+def test_username_and_password_sign_in_and_a_refusal_said_plainly(tmp_path: Path):
+    password_file = tmp_path / "opcua.password"
+    password_file.write_text("s3cret-Pa55\n")  # an editor's trailing newline is not the password
+    wrong_file = tmp_path / "wrong.password"
+    wrong_file.write_text("guess")
+
+    async def main() -> None:
+        plant = Plant()
+        server = _server(plant, free_port(), users={"massgate": "s3cret-Pa55"})
+        await server.start()
+        signed_in: list[Batch] = []
+        refused: list[Batch] = []
+        anonymous: list[Batch] = []
+        pollers = [
+            OpcUaPoller(
+                _device(tmp_path, server, username="massgate", password_file=str(password_file)),
+                emit=signed_in.append,
+            ),
+            OpcUaPoller(
+                _device(tmp_path, server, username="massgate", password_file=str(wrong_file)),
+                emit=refused.append,
+            ),
+            OpcUaPoller(_device(tmp_path, server), emit=anonymous.append),
+        ]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
+        try:
+            assert await _wait(
+                lambda: (
+                    len(_good(signed_in, "ua.mass_flow")) >= 3
+                    and len(refused) >= 2
+                    and len(anonymous) >= 2
+                ),
+                15,
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await server.stop()
+        good, wrong, anon = pollers
+        assert good.stats.sessions == 1
+        assert wrong.stats.sessions == 0
+        assert anon.stats.sessions == 0
+        assert all(b.quality is Quality.BAD for b in refused + anonymous)
+        assert wrong.last_error is not None
+        assert "refused the sign-in as user 'massgate'" in wrong.last_error
+        assert anon.last_error is not None
+        assert "refused the sign-in as anonymous" in anon.last_error
+
+    run_async(main())
+
+
+def test_an_unreadable_password_file_is_a_fatal_error_naming_it(tmp_path: Path):
+    async def main() -> None:
+        server = _server(Plant(), free_port(), users={"massgate": "x"})
+        await server.start()
+        missing = tmp_path / "nope.password"
+        device = _device(tmp_path, server, username="massgate", password_file=str(missing))
+        poller = OpcUaPoller(device, emit=lambda _: None)
+        try:
+            with pytest.raises(FatalError, match=r"cannot read password_file .*nope.password"):
+                await poller.run(asyncio.Event())
+        finally:
+            await server.stop()
+
+    run_async(main())
+
+
+def test_an_absolute_deadband_suppresses_changes_smaller_than_it(tmp_path: Path):
+    """The deadband is in the node's unit (kg/h here); the control run without one sees the
+    small changes that the deadband run must not."""
+    deadband = 10.0  # kg/h; FT-101 reads about 7200 kg/h with a noise σ of about 3.6 kg/h
+
+    async def changes(**extra: Any) -> list[float]:
+        plant = Plant()
+        server = _server(plant, free_port())
+        await server.start()
+        batches: list[Batch] = []
+        poller = OpcUaPoller(_device(tmp_path, server, **extra), emit=batches.append)
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            assert await _wait(lambda: len(_good(batches, "ua.mass_flow")) >= 3, 10)
+            start = len(batches)
+            await _wait(lambda: len(_distinct(batches[start:])) >= 12, 6)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        values = _distinct(batches[start:])
+        return [abs(b - a) * 3600.0 for a, b in itertools.pairwise(values)]  # kg/h
+
+    async def main() -> None:
+        control = await changes()
+        assert any(step < deadband for step in control), "no small change to suppress"
+        filtered = await changes(deadband=deadband)
+        assert len(filtered) >= 2, "the deadband run saw too few changes to judge"
+        assert all(step > deadband * (1 - 1e-6) for step in filtered), filtered
+
+    run_async(main())
+
+
+def _distinct(batches: list[Batch]) -> list[float]:
+    """Successive different values of ua.mass_flow (held repeats collapsed)."""
+    values = _good(batches, "ua.mass_flow")
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
