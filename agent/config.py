@@ -31,6 +31,7 @@ from massgate.drivers.opcua.model import MODES as UA_MODES
 from massgate.drivers.opcua.model import POLICIES as UA_POLICIES
 from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
 
+from . import density as density_models
 from . import units
 from .yamlsource import (
     REQUIRED,
@@ -76,15 +77,30 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DensityModel:
-    """ρ(T) = ρ_ref / (1 + β (T − T_ref)): a liquid whose volume grows linearly with T.
+    """How a volume becomes a mass: one of the models of agent/density.py.
 
-    With `temperature` unset (or β = 0) the density is the constant ρ_ref.
+    `reference` is the nominal density (kg/m³) for tolerances and cut-offs whatever the model:
+    ρ_ref of constant/linear/quadratic, the base density of API 11.1, water at 20 °C and
+    1 atm, a gas at 15 °C and 1 atm.
     """
 
     reference: float  # kg/m³
     reference_temperature: float  # K
     expansion: float  # 1/K
     temperature: str | None  # tag
+    model: str = "linear"  # constant | linear | quadratic | water | api | gas
+    expansion2: float = 0.0  # 1/K², quadratic
+    pressure: str | None = None  # tag, gauge pressure unless pressure_absolute
+    pressure_absolute: bool = False
+    atmosphere: float = 101325.0  # Pa, added to a gauge pressure where absolute is needed
+    commodity: str = "crude"  # api
+    base: str = "60F"  # api: 60F | 15C
+    alpha60: float | None = None  # api special applications, 1/°F
+    molar_mass: float = 0.0  # gas, kg/mol
+    z: float | None = None  # gas: a fixed compressibility factor ...
+    critical_temperature: float = 0.0  # ... or the virial model from these, K
+    critical_pressure: float = 0.0  # Pa
+    acentric_factor: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -529,26 +545,105 @@ def _point(s: Section, device_name: str) -> Point | None:
     )
 
 
+DENSITY_MODELS = ("constant", "linear", "quadratic", "water", "api", "gas")
+API_COMMODITIES = (
+    "crude",
+    "refined",
+    "gasoline",
+    "transition",
+    "jet",
+    "fuel_oil",
+    "lube",
+    "special",
+)
+
+
 def _density(s: Section | None) -> DensityModel | None:
     if s is None:
         return None
-    model = s.take("model", choice("constant", "linear"), "linear")
-    reference = s.take("reference", quantity(units.DENSITY, positive=True))
-    if model == "constant":
-        s.finish()
-        return DensityModel(
-            reference=reference, reference_temperature=288.15, expansion=0.0, temperature=None
+    model = s.take("model", choice(*DENSITY_MODELS), "linear")
+    common: dict[str, Any] = {"model": model, "temperature": None}
+    if model != "constant":
+        common["temperature"] = s.take("temperature", _tag)
+    if model in ("water", "api", "gas"):
+        common["pressure"] = s.take("pressure", _tag, None)
+        common["pressure_absolute"] = s.take("pressure_absolute", boolean, False)
+        common["atmosphere"] = s.take(
+            "atmosphere", quantity(units.PRESSURE, positive=True), 101325.0
         )
-    reference_temperature = s.take("at", quantity(units.TEMPERATURE, positive=True))
-    expansion = s.take("expansion", quantity(units.PER_KELVIN, minimum=0.0))
-    temperature = s.take("temperature", _tag)
+    if model in ("constant", "linear", "quadratic"):
+        common["reference"] = s.take("reference", quantity(units.DENSITY, positive=True))
+        common["reference_temperature"] = 288.15
+        common["expansion"] = 0.0
+        if model != "constant":
+            common["reference_temperature"] = s.take(
+                "at", quantity(units.TEMPERATURE, positive=True)
+            )
+            common["expansion"] = s.take("expansion", quantity(units.PER_KELVIN, minimum=0.0))
+        if model == "quadratic":
+            common["expansion2"] = s.take("expansion2", _coefficient)
+    elif model == "water":
+        common["reference"] = density_models.water(293.15, 101325.0).value
+        common["reference_temperature"] = 293.15
+        common["expansion"] = 0.0
+    elif model == "api":
+        common["commodity"] = s.take("commodity", choice(*API_COMMODITIES), "crude")
+        common["base"] = s.take("base", choice("60F", "15C"), "60F")
+        common["reference"] = s.take("base_density", quantity(units.DENSITY, positive=True))
+        common["reference_temperature"] = 288.15 if common["base"] == "15C" else 288.7055556
+        common["expansion"] = 0.0
+        if common["commodity"] == "special":
+            common["alpha60"] = s.take("alpha60", quantity(units.PER_KELVIN, positive=True))
+            if common["alpha60"] is not None:
+                common["alpha60"] /= 1.8  # the standard's α60 is per °F
+    else:  # gas
+        common["molar_mass"] = s.take("molar_mass", _molar_mass)
+        common["z"] = s.take("z", number, None)
+        if common["z"] is None:
+            common["critical_temperature"] = s.take(
+                "critical_temperature", quantity(units.TEMPERATURE, positive=True)
+            )
+            common["critical_pressure"] = s.take(
+                "critical_pressure", quantity(units.PRESSURE, positive=True)
+            )
+            common["acentric_factor"] = s.take("acentric_factor", number, 0.0)
+        common["reference_temperature"] = 288.15
+        common["expansion"] = 0.0
+        if common["molar_mass"] is not None:
+            common["reference"] = density_models.gas(
+                288.15, 101325.0, molar_mass=common["molar_mass"], z=1.0
+            ).value
     s.finish()
-    return DensityModel(
-        reference=reference,
-        reference_temperature=reference_temperature,
-        expansion=expansion,
-        temperature=temperature,
-    )
+    if not s.ok or any(v is None for k, v in common.items() if k in _REQUIRED_DENSITY_KEYS):
+        return None
+    return DensityModel(**common)
+
+
+def _coefficient(value: Any) -> float:
+    """A plain number; YAML reads '1e-6' (no dot) as text, which an engineer means as 1e-6."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise Invalid(f"expected a number, got {value!r}") from None
+    return number(value)
+
+
+_REQUIRED_DENSITY_KEYS = ("reference", "reference_temperature", "expansion", "expansion2")
+
+
+def _molar_mass(value: Any) -> float:
+    """kg/mol from 'g/mol' or 'kg/mol' (the only place massgate meets molar mass)."""
+    text_ = text(value)
+    for suffix, factor in (("kg/mol", 1.0), ("g/mol", 1e-3)):
+        if text_.endswith(suffix):
+            try:
+                result = float(text_.removesuffix(suffix)) * factor
+            except ValueError:
+                break
+            if result > 0:
+                return result
+    raise Invalid(f"expected a molar mass such as '16.04 g/mol', got {value!r}")
 
 
 def _stream(s: Section) -> StreamConfig | None:
@@ -781,9 +876,11 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
         if stream.density is not None:
             check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
+            check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
         check_tag("inventories", i, "density", inventory.density.temperature, units.TEMPERATURE)
+        check_tag("inventories", i, "density", inventory.density.pressure, units.PRESSURE)
 
     stream_names = {s.name for s in config.streams}
     inventory_names = {v.name for v in config.inventories}

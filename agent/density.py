@@ -203,24 +203,99 @@ def api_base_density(
 ) -> Density:
     """Base density (60 °F or 15 °C, 0 gauge) from a density observed at T and P: the
     iteration of the standard, for Coriolis meters that report line density."""
-    rho60 = observed
-    flag: str | None = None
-    converged = False
-    for _ in range(50):
-        ctl, cpl, flag = ctl_cpl_60(
-            rho60, temperature, pressure, commodity=commodity, alpha60=alpha60
-        )
-        new = observed / (ctl * cpl)
-        if abs(new - rho60) < 1e-9:
-            rho60, converged = new, True
-            break
-        rho60 = new
+    rho60, converged, flag = _solve_base(observed, temperature, pressure, commodity, alpha60)
+    group = COMMODITIES.get(commodity)
+    low, high = (610.6, 1163.5) if group is None else (group.rho_min, group.rho_max)
+    if commodity != "special" and not (converged and low <= rho60 <= high):
+        # Far outside the standard's range ρ·CTL·CPL folds back: a second, unphysical root.
+        # Prefer the one inside the commodity's range when there is one.
+        inside = _bisect_base(observed, temperature, pressure, commodity, alpha60, low, high)
+        if inside is not None:
+            rho60 = inside
+            converged = True
+            flag = ctl_cpl_60(rho60, temperature, pressure, commodity=commodity)[2]
+    if not converged and commodity == "refined":
+        # Near a boundary between refined groups the iteration can hop from one group's
+        # constants to the other's. Solve within each group; keep the solution that lies in
+        # its own group's range.
+        for group_name in ("gasoline", "transition", "jet", "fuel_oil"):
+            limits = COMMODITIES[group_name]
+            assert limits is not None
+            candidate, ok, group_flag = _solve_base(
+                observed, temperature, pressure, group_name, alpha60
+            )
+            if ok and limits.rho_min <= candidate <= limits.rho_max:
+                rho60, converged, flag = candidate, True, group_flag
+                break
     if not converged:
         flag = "API 11.1: base density iteration did not converge"
     if base == "60F":
         return Density(rho60, flag)
     ctl15, _cpl, flag15 = ctl_cpl_60(rho60, _T15, commodity=commodity, alpha60=alpha60)
     return Density(rho60 * ctl15, flag or flag15)
+
+
+def _solve_base(
+    observed: float, temperature: float, pressure: float, commodity: str, alpha60: float | None
+) -> tuple[float, bool, str | None]:
+    """ρ60 with ρ60·CTL·CPL = observed: a few fixed-point steps, then the secant method. The
+    plain fixed point contracts by only ~0.7 per step for light products far from 60 °F."""
+
+    def residual(rho60: float) -> tuple[float, str | None]:
+        try:
+            ctl, cpl, flag = ctl_cpl_60(
+                rho60, temperature, pressure, commodity=commodity, alpha60=alpha60
+            )
+        except (OverflowError, ZeroDivisionError):  # a step far outside any liquid
+            return math.nan, None
+        return rho60 * ctl * cpl - observed, flag
+
+    previous = x = observed
+    flag: str | None = None
+    for _ in range(3):
+        f, flag = residual(x)
+        if not (math.isfinite(f) and f + observed > 0):
+            return x, False, flag
+        previous, x = x, observed * x / (f + observed)
+    f_previous, _ = residual(previous)
+    for _ in range(50):
+        f, flag = residual(x)
+        if not math.isfinite(f):
+            break
+        if abs(f) < 1e-10 * observed:
+            return x, True, flag
+        if f == f_previous:
+            break
+        previous, x, f_previous = x, x - f * (x - previous) / (f - f_previous), f
+    return x, False, flag
+
+
+def _bisect_base(
+    observed: float,
+    temperature: float,
+    pressure: float,
+    commodity: str,
+    alpha60: float | None,
+    low: float,
+    high: float,
+) -> float | None:
+    """The root of ρ60·CTL·CPL = observed inside [low, high], when it is bracketed there."""
+
+    def residual(rho60: float) -> float:
+        ctl, cpl, _ = ctl_cpl_60(rho60, temperature, pressure, commodity=commodity, alpha60=alpha60)
+        return rho60 * ctl * cpl - observed
+
+    f_low = residual(low)
+    if f_low * residual(high) > 0:
+        return None
+    for _ in range(80):
+        mid = 0.5 * (low + high)
+        f_mid = residual(mid)
+        if (f_mid < 0) == (f_low < 0):
+            low, f_low = mid, f_mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
 
 
 # --- water: IAPWS-IF97 region 1 ---------------------------------------------------------------

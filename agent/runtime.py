@@ -94,16 +94,18 @@ class Gateway:
             if cfg.flow_tag not in batch.values:
                 continue
             flow = math.nan if bad else batch.values[cfg.flow_tag]
-            temperature = math.nan
+            temperature = pressure = math.nan
             if cfg.density is not None:
                 temperature = self._fresh(cfg.density.temperature, batch.mono, cfg.max_gap)
-            stream.add(batch.mono, batch.wall, flow, temperature)
+                pressure = self._fresh(cfg.density.pressure, batch.mono, cfg.max_gap)
+            stream.add(batch.mono, batch.wall, flow, temperature, pressure)
         for gauge in self.inventories.values():
             cfg_v = gauge.config
             if cfg_v.level not in batch.values or bad:
                 continue
             temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
-            gauge.update(batch.mono, batch.values[cfg_v.level], temperature)
+            pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
+            gauge.update(batch.mono, batch.values[cfg_v.level], temperature, pressure)
 
     def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
         """Integrate, judge the balances that are due, and queue the records that result."""

@@ -6,19 +6,94 @@ of one cycle into arrays, hands them over in one call, and keeps what a restart 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from . import density as density_models
 from . import kernels
 from .config import DensityModel, InventoryConfig, StreamConfig
 
+log = logging.getLogger(__name__)
 
-def density(model: DensityModel, temperatures: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return kernels.density_linear(
-        temperatures, model.reference, model.reference_temperature, model.expansion
+
+def density(
+    model: DensityModel,
+    temperatures: npt.NDArray[np.float64],
+    pressures: npt.NDArray[np.float64] | None = None,
+) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """Density of each sample (NaN where an input is missing) and the validity flags raised."""
+    if model.model == "constant" or model.temperature is None:
+        return np.full_like(temperatures, model.reference), []
+    if model.model == "linear":
+        rho = kernels.density_linear(
+            temperatures, model.reference, model.reference_temperature, model.expansion
+        )
+        return rho, []
+    if pressures is None:
+        pressures = np.full_like(temperatures, math.nan)
+    out = np.empty_like(temperatures)
+    flags: list[str] = []
+    for i, (t, p) in enumerate(zip(temperatures.tolist(), pressures.tolist(), strict=True)):
+        result = density_at(model, t, p)
+        out[i] = result.value
+        if result.flag is not None and result.flag not in flags:
+            flags.append(result.flag)
+    return out, flags
+
+
+def density_at(model: DensityModel, temperature: float, pressure: float) -> density_models.Density:
+    """One sample's density; `pressure` as its tag gives it (NaN: no pressure tag)."""
+    if math.isnan(temperature):
+        return density_models.Density(math.nan)
+    if model.pressure is None:
+        gauge = 0.0
+    elif math.isnan(pressure):
+        return density_models.Density(math.nan)
+    else:
+        gauge = pressure - model.atmosphere if model.pressure_absolute else pressure
+    absolute = gauge + model.atmosphere
+    match model.model:
+        case "quadratic":
+            return density_models.quadratic(
+                temperature,
+                reference=model.reference,
+                reference_temperature=model.reference_temperature,
+                expansion=model.expansion,
+                expansion2=model.expansion2,
+            )
+        case "water":
+            return density_models.water(temperature, absolute)
+        case "api":
+            return density_models.api_density(
+                model.reference,
+                temperature,
+                gauge,
+                commodity=model.commodity,
+                base=model.base,
+                alpha60=model.alpha60,
+            )
+        case "gas":
+            if model.z is not None:
+                return density_models.gas(
+                    temperature, absolute, molar_mass=model.molar_mass, z=model.z
+                )
+            return density_models.gas_virial(
+                temperature,
+                absolute,
+                molar_mass=model.molar_mass,
+                critical_temperature=model.critical_temperature,
+                critical_pressure=model.critical_pressure,
+                acentric_factor=model.acentric_factor,
+            )
+    return density_models.linear(
+        temperature,
+        reference=model.reference,
+        reference_temperature=model.reference_temperature,
+        expansion=model.expansion,
     )
 
 
@@ -56,13 +131,23 @@ class StreamTotal:
         self._wall: list[float] = []
         self._flow: list[float] = []
         self._temp: list[float] = []
+        self._pressure: list[float] = []
+        self.density_flags: dict[str, int] = {}  # validity flag → samples it concerned
 
-    def add(self, mono: float, wall: float, flow: float, temperature: float = math.nan) -> None:
+    def add(
+        self,
+        mono: float,
+        wall: float,
+        flow: float,
+        temperature: float = math.nan,
+        pressure: float = math.nan,
+    ) -> None:
         """Queue one sample (SI flow; NaN when the reading is bad)."""
         self._t.append(mono)
         self._wall.append(wall)
         self._flow.append(flow)
         self._temp.append(temperature)
+        self._pressure.append(pressure)
 
     def integrate(self) -> None:
         """Run the kernel over the samples queued since the last call."""
@@ -72,10 +157,15 @@ class StreamTotal:
         flow = np.asarray(self._flow, dtype=np.float64)
         if self.config.volume_flow is not None:
             assert self.config.density is not None
-            if self.config.density.temperature is None:
-                rho = np.full_like(flow, self.config.density.reference)
-            else:
-                rho = density(self.config.density, np.asarray(self._temp, dtype=np.float64))
+            rho, flags = density(
+                self.config.density,
+                np.asarray(self._temp, dtype=np.float64),
+                np.asarray(self._pressure, dtype=np.float64),
+            )
+            for flag in flags:
+                if flag not in self.density_flags:
+                    log.warning("stream %s: %s", self.config.name, flag)
+                self.density_flags[flag] = self.density_flags.get(flag, 0) + 1
             flow = flow * rho
         good = ~np.isnan(flow)
         self.state = kernels.integrate_flow(
@@ -92,6 +182,7 @@ class StreamTotal:
         self._wall.clear()
         self._flow.clear()
         self._temp.clear()
+        self._pressure.clear()
 
     def _mass_cutoff(self, mass_flow: npt.NDArray[np.float64]) -> float:
         cutoff = self.config.low_flow_cutoff
@@ -159,16 +250,18 @@ class InventoryGauge:
         self.mono = -math.inf
         self.level = math.nan
 
-    def update(self, mono: float, level: float, temperature: float = math.nan) -> None:
+    def update(
+        self, mono: float, level: float, temperature: float = math.nan, pressure: float = math.nan
+    ) -> None:
         model = self.config.density
         if math.isnan(level):
             return
         if model.temperature is None:
             rho = model.reference
         else:
-            if math.isnan(temperature):
+            rho = density_at(model, temperature, pressure).value
+            if math.isnan(rho):
                 return
-            rho = float(density(model, np.array([temperature]))[0])
         self.level = level
         self.mass = rho * self.config.area * level
         self.mono = mono
