@@ -132,7 +132,7 @@ class StreamTotal:
         self._flow: list[float] = []
         self._temp: list[float] = []
         self._pressure: list[float] = []
-        self.density_flags: dict[str, int] = {}  # validity flag → samples it concerned
+        self.density_flags: dict[str, int] = {}  # validity flag → cycles it was raised in
 
     def add(
         self,
