@@ -17,6 +17,7 @@ silently.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -235,11 +236,10 @@ def api_base_density(
     return Density(rho60 * ctl15, flag or flag15)
 
 
-def _solve_base(
+def _base_residual(
     observed: float, temperature: float, pressure: float, commodity: str, alpha60: float | None
-) -> tuple[float, bool, str | None]:
-    """ρ60 with ρ60·CTL·CPL = observed: a few fixed-point steps, then the secant method. The
-    plain fixed point contracts by only ~0.7 per step for light products far from 60 °F."""
+) -> Callable[[float], tuple[float, str | None]]:
+    """ρ60 ↦ (ρ60·CTL·CPL − observed, flag): what the base-density solvers drive to zero."""
 
     def residual(rho60: float) -> tuple[float, str | None]:
         try:
@@ -250,6 +250,16 @@ def _solve_base(
             return math.nan, None
         return rho60 * ctl * cpl - observed, flag
 
+    return residual
+
+
+def _solve_base(
+    observed: float, temperature: float, pressure: float, commodity: str, alpha60: float | None
+) -> tuple[float, bool, str | None]:
+    """ρ60 with ρ60·CTL·CPL = observed: a few fixed-point steps, then the secant method. The
+    plain fixed point contracts by only ~0.7 per step for light products far from 60 °F."""
+
+    residual = _base_residual(observed, temperature, pressure, commodity, alpha60)
     previous = x = observed
     flag: str | None = None
     for _ in range(3):
@@ -281,16 +291,13 @@ def _bisect_base(
 ) -> float | None:
     """The root of ρ60·CTL·CPL = observed inside [low, high], when it is bracketed there."""
 
-    def residual(rho60: float) -> float:
-        ctl, cpl, _ = ctl_cpl_60(rho60, temperature, pressure, commodity=commodity, alpha60=alpha60)
-        return rho60 * ctl * cpl - observed
-
-    f_low = residual(low)
-    if f_low * residual(high) > 0:
+    residual = _base_residual(observed, temperature, pressure, commodity, alpha60)
+    f_low = residual(low)[0]
+    if f_low * residual(high)[0] > 0:
         return None
     for _ in range(80):
         mid = 0.5 * (low + high)
-        f_mid = residual(mid)
+        f_mid = residual(mid)[0]
         if (f_mid < 0) == (f_low < 0):
             low, f_low = mid, f_mid
         else:

@@ -146,6 +146,7 @@ def agent_config(lines: list[str], devices: list[str], *, state_dir: str = "stat
 
 async def serve(args: argparse.Namespace, spec: plantspec.PlantSpec) -> None:
     plant = Plant(spec)
+    meters = meters_of(plant)
     site = SimulatedSite(plant, host=args.host, base_port=args.base_port)
     async with contextlib.AsyncExitStack() as stack:
         served = await site.start()
@@ -162,23 +163,23 @@ async def serve(args: argparse.Namespace, spec: plantspec.PlantSpec) -> None:
                 agent_end, port = stack.enter_context(PtyPair())
             else:
                 agent_end = port
-            meters = dict(enumerate(meters_of(plant), start=1))
-            slaves = SerialSlaves(port, meters, plant, baudrate=RTU_BAUD)
+            units = dict(enumerate(meters, start=1))
+            slaves = SerialSlaves(port, units, plant, baudrate=RTU_BAUD)
             await slaves.start()
             stack.push_async_callback(slaves.stop)
-            line, rtu = rtu_section(agent_end, meters)
+            line, rtu = rtu_section(agent_end, units)
             lines.append(line)
             devices += rtu
-            print(f"Modbus RTU slaves on {port} ({RTU_BAUD} baud, 8N1), units 1-{len(meters)}:")
+            print(f"Modbus RTU slaves on {port} ({RTU_BAUD} baud, 8N1), units 1-{len(units)}:")
             print(f"  poll them on {agent_end}")
         if args.opcua is not None:
             # asyncua is heavy: imported only when OPC UA is served.
             from massgate.drivers.sim.opcua_server import UaPlantServer  # noqa: PLC0415
 
-            ua = UaPlantServer(plant, meters_of(plant), host=args.host, port=args.opcua)
+            ua = UaPlantServer(plant, meters, host=args.host, port=args.opcua)
             await ua.start()
             stack.push_async_callback(ua.stop)
-            devices += opcua_devices(ua.url, ua.namespace_index, meters_of(plant))
+            devices += opcua_devices(ua.url, ua.namespace_index, meters)
             print(f"OPC UA server: {ua.url} (security None)")
             print(f"  nodes ns={ua.namespace_index};s=<meter>.<point>")
         config = agent_config(lines, devices)
