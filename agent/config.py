@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,10 +101,16 @@ class DensityModel:
     critical_temperature: float = 0.0  # ... or the virial model from these, K
     critical_pressure: float = 0.0  # Pa
     acentric_factor: float = 0.0
+    compressibility: float = 0.0  # linear: κ in ρ = ρ_T / (1 − κ·P_gauge), 1/Pa
+
+
+REVERSE_MODES = ("separate", "ignore")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamConfig:
+    """One meter's stream. Exactly one of mass_flow, volume_flow and mass_total is set."""
+
     name: str
     mass_flow: str | None  # tag, kg/s
     volume_flow: str | None  # tag, m³/s
@@ -112,24 +118,31 @@ class StreamConfig:
     accuracy: float  # relative, stated as the meter's rated (≈2σ) accuracy
     low_flow_cutoff: float  # in SI of the flow signal
     max_gap: float  # s
+    mass_total: str | None = None  # tag of the meter's own totalizer register, kg
+    rollover: float = math.inf  # kg at which that register wraps to zero
+    max_flow: float = math.inf  # kg/s the meter can deliver: a larger register step is a fault
+    meter_factor: float = 1.0  # from the meter's proving: true = indicated × factor
+    reverse: str = "separate"  # separate: own total, subtracted in balances | ignore
 
     @property
     def flow_tag(self) -> str:
-        tag = self.mass_flow or self.volume_flow
+        tag = self.mass_flow or self.volume_flow or self.mass_total
         assert tag is not None
         return tag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryConfig:
-    """A vertical tank of constant cross-section: m = ρ · A · level."""
+    """Mass in a vessel: ρ · A · level, ρ · strapping(level), or load cells' mass directly."""
 
     name: str
-    level: str  # tag, m
-    area: float  # m²
-    density: DensityModel
-    accuracy: float  # m, rated (≈2σ) level accuracy
+    level: str | None  # tag, m
+    area: float | None  # m², a vertical tank of constant cross-section ...
+    density: DensityModel | None
+    accuracy: float  # rated (≈2σ) accuracy: m of level, or kg on load cells
     max_age: float  # s
+    strapping: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # ... or (m, m³)
+    mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,7 +301,23 @@ def _build(raw: Any, path: Path) -> Config:
     )
     _cross_check(config, root, report)
     report.raise_if_any()
-    return config
+    return replace(
+        config, streams=tuple(_with_rollover(stream, config) for stream in config.streams)
+    )
+
+
+def _with_rollover(stream: StreamConfig, config: Config) -> StreamConfig:
+    """A register's rollover, unless given: an integer register wraps at 2^bits counts."""
+    if stream.mass_total is None or not math.isnan(stream.rollover):
+        return stream
+    span = math.inf  # a float register is taken not to wrap
+    for device in config.devices:
+        for point in device.points:
+            if point.tag != stream.mass_total or not isinstance(point, Point):
+                continue
+            if point.type.startswith(("int", "uint")):
+                span = 2.0 ** (16 * codec.width(point.type)) * abs(point.factor)
+    return replace(stream, rollover=span)
 
 
 def _gateway(s: Section | None, resolve: Any) -> GatewayConfig | None:
@@ -565,7 +594,7 @@ def _density(s: Section | None) -> DensityModel | None:
     common: dict[str, Any] = {"model": model, "temperature": None}
     if model != "constant":
         common["temperature"] = s.take("temperature", _tag)
-    if model in ("water", "api", "gas"):
+    if model in ("linear", "water", "api", "gas"):
         common["pressure"] = s.take("pressure", _tag, None)
         common["pressure_absolute"] = s.take("pressure_absolute", boolean, False)
         common["atmosphere"] = s.take(
@@ -582,6 +611,12 @@ def _density(s: Section | None) -> DensityModel | None:
             common["expansion"] = s.take("expansion", quantity(units.PER_KELVIN, minimum=0.0))
         if model == "quadratic":
             common["expansion2"] = s.take("expansion2", _coefficient)
+        if model == "linear":
+            common["compressibility"] = s.take(
+                "compressibility", quantity(units.PER_PASCAL, minimum=0.0), 0.0
+            )
+            if common["compressibility"] and common["pressure"] is None and s.ok:
+                s.fail("compressibility", "needs a 'pressure' tag to correct for")
     elif model == "water":
         common["reference"] = density_models.water(293.15, 101325.0).value
         common["reference_temperature"] = 293.15
@@ -629,7 +664,13 @@ def _coefficient(value: Any) -> float:
     return number(value)
 
 
-_REQUIRED_DENSITY_KEYS = ("reference", "reference_temperature", "expansion", "expansion2")
+_REQUIRED_DENSITY_KEYS = (
+    "reference",
+    "reference_temperature",
+    "expansion",
+    "expansion2",
+    "compressibility",
+)
 
 
 def _molar_mass(value: Any) -> float:
@@ -650,17 +691,39 @@ def _stream(s: Section) -> StreamConfig | None:
     stream_name = s.take("name", name)
     mass_flow = s.take("mass_flow", _tag, None)
     volume_flow = s.take("volume_flow", _tag, None)
+    mass_total = s.take("mass_total", _tag, None)
     density = _density(s.section("density", required=volume_flow is not None))
     accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True))
     max_gap = s.take("max_gap", quantity(units.TIME, positive=True), 5.0)
     dimension = units.MASS_FLOW if volume_flow is None else units.VOLUME_FLOW
     cutoff = s.take("low_flow_cutoff", quantity(dimension, minimum=0.0), 0.0)
-    if mass_flow is None and volume_flow is None and s.ok:
-        s.fail(None, "a stream needs 'mass_flow' or 'volume_flow' (the tag of its meter)")
-    if mass_flow is not None and volume_flow is not None:
-        s.fail("volume_flow", "give either 'mass_flow' or 'volume_flow', not both")
-    if mass_flow is not None and s.has("density"):
-        s.fail("density", "a mass-flow stream needs no density")
+    meter_factor = s.take("meter_factor", _meter_factor, 1.0)
+    reverse = s.take("reverse", choice(*REVERSE_MODES), "separate")
+    rollover = s.take("rollover", quantity(units.MASS, positive=True), None)
+    max_flow = s.take("max_flow", quantity(units.MASS_FLOW, positive=True), None)
+    signals = (("mass_flow", mass_flow), ("volume_flow", volume_flow), ("mass_total", mass_total))
+    given = [key for key, tag in signals if tag is not None]
+    if not given and s.ok:
+        s.fail(
+            None,
+            "a stream needs 'mass_flow', 'volume_flow' or 'mass_total' (the tag of its meter)",
+        )
+    if len(given) > 1:
+        s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
+    if volume_flow is None and s.has("density"):
+        s.fail("density", "only a volume-flow stream needs a density")
+    if mass_total is None:
+        for key in ("rollover", "max_flow"):
+            if s.has(key):
+                s.fail(key, "applies to a 'mass_total' register only")
+    elif max_flow is None and s.ok:
+        s.fail(
+            None,
+            "a 'mass_total' stream needs 'max_flow' (the most its meter can deliver, e.g. "
+            "'20 kg/s'): a larger step of the register is a fault, not mass",
+        )
+    if mass_total is not None and s.has("low_flow_cutoff"):
+        s.fail("low_flow_cutoff", "a register counts what the meter counted; no cut-off applies")
     s.finish()
     if not s.ok:
         return None
@@ -668,24 +731,103 @@ def _stream(s: Section) -> StreamConfig | None:
         name=stream_name,
         mass_flow=mass_flow,
         volume_flow=volume_flow,
+        mass_total=mass_total,
         density=density,
         accuracy=accuracy,
         low_flow_cutoff=cutoff,
         max_gap=max_gap,
+        meter_factor=meter_factor,
+        reverse=reverse,
+        rollover=math.nan if rollover is None else rollover,  # nan: from the register's type
+        max_flow=math.inf if max_flow is None else max_flow,
     )
+
+
+def _meter_factor(value: Any) -> float:
+    factor = number(value)
+    if not 0.5 <= factor <= 2.0:
+        raise Invalid(f"a meter factor is close to 1 (0.5 to 2), got {factor}")
+    return factor
 
 
 def _inventory(s: Section) -> InventoryConfig | None:
-    result = InventoryConfig(
-        name=s.take("name", name),
-        level=s.take("level", _tag),
-        area=s.take("area", quantity(units.AREA, positive=True)),
-        density=_density(s.section("density")),  # type: ignore[arg-type]
-        accuracy=s.take("accuracy", quantity(units.LENGTH, positive=True)),
-        max_age=s.take("max_age", quantity(units.TIME, positive=True), 5.0),
-    )
+    inventory_name = s.take("name", name)
+    level = s.take("level", _tag, None)
+    mass = s.take("mass", _tag, None)
+    area = s.take("area", quantity(units.AREA, positive=True), None)
+    strapping = _strapping(s.section("strapping", required=False))
+    density = None
+    if level is not None or s.has("density"):
+        density = _density(s.section("density"))
+    accuracy_unit = units.MASS if mass is not None else units.LENGTH
+    accuracy = s.take("accuracy", quantity(accuracy_unit, positive=True))
+    max_age = s.take("max_age", quantity(units.TIME, positive=True), 5.0)
+    if level is None and mass is None and s.ok:
+        s.fail(None, "an inventory needs 'level' (a tank) or 'mass' (load cells)")
+    if level is not None and mass is not None:
+        s.fail("mass", "give either 'level' or 'mass', not both")
+    if mass is not None:
+        for key in ("area", "strapping", "density"):
+            if s.has(key):
+                s.fail(key, "load cells give mass directly; remove this key")
+    elif level is not None and s.has("area") == s.has("strapping") and s.ok:
+        s.fail(None, "a tank needs 'area' (vertical, constant section) or 'strapping'")
     s.finish()
-    return result if s.ok else None
+    if not s.ok:
+        return None
+    return InventoryConfig(
+        name=inventory_name,
+        level=level,
+        mass=mass,
+        area=area,
+        strapping=strapping,
+        density=density,
+        accuracy=accuracy,
+        max_age=max_age,
+    )
+
+
+def _strapping(s: Section | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """A gauge table: `level` and `volume` units and rows of [level, volume], ascending."""
+    if s is None:
+        return None
+    level_unit = s.take("level_unit", _unit_of(units.LENGTH), None)
+    volume_unit = s.take("volume_unit", _unit_of(units.VOLUME), None)
+    rows = s.take("table", _rows, None)
+    s.finish()
+    if not s.ok or level_unit is None or volume_unit is None or rows is None:
+        return None
+    levels = tuple(level_unit.to_si(row[0]) for row in rows)
+    volumes = tuple(volume_unit.to_si(row[1]) for row in rows)
+    for i in range(1, len(rows)):
+        if levels[i] <= levels[i - 1]:
+            s.fail("table", f"row {i + 1}: levels must rise strictly ({rows[i - 1]} → {rows[i]})")
+            return None
+        if volumes[i] < volumes[i - 1]:
+            s.fail("table", f"row {i + 1}: a volume cannot fall as the level rises")
+            return None
+    return levels, volumes
+
+
+def _unit_of(dimension: str) -> Any:
+    def convert(value: Any) -> units.Unit:
+        try:
+            return units.lookup(text(value), dimension=dimension)
+        except units.UnitError as exc:
+            raise Invalid(str(exc)) from None
+
+    return convert
+
+
+def _rows(value: Any) -> list[tuple[float, float]]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise Invalid("expected a list of at least two [level, volume] rows")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != 2:
+            raise Invalid(f"row {i + 1}: expected [level, volume], got {row!r}")
+        rows.append((number(row[0]), number(row[1])))
+    return rows
 
 
 def _node(s: Section) -> NodeConfig | None:
@@ -874,13 +1016,17 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
     for i, stream in enumerate(config.streams):
         check_tag("streams", i, "mass_flow", stream.mass_flow, units.MASS_FLOW)
         check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
+        check_tag("streams", i, "mass_total", stream.mass_total, units.MASS)
         if stream.density is not None:
             check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
             check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
-        check_tag("inventories", i, "density", inventory.density.temperature, units.TEMPERATURE)
-        check_tag("inventories", i, "density", inventory.density.pressure, units.PRESSURE)
+        check_tag("inventories", i, "mass", inventory.mass, units.MASS)
+        if inventory.density is not None:
+            density = inventory.density
+            check_tag("inventories", i, "density", density.temperature, units.TEMPERATURE)
+            check_tag("inventories", i, "density", density.pressure, units.PRESSURE)
 
     stream_names = {s.name for s in config.streams}
     inventory_names = {v.name for v in config.inventories}

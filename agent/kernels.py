@@ -1,8 +1,10 @@
 """numba kernels of the totalizer: state in, state out, no fastmath.
 
 fastmath would let LLVM reassociate the compensated sum and cancel the compensation, so it
-stays off. Each kernel has a plain-Python twin in tests/naive.py that the tests hold it to.
-Importing this module imports numba; only the totalizer does.
+stays off. error_model="numpy": a division by zero gives inf or NaN, which the kernels treat
+as a bad sample, instead of raising out of the middle of a cycle. Each kernel has a
+plain-Python twin in tests/naive.py that the tests hold it to.
+Importing this module imports numba; only the totalizer and the benchmark do.
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-# Layout of a flow integrator's state vector.
+# Layout of an integrator's state vector. A saved state shorter than STATE_SIZE comes from an
+# older release: the slots added since then start at zero (see `upgrade_state`).
 HAS_LAST = 0  # 1.0 once a good sample has been seen
 LAST_T = 1  # monotonic time of the last good sample, s
-LAST_Q = 2  # its flow, after the low-flow cut-off
+LAST_Q = 2  # its flow after the low-flow cut-off (a register kernel: the register value)
 FORWARD = 3  # forward total
 FORWARD_C = 4  # its Kahan compensation
 REVERSE = 5  # reverse total (positive number)
 REVERSE_C = 6
 ESTIMATED = 7  # quantity integrated across bridged bad samples
-GAP_TIME = 8  # time not integrated because a gap was longer than max_gap, s
+GAP_TIME = 8  # time whose quantity is unknown (gap longer than max_gap, or a faulted jump), s
 PENDING_BAD = 9  # 1.0 when bad samples came since the last good one
-STATE_SIZE = 10
+FLOW_TIME = 10  # time with flow above the cut-off, s
+FAULTS = 11  # register jumps refused as implausible
+COVERED_TIME = 12  # time whose quantity is known (integrated, bridged or counted), s
+STATE_SIZE = 13
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _kahan_add(state: np.ndarray, total: int, comp: int, value: float) -> None:
     y = value - state[comp]
     t = state[total] + y
@@ -35,7 +41,34 @@ def _kahan_add(state: np.ndarray, total: int, comp: int, value: float) -> None:
     state[total] = t
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _step(s: np.ndarray, ti: float, qi: float, max_gap: float) -> None:
+    """One good sample (flow already cut off) into the trapezoid total."""
+    if s[HAS_LAST] != 0.0:
+        dt = ti - s[LAST_T]
+        if dt <= 0.0:
+            # A repeated or out-of-order time stamp carries no new interval.
+            return
+        if dt > max_gap:
+            s[GAP_TIME] += dt
+        else:
+            q0 = s[LAST_Q]
+            forward = 0.5 * (max(q0, 0.0) + max(qi, 0.0)) * dt
+            reverse = 0.5 * (max(-q0, 0.0) + max(-qi, 0.0)) * dt
+            _kahan_add(s, FORWARD, FORWARD_C, forward)
+            _kahan_add(s, REVERSE, REVERSE_C, reverse)
+            s[COVERED_TIME] += dt
+            if q0 != 0.0 or qi != 0.0:
+                s[FLOW_TIME] += dt
+            if s[PENDING_BAD] != 0.0:
+                s[ESTIMATED] += forward + reverse
+    s[HAS_LAST] = 1.0
+    s[LAST_T] = ti
+    s[LAST_Q] = qi
+    s[PENDING_BAD] = 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def integrate_flow(
     t: np.ndarray,
     q: np.ndarray,
@@ -60,29 +93,127 @@ def integrate_flow(
             continue
         if abs(qi) < cutoff:
             qi = 0.0
-        if s[HAS_LAST] != 0.0:
-            dt = ti - s[LAST_T]
-            if dt <= 0.0:
-                # A repeated or out-of-order time stamp carries no new interval.
-                continue
-            if dt > max_gap:
-                s[GAP_TIME] += dt
-            else:
-                q0 = s[LAST_Q]
-                forward = 0.5 * (max(q0, 0.0) + max(qi, 0.0)) * dt
-                reverse = 0.5 * (max(-q0, 0.0) + max(-qi, 0.0)) * dt
-                _kahan_add(s, FORWARD, FORWARD_C, forward)
-                _kahan_add(s, REVERSE, REVERSE_C, reverse)
-                if s[PENDING_BAD] != 0.0:
-                    s[ESTIMATED] += forward + reverse
-        s[HAS_LAST] = 1.0
-        s[LAST_T] = ti
-        s[LAST_Q] = qi
-        s[PENDING_BAD] = 0.0
+        _step(s, ti, qi, max_gap)
     return s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def integrate_volume(
+    t: np.ndarray,
+    qv: np.ndarray,
+    temperature: np.ndarray,
+    pressure: np.ndarray,
+    good: np.ndarray,
+    state: np.ndarray,
+    max_gap: float,
+    cutoff: float,
+    reference: float,
+    reference_temperature: float,
+    expansion: float,
+    compressibility: float,
+) -> np.ndarray:
+    """Mass from a volume flow and the density at each sample's temperature and pressure.
+
+    ρ = reference / ((1 + β (T − T_ref)) · (1 − κ·P)), the linear thermal model with a
+    compressibility term in the form of API 11.1's CPL; `pressure` is gauge, Pa (zeros when
+    the stream has no pressure tag). The cut-off applies to the volume flow, as a meter's
+    does. A sample whose temperature or pressure is missing is bad like a missing flow.
+    """
+    s = state.copy()
+    for i in range(t.shape[0]):
+        ti = t[i]
+        qi = qv[i]
+        if abs(qi) < cutoff:
+            qi = 0.0
+        rho = reference / (
+            (1.0 + expansion * (temperature[i] - reference_temperature))
+            * (1.0 - compressibility * pressure[i])
+        )
+        qi = qi * rho
+        if not good[i] or math.isnan(qi) or math.isinf(qi) or math.isnan(ti):
+            s[PENDING_BAD] = 1.0
+            continue
+        _step(s, ti, qi, max_gap)
+    return s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def difference_register(
+    t: np.ndarray,
+    register: np.ndarray,
+    good: np.ndarray,
+    state: np.ndarray,
+    span: float,
+    max_rate: float,
+) -> np.ndarray:
+    """Quantity from a meter's own totalizer register by differencing.
+
+    A register below its last value rolled over at `span` (inf: it never does). A step
+    larger than `max_rate` could deliver in the time since the last value (a meter reset, a
+    replaced meter, a garbled reply that passed the CRC) is a fault, not mass: it is counted,
+    its interval goes to gap time, and the new value becomes the reference. So does a step
+    over an interval long enough for the register to roll over more than once, because how
+    often it did cannot be known. Time between good samples needs no bridging: the meter
+    counted through it.
+    """
+    s = state.copy()
+    for i in range(t.shape[0]):
+        ti = t[i]
+        ri = register[i]
+        if not good[i] or math.isnan(ri) or math.isinf(ri) or math.isnan(ti):
+            continue
+        if s[HAS_LAST] != 0.0:
+            dt = ti - s[LAST_T]
+            if dt <= 0.0:
+                continue
+            delta = ri - s[LAST_Q]
+            if delta < 0.0:
+                delta += span
+            if delta > max_rate * dt or max_rate * dt >= span:
+                s[FAULTS] += 1.0
+                s[GAP_TIME] += dt
+            else:
+                _kahan_add(s, FORWARD, FORWARD_C, delta)
+                s[COVERED_TIME] += dt
+                if delta > 0.0:
+                    s[FLOW_TIME] += dt
+        s[HAS_LAST] = 1.0
+        s[LAST_T] = ti
+        s[LAST_Q] = ri
+    return s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def strapping(level: np.ndarray, levels: np.ndarray, volumes: np.ndarray) -> np.ndarray:
+    """Volume at each level by linear interpolation in a gauge table (levels ascending).
+
+    A level outside the table is NaN: a tank's shape beyond its calibration is not guessed.
+    """
+    out = np.empty_like(level)
+    n = levels.shape[0]
+    for i in range(level.shape[0]):
+        x = level[i]
+        if math.isnan(x) or x < levels[0] or x > levels[n - 1]:
+            out[i] = math.nan
+            continue
+        lo = 0
+        hi = n - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if levels[mid] <= x:
+                lo = mid
+            else:
+                hi = mid
+        x0 = levels[lo]
+        x1 = levels[hi]
+        if x1 == x0:
+            out[i] = volumes[hi]
+        else:
+            out[i] = volumes[lo] + (volumes[hi] - volumes[lo]) * (x - x0) / (x1 - x0)
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def density_linear(
     temperature: np.ndarray, reference: float, reference_temperature: float, expansion: float
 ) -> np.ndarray:
@@ -95,3 +226,15 @@ def density_linear(
 
 def new_state() -> npt.NDArray[np.float64]:
     return np.zeros(STATE_SIZE, dtype=np.float64)
+
+
+def upgrade_state(saved: list[float]) -> npt.NDArray[np.float64]:
+    """A state saved by any release as this release's vector: totals are never reset."""
+    if len(saved) > STATE_SIZE:
+        raise ValueError(
+            f"saved totalizer state has {len(saved)} slots, this release knows {STATE_SIZE}: "
+            "it was written by a newer massgate; downgrading would lose totals"
+        )
+    state = new_state()
+    state[: len(saved)] = np.asarray(saved, dtype=np.float64)
+    return state

@@ -22,6 +22,8 @@ class Priority(enum.IntEnum):
 KIND_PRIORITY = {
     "telemetry": Priority.TELEMETRY,
     "totals": Priority.TOTALS,
+    "hourly": Priority.TOTALS,
+    "audit": Priority.BALANCE,
     "balance": Priority.BALANCE,
     "alarm": Priority.ALARM,
 }

@@ -101,16 +101,20 @@ class Gateway:
             stream.add(batch.mono, batch.wall, flow, temperature, pressure)
         for gauge in self.inventories.values():
             cfg_v = gauge.config
-            if cfg_v.level not in batch.values or bad:
+            if gauge.tag not in batch.values or bad:
                 continue
-            temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
-            pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
-            gauge.update(batch.mono, batch.values[cfg_v.level], temperature, pressure)
+            temperature = pressure = math.nan
+            if cfg_v.density is not None:
+                temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
+                pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
+            gauge.update(batch.mono, batch.values[gauge.tag], temperature, pressure)
 
     def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
         """Integrate, judge the balances that are due, and queue the records that result."""
         for stream in self.streams.values():
             stream.integrate()
+            stream.roll_hour(wall)
+            self.pending.extend(Record("hourly", body, wall) for body in stream.take_hours())
         for node in self.nodes:
             node.snapshot(mono, wall)
             if node.due(mono):

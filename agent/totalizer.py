@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,7 @@ import numpy.typing as npt
 from . import density as density_models
 from . import kernels
 from .config import DensityModel, InventoryConfig, StreamConfig
+from .hourly import HOUR, OpenHour, hour_body, hour_index
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def density(
     """Density of each sample (NaN where an input is missing) and the validity flags raised."""
     if model.model == "constant" or model.temperature is None:
         return np.full_like(temperatures, model.reference), []
-    if model.model == "linear":
+    if model.model == "linear" and not model.compressibility:
         rho = kernels.density_linear(
             temperatures, model.reference, model.reference_temperature, model.expansion
         )
@@ -89,12 +91,15 @@ def density_at(model: DensityModel, temperature: float, pressure: float) -> dens
                 critical_pressure=model.critical_pressure,
                 acentric_factor=model.acentric_factor,
             )
-    return density_models.linear(
+    result = density_models.linear(
         temperature,
         reference=model.reference,
         reference_temperature=model.reference_temperature,
         expansion=model.expansion,
     )
+    if model.compressibility:
+        return density_models.Density(result.value / (1.0 - model.compressibility * gauge))
+    return result
 
 
 @dataclass(slots=True)
@@ -109,7 +114,12 @@ class Period:
 
 
 class StreamTotal:
-    """The running total of one stream (kg), fed sample by sample, integrated per cycle."""
+    """The running total of one stream (kg), fed sample by sample, integrated per cycle.
+
+    `flow` is the meter's signal in SI: a mass flow, a volume flow, or a totalizer
+    register's reading. The totals are non-resettable: they only ever grow, persist across
+    restarts (see `saved`), and a state saved by an older release is carried over.
+    """
 
     def __init__(self, config: StreamConfig, *, saved: dict[str, object] | None = None) -> None:
         self.config = config
@@ -118,8 +128,13 @@ class StreamTotal:
         self.last_wall: float | None = None
         self.first_wall: float | None = None  # first sample integrated by this process
         self.period_start_wall: float | None = None
+        self._down_since: float | None = None  # wall time of the last sample before a restart
+        self.hour: OpenHour | None = None
+        self.closed_hours: list[dict[str, Any]] = []  # hourly records not yet taken
         if saved is not None:
-            self.state[:] = np.asarray(saved["state"], dtype=np.float64)
+            state = saved["state"]
+            assert isinstance(state, list)
+            self.state = kernels.upgrade_state(state)
             # Monotonic time restarts with the process (and the boot): the first sample after
             # a restart opens a new interval instead of bridging the downtime.
             self.state[kernels.HAS_LAST] = 0.0
@@ -127,6 +142,11 @@ class StreamTotal:
             reported = saved["reported"]
             assert isinstance(reported, list)
             self.reported = (float(reported[0]), float(reported[1]), float(reported[2]))
+            down_since = saved.get("last_wall")
+            self._down_since = float(down_since) if isinstance(down_since, float | int) else None
+            hour = saved.get("hour")
+            if isinstance(hour, dict):
+                self.hour = OpenHour.restore(hour)
         self._t: list[float] = []
         self._wall: list[float] = []
         self._flow: list[float] = []
@@ -142,7 +162,7 @@ class StreamTotal:
         temperature: float = math.nan,
         pressure: float = math.nan,
     ) -> None:
-        """Queue one sample (SI flow; NaN when the reading is bad)."""
+        """Queue one sample (SI; NaN when the reading is bad)."""
         self._t.append(mono)
         self._wall.append(wall)
         self._flow.append(flow)
@@ -150,47 +170,133 @@ class StreamTotal:
         self._pressure.append(pressure)
 
     def integrate(self) -> None:
-        """Run the kernel over the samples queued since the last call."""
+        """Run the kernel over the samples queued since the last call, hour by hour."""
         if not self._t:
             return
         t = np.asarray(self._t, dtype=np.float64)
+        wall = np.asarray(self._wall, dtype=np.float64)
         flow = np.asarray(self._flow, dtype=np.float64)
-        if self.config.volume_flow is not None:
-            assert self.config.density is not None
-            rho, flags = density(
-                self.config.density,
-                np.asarray(self._temp, dtype=np.float64),
-                np.asarray(self._pressure, dtype=np.float64),
-            )
-            for flag in flags:
-                if flag not in self.density_flags:
-                    log.warning("stream %s: %s", self.config.name, flag)
-                self.density_flags[flag] = self.density_flags.get(flag, 0) + 1
-            flow = flow * rho
-        good = ~np.isnan(flow)
-        self.state = kernels.integrate_flow(
-            t, flow, good, self.state, self.config.max_gap, self._mass_cutoff(flow)
-        )
-        good_walls = [w for w, ok in zip(self._wall, good.tolist(), strict=True) if ok]
-        if good_walls:
-            if self.first_wall is None:
-                self.first_wall = good_walls[0]
-            if self.period_start_wall is None:
-                self.period_start_wall = self.last_wall or good_walls[0]
-            self.last_wall = good_walls[-1]
+        temp = np.asarray(self._temp, dtype=np.float64)
+        pressure = np.asarray(self._pressure, dtype=np.float64)
+        hours = np.floor(wall / HOUR)
+        start = 0
+        while start < t.size:
+            if self.hour is None:
+                self.hour = OpenHour(int(hours[start]), self.state.tolist())
+            # A wall clock stepped back stays in the open hour; only a later hour closes it.
+            later = np.nonzero(hours[start:] > self.hour.index)[0]
+            end = t.size if later.size == 0 else start + int(later[0])
+            part = slice(start, end)
+            self._integrate(t[part], wall[part], flow[part], temp[part], pressure[part])
+            if end < t.size:
+                self._close_hour(int(hours[end]))
+            start = end
         self._t.clear()
         self._wall.clear()
         self._flow.clear()
         self._temp.clear()
         self._pressure.clear()
 
-    def _mass_cutoff(self, mass_flow: npt.NDArray[np.float64]) -> float:
-        cutoff = self.config.low_flow_cutoff
-        if cutoff == 0.0 or self.config.mass_flow is not None:
-            return cutoff
-        # A volume cut-off applies to the volume signal; in mass terms it scales with density.
-        assert self.config.density is not None
-        return cutoff * self.config.density.reference
+    def roll_hour(self, wall: float) -> None:
+        """Close the open hour once the clock has left it, whether samples came or not."""
+        if self.hour is not None and hour_index(wall) > self.hour.index:
+            self._close_hour(hour_index(wall))
+
+    def _close_hour(self, next_index: int) -> None:
+        assert self.hour is not None
+        ignore = self.config.reverse == "ignore"
+        self.closed_hours.append(
+            hour_body(self.config.name, self.hour, self.state, ignore_reverse=ignore)
+        )
+        self.hour = OpenHour(next_index, self.state.tolist())
+
+    def _integrate(
+        self,
+        t: npt.NDArray[np.float64],
+        wall: npt.NDArray[np.float64],
+        flow: npt.NDArray[np.float64],
+        temp: npt.NDArray[np.float64],
+        pressure: npt.NDArray[np.float64],
+    ) -> None:
+        cfg = self.config
+        factor = cfg.meter_factor
+        last_t = float(self.state[kernels.LAST_T]) if self.state[kernels.HAS_LAST] else math.nan
+        averaged: dict[str, npt.NDArray[np.float64]] = {}
+        if cfg.mass_total is not None:
+            good = np.isfinite(flow)
+            self.state = kernels.difference_register(
+                t, flow * factor, good, self.state, cfg.rollover * factor, cfg.max_flow * factor
+            )
+            mass_flow = np.full_like(flow, math.nan)  # a register carries no flow to weigh by
+        elif cfg.volume_flow is not None:
+            model = cfg.density
+            assert model is not None
+            gauge = _gauge(model, pressure)
+            if model.model in ("constant", "linear"):
+                temp_in = temp if model.model == "linear" else np.full_like(temp, 293.15)
+                expansion = model.expansion if model.model == "linear" else 0.0
+                good = np.isfinite(flow)
+                self.state = kernels.integrate_volume(
+                    t,
+                    flow,
+                    temp_in,
+                    gauge,
+                    good,
+                    self.state,
+                    cfg.max_gap,
+                    cfg.low_flow_cutoff,
+                    model.reference * factor,
+                    model.reference_temperature,
+                    expansion,
+                    model.compressibility,
+                )
+                rho = model.reference / (
+                    (1.0 + expansion * (temp_in - model.reference_temperature))
+                    * (1.0 - model.compressibility * gauge)
+                )
+            else:
+                rho, flags = density(model, temp, pressure)
+                self._count_flags(flags)
+                volume = np.where(np.abs(flow) < cfg.low_flow_cutoff, 0.0, flow)
+                mass = volume * rho * factor
+                good = np.isfinite(mass)
+                self.state = kernels.integrate_flow(t, mass, good, self.state, cfg.max_gap, 0.0)
+            mass_flow = np.where(np.abs(flow) < cfg.low_flow_cutoff, 0.0, flow) * rho * factor
+            if model.temperature is not None:
+                averaged["temperature"] = temp
+            if model.pressure is not None:
+                averaged["pressure"] = pressure
+            averaged["density"] = rho
+        else:
+            mass_flow = flow * factor
+            good = np.isfinite(mass_flow)
+            self.state = kernels.integrate_flow(
+                t, mass_flow, good, self.state, cfg.max_gap, cfg.low_flow_cutoff * factor
+            )
+        assert self.hour is not None
+        if averaged:
+            self.hour.weigh(t, mass_flow, averaged, last_t)
+        self._note_walls(wall[good].tolist())
+
+    def _count_flags(self, flags: list[str]) -> None:
+        for flag in flags:
+            if flag not in self.density_flags:
+                log.warning("stream %s: %s", self.config.name, flag)
+            self.density_flags[flag] = self.density_flags.get(flag, 0) + 1
+
+    def _note_walls(self, good_walls: list[float]) -> None:
+        if not good_walls:
+            return
+        if self._down_since is not None:
+            # The downtime's quantity is unknown: flagged as gap time, measured by the wall
+            # clock because monotonic time does not survive a restart.
+            self.state[kernels.GAP_TIME] += max(good_walls[0] - self._down_since, 0.0)
+            self._down_since = None
+        if self.first_wall is None:
+            self.first_wall = good_walls[0]
+        if self.period_start_wall is None:
+            self.period_start_wall = self.last_wall or good_walls[0]
+        self.last_wall = good_walls[-1]
 
     @property
     def forward(self) -> float:
@@ -202,12 +308,20 @@ class StreamTotal:
 
     @property
     def net(self) -> float:
+        """The stream's quantity: forward less reverse, or forward alone when reverse is
+        ignored."""
+        if self.config.reverse == "ignore":
+            return self.forward
         return self.forward - self.reverse
 
     @property
     def last_flow(self) -> float:
-        """Mass flow of the last good sample, kg/s (NaN before the first one)."""
-        return float(self.state[kernels.LAST_Q]) if self.state[kernels.HAS_LAST] else math.nan
+        """Mass flow of the last good sample, kg/s (NaN before the first one, or for a
+        register, which gives quantity, not flow)."""
+        if not self.state[kernels.HAS_LAST] or self.config.mass_total is not None:
+            return math.nan
+        flow = float(self.state[kernels.LAST_Q])
+        return max(flow, 0.0) if self.config.reverse == "ignore" else flow
 
     def net_at(self, mono: float) -> float | None:
         """Net total extrapolated to `mono` with the last flow; None when the data is too old.
@@ -219,7 +333,8 @@ class StreamTotal:
         age = mono - float(self.state[kernels.LAST_T])
         if age > self.config.max_gap:
             return None
-        return self.net + float(self.state[kernels.LAST_Q]) * max(age, 0.0)
+        flow = self.last_flow
+        return self.net + (0.0 if math.isnan(flow) else flow * max(age, 0.0))
 
     def close_period(self) -> Period:
         """The quantity since the last totals record; the next period starts now."""
@@ -237,34 +352,93 @@ class StreamTotal:
         self.period_start_wall = None
         return period
 
+    def take_hours(self) -> list[dict[str, Any]]:
+        hours, self.closed_hours = self.closed_hours, []
+        return hours
+
     def saved(self) -> dict[str, object]:
-        return {"state": self.state.tolist(), "reported": list(self.reported)}
+        return {
+            "state": self.state.tolist(),
+            "reported": list(self.reported),
+            "last_wall": self.last_wall if self.last_wall is not None else self._down_since,
+            "hour": self.hour.saved() if self.hour is not None else None,
+        }
+
+
+def _gauge(model: DensityModel, pressure: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Gauge pressure for the linear model's compressibility (zeros without a pressure tag)."""
+    if model.pressure is None:
+        return np.zeros_like(pressure)
+    return pressure - model.atmosphere if model.pressure_absolute else pressure
 
 
 class InventoryGauge:
-    """Mass in a tank from its level: m = ρ(T) · A · level."""
+    """Mass in a vessel: ρ(T, P) · A · level, ρ(T, P) · strapping(level), or load cells' mass."""
 
     def __init__(self, config: InventoryConfig) -> None:
         self.config = config
         self.mass: float | None = None
         self.mono = -math.inf
         self.level = math.nan
+        self._slope = config.area or 0.0  # dV/dh at the last level, m²
+        self._table: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        if config.strapping is not None:
+            levels, volumes = config.strapping
+            self._table = (np.asarray(levels), np.asarray(volumes))
+        self.out_of_table = 0  # level readings outside the strapping table
+
+    @property
+    def tag(self) -> str:
+        tag = self.config.level or self.config.mass
+        assert tag is not None
+        return tag
 
     def update(
-        self, mono: float, level: float, temperature: float = math.nan, pressure: float = math.nan
+        self, mono: float, value: float, temperature: float = math.nan, pressure: float = math.nan
     ) -> None:
-        model = self.config.density
-        if math.isnan(level):
+        """A new reading of the level (m) or of the load cells (kg)."""
+        if math.isnan(value):
             return
+        if self.config.mass is not None:
+            self.mass = value
+            self.mono = mono
+            return
+        model = self.config.density
+        assert model is not None
         if model.temperature is None:
             rho = model.reference
         else:
             rho = density_at(model, temperature, pressure).value
             if math.isnan(rho):
                 return
-        self.level = level
-        self.mass = rho * self.config.area * level
+        volume = self._volume(value)
+        if math.isnan(volume):
+            return
+        self.level = value
+        self.mass = rho * volume
         self.mono = mono
+
+    def _volume(self, level: float) -> float:
+        if self._table is None:
+            assert self.config.area is not None
+            return self.config.area * level
+        levels, volumes = self._table
+        volume = float(kernels.strapping(np.array([level]), levels, volumes)[0])
+        if math.isnan(volume):
+            if self.out_of_table == 0:
+                log.warning(
+                    "inventory %s: level %.4f m is outside its strapping table (%.4f to %.4f m);"
+                    " no mass until it is back inside",
+                    self.config.name,
+                    level,
+                    levels[0],
+                    levels[-1],
+                )
+            self.out_of_table += 1
+            return volume
+        i = int(np.clip(np.searchsorted(levels, level, side="right"), 1, levels.size - 1))
+        self._slope = float((volumes[i] - volumes[i - 1]) / (levels[i] - levels[i - 1]))
+        return volume
 
     def mass_at(self, mono: float) -> float | None:
         if self.mass is None or mono - self.mono > self.config.max_age:
@@ -274,5 +448,7 @@ class InventoryGauge:
     @property
     def sigma(self) -> float:
         """Standard uncertainty of one mass reading, kg (rated accuracy taken as 2σ)."""
-        rho = self.config.density.reference
-        return rho * self.config.area * self.config.accuracy / 2.0
+        if self.config.mass is not None:
+            return self.config.accuracy / 2.0
+        assert self.config.density is not None
+        return self.config.density.reference * self._slope * self.config.accuracy / 2.0

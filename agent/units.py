@@ -24,6 +24,7 @@ AREA = "area"
 TIME = "time"
 FRACTION = "fraction"
 PER_KELVIN = "thermal expansion"
+PER_PASCAL = "compressibility"
 BYTES = "size"
 DIMENSIONLESS = "dimensionless"
 
@@ -108,6 +109,11 @@ _add(FRACTION, 1.0, "ratio")
 _add(FRACTION, 1e-6, "ppm")
 _add(PER_KELVIN, 1.0, "1/K", "1/degC")
 _add(PER_KELVIN, 9 / 5, "1/degF")
+_add(PER_PASCAL, 1.0, "1/Pa")
+_add(PER_PASCAL, 1e-3, "1/kPa")
+_add(PER_PASCAL, 1e-5, "1/bar")
+_add(PER_PASCAL, 1e-6, "1/MPa")
+_add(PER_PASCAL, 1 / 6894.757293168361, "1/psi")
 _add(DIMENSIONLESS, 1.0, "1", "flag", "count")
 _add(BYTES, 1.0, "B")
 _add(BYTES, 1e3, "kB")
