@@ -202,6 +202,7 @@ class Config:
     inventories: tuple[InventoryConfig, ...]
     nodes: tuple[NodeConfig, ...]
     totals_interval: float
+    hourly_retention: float  # s
     telemetry_interval: float
     outbox: OutboxConfig
     mqtt: MqttConfig | None
@@ -266,8 +267,12 @@ def _build(raw: Any, path: Path) -> Config:
     nodes = tuple(_node(s) for s in root.sections("nodes"))
 
     totals_interval = 60.0
+    hourly_retention = 90 * 86400.0
     if (totals := root.section("totals", required=False)) is not None:
         totals_interval = totals.take("interval", quantity(units.TIME, positive=True), 60.0)
+        hourly_retention = totals.take(
+            "hourly_retention", quantity(units.TIME, positive=True), hourly_retention
+        )
         totals.finish()
     telemetry_interval = 10.0
     if (telemetry := root.section("telemetry", required=False)) is not None:
@@ -295,6 +300,7 @@ def _build(raw: Any, path: Path) -> Config:
         inventories=inventories,  # type: ignore[arg-type]
         nodes=nodes,  # type: ignore[arg-type]
         totals_interval=totals_interval,
+        hourly_retention=hourly_retention,
         telemetry_interval=telemetry_interval,
         outbox=outbox,
         mqtt=mqtt,

@@ -2,7 +2,9 @@
 
 The same database holds the stream totals, so the totals record that reports a quantity and
 the running total that contains it are committed in one transaction: a crash can neither
-count a quantity twice nor lose it.
+count a quantity twice nor lose it. It also keeps the gateway's own archive: a copy of every
+hourly quantity record and configuration audit entry, kept after the broker has them (hourly
+records for a retention, audit entries for good), as a flow computer keeps its logs.
 
 Durability: WAL with synchronous=FULL. In WAL mode NORMAL would only risk the last
 transactions on power loss; FULL syncs the WAL on every commit so a record the agent
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -28,6 +31,8 @@ from sqlite_utils.db import DescIndex
 from .records import SCHEMA_VERSION, Priority, Record, topic, utc
 
 log = logging.getLogger(__name__)
+
+ARCHIVED = ("hourly", "audit")  # kinds the gateway keeps a copy of after sending
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,15 @@ class Outbox:
             db.table("totals").create(
                 {"stream": str, "state": str, "updated": float}, pk="stream", if_not_exists=True
             )
+            db.table("archive").create(
+                {"seq": int, "kind": str, "created": float, "payload": bytes},
+                pk="seq",
+                not_null={"kind", "created", "payload"},
+                if_not_exists=True,
+            )
+            db.table("archive").create_index(
+                ["kind", "created"], index_name="archive_kind", if_not_exists=True
+            )
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?), ('next_seq', '1')",
@@ -130,9 +144,19 @@ class Outbox:
 
     # --- the contract ---------------------------------------------------------------------
 
-    def put(self, records: Sequence[Record], *, totals: dict[str, Any] | None = None) -> list[int]:
-        """Commit records (and stream totals) in one transaction; returns their sequence numbers."""
-        if not records and not totals:
+    def put(
+        self,
+        records: Sequence[Record],
+        *,
+        totals: dict[str, Any] | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> list[int]:
+        """Commit records (and stream totals, and meta values) in one transaction.
+
+        Returns the records' sequence numbers. Records of an archived kind are also copied to
+        the archive, where they stay after the broker has acknowledged them.
+        """
+        if not records and not totals and not meta:
             return []
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -164,6 +188,16 @@ class Outbox:
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(next_seq + len(rows)),)
             )
+            conn.executemany(
+                "INSERT INTO archive(seq, kind, created, payload) VALUES (?, ?, ?, ?)",
+                [(row[0], row[2], row[4], row[3]) for row in rows if row[2] in ARCHIVED],
+            )
+            if meta:
+                conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    list(meta.items()),
+                )
             if totals:
                 now = time.time()
                 conn.executemany(
@@ -247,8 +281,9 @@ class Outbox:
         return freed
 
     def _meta(self, key: str) -> str:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return str(row[0])
+        value = self.meta(key)
+        assert value is not None, key  # written when the database was made
+        return value
 
     def depth(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
@@ -267,6 +302,29 @@ class Outbox:
         if row[0] is None:
             return None
         return (now if now is not None else time.time()) - float(row[0])
+
+    def meta(self, key: str) -> str | None:
+        """A value stored with `put(meta=...)`, None when never stored."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def archived(
+        self, kind: str, *, since: float = -math.inf, until: float = math.inf
+    ) -> list[dict[str, Any]]:
+        """Archived payloads of one kind created in [since, until), oldest first."""
+        rows = self.conn.execute(
+            "SELECT payload FROM archive WHERE kind = ? AND created >= ? AND created < ? "
+            "ORDER BY seq",
+            (kind, since, until),
+        )
+        return [json.loads(payload) for (payload,) in rows]
+
+    def prune_archive(self, kind: str, before: float) -> int:
+        """Delete archived records of `kind` created before `before`; returns how many."""
+        cursor = self.conn.execute(
+            "DELETE FROM archive WHERE kind = ? AND created < ?", (kind, before)
+        )
+        return cursor.rowcount
 
     def load_totals(self) -> dict[str, dict[str, Any]]:
         return {

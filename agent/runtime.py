@@ -24,6 +24,7 @@ from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_fo
 from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.poller import Poller
 
+from . import audit
 from .balance import AlarmEvent, NodeBalance, WindowResult
 from .config import Config
 from .outbox import Outbox
@@ -75,6 +76,19 @@ class Gateway:
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
+        self._audit(outbox)
+
+    def _audit(self, outbox: Outbox) -> None:
+        """Record what changed in the computation since the last run, with old and new values."""
+        stored = outbox.meta(audit.META_KEY)
+        found, current = audit.compare(stored, self.config)
+        if not found:
+            return
+        baseline = stored is None
+        audit.log_changes(found, baseline=baseline)
+        body = {"baseline": baseline, "config": str(self.config.source), "changes": found}
+        # The record and the parameters it moves to are one transaction.
+        outbox.put([Record("audit", body, time.time())], meta={audit.META_KEY: current})
 
     def _fresh(self, tag: str | None, mono: float, max_age: float) -> float:
         if tag is None:
@@ -324,5 +338,7 @@ def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> Non
     records, totals = agent.gateway.take_pending(mono)
     # Group commit: one transaction per cycle for its records and the totals they report.
     agent.outbox.put(records, totals=totals)
+    if any(r.kind == "hourly" for r in records):
+        agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
     if agent.publisher is not None and records:
         agent.publisher.wake()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -45,9 +46,12 @@ def test_example_validates_and_converts_units():
     assert plc.points[0].node_id == "ns=3;s=FIC201.PV"
     node = config.nodes[0]
     assert (node.window, node.persistence, node.tolerance_relative) == (900.0, 300.0, 0.005)
-    product = config.streams[1]
+    streams = {s.name: s for s in config.streams}
+    product = streams["product"]
     assert product.density is not None
     assert product.density.reference_temperature == pytest.approx(293.15)
+    assert streams["feed_register"].max_flow == pytest.approx(60_000 / 3600)  # 60 t/h in kg/s
+    assert streams["feed_register"].rollover == math.inf  # a float64 register
     assert config.mqtt is not None
     assert config.mqtt.brokers[0].tls
     assert config.mqtt.brokers[0].port == 8883
