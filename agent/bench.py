@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import multiprocessing
 import socket
-import sys
 import time
 from dataclasses import dataclass
 
@@ -141,9 +140,11 @@ def bench_drivers(points: int, seconds: float) -> list[Result]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what != "drivers":
-        print(f"error: no benchmark '{args.what}' yet (have: drivers)", file=sys.stderr)
-        return 2
+    if args.what == "totalizer":
+        from . import bench_totalizer  # noqa: PLC0415  # imports numba
+
+        print(bench_totalizer.report(args.samples, args.python_samples))
+        return 0
     results = bench_drivers(args.points, args.seconds)
     planned, single = results
     span = max(p.address + 2 for p in bench_profile(args.points).points)
@@ -172,19 +173,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure throughput and CPU (drivers)",
+        help="measure throughput and CPU (drivers, totalizer)",
         description="Run a benchmark and print what was measured on this machine. "
         "'drivers': points/s, agent CPU time per point and requests per cycle with the "
-        "request planner and with one request per point, against a simulated slave.",
+        "request planner and with one request per point, against a simulated slave. "
+        "'totalizer': samples/s of each numba kernel next to a numpy equivalent and the "
+        "pure-Python reference, on one core, and the first call's time in a new process with "
+        "an empty and with a warm numba cache.",
     )
-    p.add_argument("what", choices=("drivers",), help="what to measure")
+    p.add_argument("what", choices=("drivers", "totalizer"), help="what to measure")
     p.add_argument(
         "--points",
         type=int,
         default=48,
-        help="values on the simulated device (default %(default)s)",
+        help="drivers: values on the simulated device (default %(default)s)",
     )
     p.add_argument(
-        "--seconds", type=float, default=3.0, help="duration of each mode (default %(default)s)"
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="drivers: duration of each mode (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=10_000_000,
+        help="totalizer: samples per kernel call (default %(default)s)",
+    )
+    p.add_argument(
+        "--python-samples",
+        type=int,
+        default=200_000,
+        help="totalizer: samples for the pure-Python reference (default %(default)s)",
     )
     p.set_defaults(func=cmd_bench)

@@ -79,8 +79,8 @@ def hour_body(
     def delta(slot: int) -> float:
         return float(state[slot]) - hour.opened[slot]
 
-    forward = delta(kernels.FORWARD)
-    reverse = delta(kernels.REVERSE)
+    forward = kernels.total(state, kernels.FORWARD) - kernels.total(hour.opened, kernels.FORWARD)
+    reverse = kernels.total(state, kernels.REVERSE) - kernels.total(hour.opened, kernels.REVERSE)
     quantity = forward if ignore_reverse else forward - reverse
     covered = delta(kernels.COVERED_TIME)
     # An interval that ends just after the hour counts in the new hour, so an hour can be
@@ -105,8 +105,8 @@ def hour_body(
         "temperature_K": _num(hour.average("temperature")),
         "pressure_Pa": _num(hour.average("pressure")),
         "density_kg_m3": _num(hour.average("density")),
-        "forward_total_kg": _num(float(state[kernels.FORWARD])),
-        "reverse_total_kg": _num(float(state[kernels.REVERSE])),
+        "forward_total_kg": _num(kernels.total(state, kernels.FORWARD)),
+        "reverse_total_kg": _num(kernels.total(state, kernels.REVERSE)),
     }
 
 

@@ -300,11 +300,11 @@ class StreamTotal:
 
     @property
     def forward(self) -> float:
-        return float(self.state[kernels.FORWARD])
+        return kernels.total(self.state, kernels.FORWARD)
 
     @property
     def reverse(self) -> float:
-        return float(self.state[kernels.REVERSE])
+        return kernels.total(self.state, kernels.REVERSE)
 
     @property
     def net(self) -> float:

@@ -12,3 +12,45 @@ def test_bench_drivers_compares_the_planner_with_one_request_per_point():
     assert planned.cycles > 0
     assert single.cycles > 0
     assert planned.cpu > 0
+
+
+def test_numpy_equivalents_compute_what_the_kernels_compute():
+    """The benchmark's numpy rows are only a fair comparison if they compute the same outputs:
+    totals, estimated quantity, gap, covered and flow time, register faults, volumes."""
+    from massgate.agent.bench_totalizer import agree, np_flow, signal
+
+    assert agree(samples=50_000) == []
+    outputs = np_flow(signal(50_000))
+    # The signal exercises what is compared: reverse flow, bridged bad samples, long gaps.
+    assert outputs["reverse"] > 0
+    assert outputs["estimated"] > 0
+    assert outputs["gap"] > 0
+
+
+def test_bench_totalizer_prints_every_kernel_and_the_first_call_times():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "massgate.agent.cli",
+            "bench",
+            "totalizer",
+            "--samples",
+            "20000",
+            "--python-samples",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for kernel in ("integrate_flow", "integrate_volume (T/P)", "difference_register", "strapping"):
+        assert kernel in done.stdout
+    assert "empty cache" in done.stdout
+    assert "warm cache" in done.stdout
+    assert "agree to 1e-9" in done.stdout

@@ -222,10 +222,12 @@ def test_hours_add_up_to_the_total_and_average_by_flow(tmp_path: Path):
     ]
     # The hours add up to the non-resettable total at the last close.
     assert sum(h["quantity_kg"] for h in hours) == pytest.approx(
-        stream.hour.opened[kernels.FORWARD],
+        kernels.total(stream.hour.opened, kernels.FORWARD),
         abs=1e-5,  # records round to the milligram
     )
-    assert hours[-1]["forward_total_kg"] == pytest.approx(stream.hour.opened[kernels.FORWARD])
+    assert hours[-1]["forward_total_kg"] == pytest.approx(
+        kernels.total(stream.hour.opened, kernels.FORWARD)
+    )
     # Flow-weighted: 2 parts at 30 °C per 1 part at 10 °C (the mass weights differ by ρ).
     rho_hot = 1000 / (1 + 2e-4 * 10)
     rho_cold = 1000 / (1 - 2e-4 * 10)
