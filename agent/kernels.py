@@ -21,7 +21,7 @@ HAS_LAST = 0  # 1.0 once a good sample has been seen
 LAST_T = 1  # monotonic time of the last good sample, s
 LAST_Q = 2  # its flow after the low-flow cut-off (a register kernel: the register value)
 FORWARD = 3  # forward total: running sum ...
-FORWARD_C = 4  # ... and its compensation (Neumaier); the total is their sum, see `total`
+FORWARD_C = 4  # ... and its compensation (TwoSum errors); the total is their sum: `total`
 REVERSE = 5  # reverse total (positive number)
 REVERSE_C = 6
 ESTIMATED = 7  # quantity integrated across bridged bad samples
@@ -52,9 +52,9 @@ def _trapezoid(
     """The one trapezoid loop behind integrate_flow and integrate_volume.
 
     The state lives in local variables for the loop, so that LLVM keeps it in registers,
-    and the totals are compensated by Neumaier's variant of Kahan summation: its running
-    sum depends on one addition per sample, not four, which is what lets one core integrate
-    a few hundred million samples a second; the true total is sum + compensation (`total`).
+    and the totals are compensated with Knuth's TwoSum, which finds each addition's exact
+    rounding error without a branch: the running sum depends on one addition per sample,
+    not Kahan's four, and the true total is sum + compensation (`total`).
     """
     has_last = state[HAS_LAST]
     last_t = state[LAST_T]
@@ -95,16 +95,12 @@ def _trapezoid(
                 forward = 0.5 * (max(last_q, 0.0) + max(qi, 0.0)) * dt
                 reverse = 0.5 * (max(-last_q, 0.0) + max(-qi, 0.0)) * dt
                 x = fwd + forward
-                if abs(fwd) >= abs(forward):
-                    fwd_c += (fwd - x) + forward
-                else:
-                    fwd_c += (forward - x) + fwd
+                z = x - fwd
+                fwd_c += (fwd - (x - z)) + (forward - z)
                 fwd = x
                 x = rev + reverse
-                if abs(rev) >= abs(reverse):
-                    rev_c += (rev - x) + reverse
-                else:
-                    rev_c += (reverse - x) + rev
+                z = x - rev
+                rev_c += (rev - (x - z)) + (reverse - z)
                 rev = x
                 covered += dt
                 if last_q != 0.0 or qi != 0.0:
@@ -234,10 +230,8 @@ def difference_register(
                 gap += dt
             else:
                 x = fwd + delta
-                if abs(fwd) >= abs(delta):
-                    fwd_c += (fwd - x) + delta
-                else:
-                    fwd_c += (delta - x) + fwd
+                z = x - fwd
+                fwd_c += (fwd - (x - z)) + (delta - z)
                 fwd = x
                 covered += dt
                 if delta > 0.0:

@@ -16,12 +16,10 @@ from . import kernels as k
 Floats = Sequence[float]
 
 
-def _neumaier(s: list[float], total: int, comp: int, value: float) -> None:
+def _two_sum(s: list[float], total: int, comp: int, value: float) -> None:
     x = s[total] + value
-    if abs(s[total]) >= abs(value):
-        s[comp] += (s[total] - x) + value
-    else:
-        s[comp] += (value - x) + s[total]
+    z = x - s[total]
+    s[comp] += (s[total] - (x - z)) + (value - z)
     s[total] = x
 
 
@@ -36,8 +34,8 @@ def _step(s: list[float], ti: float, qi: float, max_gap: float) -> None:
             q0 = s[k.LAST_Q]
             forward = 0.5 * (max(q0, 0.0) + max(qi, 0.0)) * dt
             reverse = 0.5 * (max(-q0, 0.0) + max(-qi, 0.0)) * dt
-            _neumaier(s, k.FORWARD, k.FORWARD_C, forward)
-            _neumaier(s, k.REVERSE, k.REVERSE_C, reverse)
+            _two_sum(s, k.FORWARD, k.FORWARD_C, forward)
+            _two_sum(s, k.REVERSE, k.REVERSE_C, reverse)
             s[k.COVERED_TIME] += dt
             if q0 != 0.0 or qi != 0.0:
                 s[k.FLOW_TIME] += dt
@@ -109,7 +107,7 @@ def difference_register(
                 s[k.FAULTS] += 1.0
                 s[k.GAP_TIME] += dt
             else:
-                _neumaier(s, k.FORWARD, k.FORWARD_C, delta)
+                _two_sum(s, k.FORWARD, k.FORWARD_C, delta)
                 s[k.COVERED_TIME] += dt
                 if delta > 0.0:
                     s[k.FLOW_TIME] += dt
