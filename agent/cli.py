@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -57,6 +58,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_numba_cache() -> None:
+    """Say so when numba cannot keep its compiled kernels: every start would compile them."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if not cache:
+        return
+    try:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        probe = Path(cache) / f".massgate-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        log.warning(
+            "NUMBA_CACHE_DIR %s is not writable (%s): the totalizer's kernels are compiled at "
+            "every start, which takes seconds on a Raspberry Pi",
+            cache,
+            exc.strerror or exc,
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import config as config_module
 
@@ -66,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
     _setup_logging(args.verbose)
+    _check_numba_cache()
     from .runtime import run
 
     async def main() -> None:

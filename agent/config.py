@@ -102,6 +102,31 @@ class DensityModel:
     critical_pressure: float = 0.0  # Pa
     acentric_factor: float = 0.0
     compressibility: float = 0.0  # linear: κ in ρ = ρ_T / (1 − κ·P_gauge), 1/Pa
+    standard_temperature: float = 288.15  # gas: the conditions of "standard volume", K
+    standard_pressure: float = 101325.0  # Pa, absolute
+
+    @property
+    def standard_density(self) -> float:
+        """kg/m³ at the conditions a standard volume is stated at.
+
+        A liquid's reference (base) density; a gas at standard_temperature and
+        standard_pressure, by the virial model when configured and ideal otherwise (a fixed Z
+        belongs to the line conditions, not to standard ones).
+        """
+        if self.model != "gas":
+            return self.reference
+        if self.z is None:
+            return density_models.gas_virial(
+                self.standard_temperature,
+                self.standard_pressure,
+                molar_mass=self.molar_mass,
+                critical_temperature=self.critical_temperature,
+                critical_pressure=self.critical_pressure,
+                acentric_factor=self.acentric_factor,
+            ).value
+        return density_models.gas(
+            self.standard_temperature, self.standard_pressure, molar_mass=self.molar_mass, z=1.0
+        ).value
 
 
 REVERSE_MODES = ("separate", "ignore")
@@ -648,6 +673,14 @@ def _density(s: Section | None) -> DensityModel | None:
                 "critical_pressure", quantity(units.PRESSURE, positive=True)
             )
             common["acentric_factor"] = s.take("acentric_factor", number, 0.0)
+        if (standard := s.section("standard", required=False)) is not None:
+            common["standard_temperature"] = standard.take(
+                "temperature", quantity(units.TEMPERATURE, positive=True), 288.15
+            )
+            common["standard_pressure"] = standard.take(
+                "pressure", quantity(units.PRESSURE, positive=True), 101325.0
+            )
+            standard.finish()
         common["reference_temperature"] = 288.15
         common["expansion"] = 0.0
         if common["molar_mass"] is not None:

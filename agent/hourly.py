@@ -72,9 +72,18 @@ class OpenHour:
 
 
 def hour_body(
-    stream: str, hour: OpenHour, state: npt.NDArray[np.float64], *, ignore_reverse: bool
+    stream: str,
+    hour: OpenHour,
+    state: npt.NDArray[np.float64],
+    *,
+    ignore_reverse: bool,
+    standard: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
-    """The record of a closed hour, from the state at its close."""
+    """The record of a closed hour, from the state at its close.
+
+    `standard` = (density, temperature, pressure) of a volumetric stream's standard
+    conditions, for its quantity as a standard volume.
+    """
 
     def delta(slot: int) -> float:
         return float(state[slot]) - hour.opened[slot]
@@ -89,7 +98,7 @@ def hour_body(
     estimated = delta(kernels.ESTIMATED)
     moved = forward + reverse
     start = hour.index * HOUR
-    return {
+    body: dict[str, Any] = {
         "stream": stream,
         "hour_start": utc(start),
         "hour_end": utc(start + HOUR),
@@ -108,6 +117,11 @@ def hour_body(
         "forward_total_kg": _num(kernels.total(state, kernels.FORWARD)),
         "reverse_total_kg": _num(kernels.total(state, kernels.REVERSE)),
     }
+    if standard is not None:
+        rho, temperature, pressure = standard
+        body["standard_volume_m3"] = _num(quantity / rho)
+        body["standard_conditions"] = {"temperature_K": temperature, "pressure_Pa": pressure}
+    return body
 
 
 def _num(value: float | None) -> float | None:

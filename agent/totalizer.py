@@ -205,8 +205,18 @@ class StreamTotal:
     def _close_hour(self, next_index: int) -> None:
         assert self.hour is not None
         ignore = self.config.reverse == "ignore"
+        model = self.config.density
+        standard = None
+        if model is not None:
+            if model.model == "gas":
+                conditions = (model.standard_temperature, model.standard_pressure)
+            else:
+                conditions = (model.reference_temperature, 101325.0)
+            standard = (model.standard_density, *conditions)
         self.closed_hours.append(
-            hour_body(self.config.name, self.hour, self.state, ignore_reverse=ignore)
+            hour_body(
+                self.config.name, self.hour, self.state, ignore_reverse=ignore, standard=standard
+            )
         )
         self.hour = OpenHour(next_index, self.state.tolist())
 

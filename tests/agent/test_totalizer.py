@@ -348,3 +348,45 @@ def test_hourly_records_reach_the_outbox_and_stay_in_the_archive(tmp_path: Path)
     assert len(outbox.archived("hourly")) == 1
     assert outbox.prune_archive("hourly", before=math.inf) == 1
     assert len(outbox.archived("audit")) == 1  # pruning one kind keeps the other
+
+
+def test_a_gas_stream_states_its_hour_in_standard_volume(tmp_path: Path):
+    from massgate.agent import density
+
+    stream = _stream(
+        tmp_path,
+        "name: g\n    volume_flow: fm.volume_flow\n    accuracy: 1 %\n"
+        "    density: {model: gas, molar_mass: 16.04 g/mol, z: 0.95,"
+        " temperature: tt.temperature, pressure: pt.pressure,"
+        " standard: {temperature: 0 degC, pressure: 101.325 kPa}}",
+    )
+    for s in range(0, 3601):
+        stream.add(float(s), HOUR0 + s, 0.01, 293.15, 40e5)
+    stream.integrate()
+    stream.roll_hour(HOUR0 + HOUR + 1)
+    (hour,) = stream.take_hours()
+    line = density.gas(293.15, 40e5 + 101325, molar_mass=0.01604, z=0.95).value
+    standard = density.gas(273.15, 101325.0, molar_mass=0.01604, z=1.0).value
+    # 3599 one-second intervals end inside the hour; the one ending at HOUR0 + 3600 is the next's.
+    assert hour["quantity_kg"] == pytest.approx(0.01 * 3599 * line, rel=1e-9)
+    assert hour["standard_volume_m3"] == pytest.approx(0.01 * 3599 * line / standard, rel=1e-6)
+    assert hour["standard_conditions"] == {"temperature_K": 273.15, "pressure_Pa": 101325.0}
+    assert hour["pressure_Pa"] == pytest.approx(40e5)
+    assert hour["density_kg_m3"] == pytest.approx(line)
+
+
+def test_an_unwritable_numba_cache_is_said_at_start(tmp_path: Path, monkeypatch, caplog):
+    from massgate.agent import cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "numba"))  # under a file: unwritable
+    with caplog.at_level("WARNING"):
+        cli._check_numba_cache()
+    assert "is not writable" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING"):
+        cli._check_numba_cache()
+    assert caplog.text == ""
+    assert (tmp_path / "cache").is_dir()
