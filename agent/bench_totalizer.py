@@ -144,17 +144,21 @@ def np_strapping(s: dict[str, Any]) -> Array:
 # --- the kernels and their references as uniform calls -----------------------------------
 
 
-def _numba_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
+def _calls(module: Any, lists: bool) -> dict[str, Callable[[dict[str, Any]], object]]:
+    """The four kernels of `module` (agent.kernels or agent.reference) as calls on a signal."""
     from . import kernels  # noqa: PLC0415  # numba is imported only when measured
 
-    def state() -> Array:
-        return kernels.new_state()
+    levels, volumes = (LEVELS.tolist(), VOLUMES.tolist()) if lists else (LEVELS, VOLUMES)
+
+    def state() -> Any:
+        fresh = kernels.new_state()
+        return fresh.tolist() if lists else fresh
 
     return {
-        "integrate_flow": lambda s: kernels.integrate_flow(
+        "integrate_flow": lambda s: module.integrate_flow(
             s["t"], s["q"], s["good"], state(), MAX_GAP, 0.0
         ),
-        "integrate_volume (T/P)": lambda s: kernels.integrate_volume(
+        "integrate_volume (T/P)": lambda s: module.integrate_volume(
             s["t"],
             s["qv"],
             s["temperature"],
@@ -165,39 +169,23 @@ def _numba_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
             0.0,
             *MODEL,
         ),
-        "difference_register": lambda s: kernels.difference_register(
+        "difference_register": lambda s: module.difference_register(
             s["t"], s["register"], s["good"], state(), SPAN, MAX_RATE
         ),
-        "strapping": lambda s: kernels.strapping(s["level"], LEVELS, VOLUMES),
+        "strapping": lambda s: module.strapping(s["level"], levels, volumes),
     }
+
+
+def _numba_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
+    from . import kernels  # noqa: PLC0415
+
+    return _calls(kernels, lists=False)
 
 
 def _python_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
-    from . import kernels, reference  # noqa: PLC0415
+    from . import reference  # noqa: PLC0415
 
-    def state() -> list[float]:
-        return [0.0] * kernels.STATE_SIZE
-
-    return {
-        "integrate_flow": lambda s: reference.integrate_flow(
-            s["t"], s["q"], s["good"], state(), MAX_GAP, 0.0
-        ),
-        "integrate_volume (T/P)": lambda s: reference.integrate_volume(
-            s["t"],
-            s["qv"],
-            s["temperature"],
-            s["pressure"],
-            s["good"],
-            state(),
-            MAX_GAP,
-            0.0,
-            *MODEL,
-        ),
-        "difference_register": lambda s: reference.difference_register(
-            s["t"], s["register"], s["good"], state(), SPAN, MAX_RATE
-        ),
-        "strapping": lambda s: reference.strapping(s["level"], LEVELS.tolist(), VOLUMES.tolist()),
-    }
+    return _calls(reference, lists=True)
 
 
 NUMPY_CALLS: dict[str, Callable[[dict[str, Any]], object]] = {

@@ -242,16 +242,16 @@ class StreamTotal:
             model = cfg.density
             assert model is not None
             gauge = _gauge(model, pressure)
+            volume = np.where(np.abs(flow) < cfg.low_flow_cutoff, 0.0, flow)
             if model.model in ("constant", "linear"):
                 temp_in = temp if model.model == "linear" else np.full_like(temp, 293.15)
                 expansion = model.expansion if model.model == "linear" else 0.0
-                good = np.isfinite(flow)
                 self.state = kernels.integrate_volume(
                     t,
                     flow,
                     temp_in,
                     gauge,
-                    good,
+                    np.isfinite(flow),
                     self.state,
                     cfg.max_gap,
                     cfg.low_flow_cutoff,
@@ -264,14 +264,16 @@ class StreamTotal:
                     (1.0 + expansion * (temp_in - model.reference_temperature))
                     * (1.0 - model.compressibility * gauge)
                 )
+                mass_flow = volume * rho * factor
             else:
                 rho, flags = density(model, temp, pressure)
                 self._count_flags(flags)
-                volume = np.where(np.abs(flow) < cfg.low_flow_cutoff, 0.0, flow)
-                mass = volume * rho * factor
-                good = np.isfinite(mass)
-                self.state = kernels.integrate_flow(t, mass, good, self.state, cfg.max_gap, 0.0)
-            mass_flow = np.where(np.abs(flow) < cfg.low_flow_cutoff, 0.0, flow) * rho * factor
+                mass_flow = volume * rho * factor
+                self.state = kernels.integrate_flow(
+                    t, mass_flow, np.isfinite(mass_flow), self.state, cfg.max_gap, 0.0
+                )
+            # A sample without its temperature or pressure is as bad as one without flow.
+            good = np.isfinite(mass_flow)
             if model.temperature is not None:
                 averaged["temperature"] = temp
             if model.pressure is not None:
