@@ -48,21 +48,17 @@ def parameters(config: Config) -> dict[str, dict[str, Any]]:
     a meter factor does.
     """
     items: dict[str, dict[str, Any]] = {}
-    for stream in config.streams:
-        flat: dict[str, Any] = {}
-        _flatten("", asdict(stream), flat)
-        flat.pop("name")
-        items[f"stream {stream.name}"] = flat
-    for inventory in config.inventories:
-        flat = {}
-        _flatten("", asdict(inventory), flat)
-        flat.pop("name")
-        items[f"inventory {inventory.name}"] = flat
-    for node in config.nodes:
-        flat = {}
-        _flatten("", asdict(node), flat)
-        flat.pop("name")
-        items[f"node {node.name}"] = flat
+    kinds: tuple[tuple[str, tuple[Any, ...]], ...] = (
+        ("stream", config.streams),
+        ("inventory", config.inventories),
+        ("node", config.nodes),
+    )
+    for kind, entries in kinds:
+        for entry in entries:
+            flat: dict[str, Any] = {}
+            _flatten("", asdict(entry), flat)
+            flat.pop("name")
+            items[f"{kind} {entry.name}"] = flat
     return items
 
 
