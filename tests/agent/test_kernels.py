@@ -43,6 +43,13 @@ def signals(draw, *, non_negative=False, increasing=False):
     return t, q, good
 
 
+def _whole_and_chunked(run, signal, cut):
+    """`run` over the whole signal; over its first `cut` samples; then over the rest from there."""
+    whole = run(signal)
+    part = run(tuple(x[:cut] for x in signal))
+    return whole, part, run(tuple(x[cut:] for x in signal), part)
+
+
 def _run(t, q, good, state=None, *, cutoff=0.0):
     state = kernels.new_state() if state is None else state
     return kernels.integrate_flow(t, q, good, state, MAX_GAP, cutoff)
@@ -61,11 +68,8 @@ def test_integrate_flow_equals_reference(signal, cutoff):
 @settings(max_examples=200, deadline=None)
 @given(signals(), st.data())
 def test_chunked_equals_whole(signal, data):
-    t, q, good = signal
-    cut = data.draw(st.integers(0, len(t)))
-    whole = _run(t, q, good)
-    part = _run(t[:cut], q[:cut], good[:cut])
-    chunked = _run(t[cut:], q[cut:], good[cut:], part)
+    cut = data.draw(st.integers(0, len(signal[0])))
+    whole, _, chunked = _whole_and_chunked(lambda sig, state=None: _run(*sig, state), signal, cut)
     np.testing.assert_array_equal(whole, chunked)
 
 
@@ -223,9 +227,7 @@ def test_integrate_volume_equals_reference(signal, cutoff, args):
 @given(volume_signals(), st.data())
 def test_integrate_volume_chunked_equals_whole(signal, data):
     cut = data.draw(st.integers(0, len(signal[0])))
-    whole = _run_volume(signal)
-    part = _run_volume(tuple(x[:cut] for x in signal))
-    chunked = _run_volume(tuple(x[cut:] for x in signal), part)
+    whole, _, chunked = _whole_and_chunked(_run_volume, signal, cut)
     np.testing.assert_array_equal(whole, chunked)
     for index in (kernels.FORWARD, kernels.REVERSE, kernels.ESTIMATED, kernels.FLOW_TIME):
         assert math.isfinite(whole[index])
@@ -302,9 +304,7 @@ def test_difference_register_equals_reference(signal, span):
 @given(register_signals(), st.data())
 def test_difference_register_chunked_equals_whole_and_never_lowers(signal, data):
     cut = data.draw(st.integers(0, len(signal[0])))
-    whole = _run_register(signal)
-    part = _run_register(tuple(x[:cut] for x in signal))
-    chunked = _run_register(tuple(x[cut:] for x in signal), part)
+    whole, part, chunked = _whole_and_chunked(_run_register, signal, cut)
     np.testing.assert_array_equal(whole, chunked)
     assert kernels.total(chunked, kernels.FORWARD) >= kernels.total(part, kernels.FORWARD)
     assert math.isfinite(kernels.total(whole, kernels.FORWARD))
