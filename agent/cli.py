@@ -196,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    from . import bench, sitetools
+    from . import bench, reconcilecmd, sitetools
 
     sitetools.add_commands(sub)
     bench.add_commands(sub)
+    reconcilecmd.add_command(sub)
     return parser
 
 

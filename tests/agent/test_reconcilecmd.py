@@ -1,0 +1,112 @@
+"""`massgate reconcile` on files, as a plant engineer runs it on a historian export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from massgate.agent.cli import main
+
+CASES = Path(__file__).parent.parent / "cases" / "reconcile"
+NET = str(CASES / "heat_exchanger.yaml")
+DATA = str(CASES / "heat_exchanger.csv")
+
+
+def test_table_shows_the_books_reconciled_flows_and_names_the_biased_meter(capsys):
+    status = main(["reconcile", "--network", NET, "--data", DATA])
+    out = capsys.readouterr().out
+    # A row fails the global test: exit 1, so a script can tell.
+    assert status == 1
+    book = out.split("\n\n")[0]
+    assert "passed" in book
+    for flow in ("100.2200", "64.5000", "35.7200"):
+        assert flow in book
+    biased = out.split("\n\n")[1]
+    assert "FAILED" in biased
+    assert "gross error 1: meter on F2 reads +6 off" in biased
+    assert "← suspect" in biased.splitlines()[3]  # the F2 row
+    assert "observable" in out.split("\n\n")[2]
+
+
+def test_json_has_every_row_with_tests_and_intervals(capsys):
+    main(["reconcile", "--network", NET, "--data", DATA, "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["row"] for r in rows] == ["book", "F2 reads 6 high", "F2 and F4 not measured"]
+    book = {s["stream"]: s for s in rows[0]["streams"]}
+    assert round(book["F1"]["reconciled"], 2) == 100.22
+    assert book["F1"]["interval"] == pytest.approx(1.96 / 3**0.5, rel=1e-3)
+    assert rows[0]["global_test"]["dof"] == 4
+    assert rows[1]["gross_errors"][0] | {"size": round(rows[1]["gross_errors"][0]["size"], 9)} == {
+        "kind": "bias",
+        "where": "F2",
+        "size": 6.0,
+        "statistic": pytest.approx(24.0),
+        "indistinguishable_from": [],
+    }
+    assert rows[2]["streams"][1]["measured"] is None
+    assert rows[2]["streams"][1]["class"] == "observable"
+
+
+def test_accuracy_is_relative_and_taken_as_two_sigma(tmp_path: Path, capsys):
+    net = tmp_path / "n.yaml"
+    net.write_text(
+        "nodes: [pipe]\n"
+        "streams:\n"
+        "  - {name: a, to: pipe, accuracy: 2 %}\n"
+        "  - {name: b, from: pipe, accuracy: 2 %}\n"
+    )
+    data = tmp_path / "d.csv"
+    data.write_text("a,b\n100,100\n")
+    assert main(["reconcile", "--network", str(net), "--data", str(data), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["streams"][0]["sigma"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("network", "data", "expected"),
+    [
+        (
+            "nodes: [a]\nstreams:\n  - {name: x, to: b, sigma: 1}\n",
+            "x\n1\n",
+            "n.yaml:3: streams[0].to: no node named 'b' in 'nodes'",
+        ),
+        (
+            "nodes: [a]\nstreams:\n  - {name: x, sigma: 1}\n",
+            "x\n1\n",
+            "n.yaml:3: streams[0]: a stream needs 'from', 'to' or both",
+        ),
+        (
+            "nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1, accuracy: 1 %}\n",
+            "x\n1\n",
+            "give 'sigma' or 'accuracy', not both",
+        ),
+        (
+            "nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1, sigmaa: 2}\n",
+            "x\n1\n",
+            "unknown key 'sigmaa'. Did you mean 'sigma'?",
+        ),
+        ("nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1}\n", "x,y\n1,2\n", "'y'"),
+        ("nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1}\n", "x\n1\nfoo\n", "d.csv:3: x:"),
+        ("nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1}\n", "x\n1,2\n", "d.csv:2:"),
+        ("nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1}\n", "", "the file is empty"),
+        ("nodes: [a]\nstreams:\n  - {name: x, to: a, sigma: 1}\n", "x\n", "no data rows"),
+        ("nodes: [a\n", "x\n1\n", "n.yaml:"),
+    ],
+)
+def test_bad_files_are_reported_with_file_and_line(
+    tmp_path: Path, capsys, network: str, data: str, expected: str
+):
+    net = tmp_path / "n.yaml"
+    net.write_text(network)
+    csv = tmp_path / "d.csv"
+    csv.write_text(data)
+    assert main(["reconcile", "--network", str(net), "--data", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys):
+    assert main(["reconcile", "--network", NET, "--data", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv:0: cannot read" in capsys.readouterr().err
