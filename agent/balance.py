@@ -1,80 +1,129 @@
-"""Mass balance of a node over a rolling window, and its alarm.
+"""Mass balance of a node over its windows, the alarm on it, and drift of its residual.
 
-    imbalance = in − out − Δinventory
+    imbalance = in + generation − out − consumption − Δinventory
 
 is judged against tolerance = fixed + relative · throughput + k · σ, where σ propagates each
-meter's rated accuracy (taken as 2σ) over what that meter moved in the window, and the
-inventory's level accuracy at both ends. The alarm needs the imbalance outside tolerance for
-`persistence` seconds in a row; a window without enough good data is inconclusive and never
-raises it.
+meter's rated accuracy (taken as 2σ) over what that meter moved in the window, and each
+inventory's reading accuracy at both ends. Windows are rolling, calendar-aligned (shift
+boundaries in a time zone, daylight saving included) or batches delimited by a tag.
+
+The alarm is a state machine: raised when the imbalance stays outside tolerance for
+`persistence` (on-delay), cleared when it stays inside (1 − deadband) · tolerance for
+`clear_after` (off-delay), reminded every `re_alarm` while active. A window with too little
+good data is inconclusive: it never raises an alarm, and it breaks the on-delay's run.
+
+Drift: a two-sided CUSUM on the imbalance of each `evaluate_every` interval divided by its σ
+catches a residual that creeps up long before it crosses the window's tolerance. The
+intervals do not overlap, so consecutive values are independent apart from the inventory
+reading they share, and the CUSUM's run lengths hold.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from .config import NodeConfig
+from .config import BATCH, CALENDAR, NodeConfig, NodeTerms
 from .totalizer import InventoryGauge, StreamTotal
 
 OK = "ok"
-EXCEEDED = "exceeded"  # outside tolerance, not yet for the persistence time
+WARNING = "warning"  # outside tolerance, not yet for the persistence time
 ALARM = "alarm"
 INCONCLUSIVE = "inconclusive"
+
+RAISED, CLEARED, REPEATED, DRIFT = "raised", "cleared", "repeated", "drift"
+
+IN, OUT, GEN, CONS = 0, 1, 2, 3
+SIGNS = (1.0, -1.0, 1.0, -1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     mono: float
     wall: float
-    inflow: float | None  # kg, cumulative net of the input streams
-    outflow: float | None
+    flows: tuple[float, ...] | None  # cumulative net of each term stream; None: one is missing
     inventory: float | None  # kg in the node's inventories
+    cycles: int  # cycles seen so far
+    complete: int  # of which every term was known
+
+    @property
+    def ok(self) -> bool:
+        return self.flows is not None and self.inventory is not None
 
 
 @dataclass(frozen=True, slots=True)
-class WindowResult:
-    node: str
-    start_wall: float
-    end_wall: float
+class Terms:
+    """The node's terms between two snapshots, kg."""
+
     inflow: float
     outflow: float
+    generation: float
+    consumption: float
     inventory_start: float
     inventory_end: float
-    imbalance: float
-    relative: float
     sigma: float
-    tolerance: float
-    coverage: float
-    status: str
-    alarm_active: bool
 
     @property
     def delta_inventory(self) -> float:
         return self.inventory_end - self.inventory_start
 
+    @property
+    def imbalance(self) -> float:
+        return (
+            self.inflow + self.generation - self.outflow - self.consumption - self.delta_inventory
+        )
+
+    @property
+    def throughput(self) -> float:
+        return max(abs(self.inflow + self.generation), abs(self.outflow + self.consumption))
+
+
+NO_TERMS = Terms(*(math.nan,) * 6, sigma=math.nan)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    node: str
+    window: str  # rolling | calendar | batch
+    label: str  # the batch's tag value; empty otherwise
+    start_wall: float
+    end_wall: float
+    terms: Terms
+    tolerance: float
+    coverage: float
+    status: str
+    alarm_active: bool
+    cusum_high: float
+    cusum_low: float
+
+    @property
+    def imbalance(self) -> float:
+        return self.terms.imbalance
+
+    @property
+    def relative(self) -> float:
+        t = self.terms.throughput
+        return self.imbalance / t if t > 0 else math.nan
+
+    @property
+    def sigma(self) -> float:
+        return self.terms.sigma
+
 
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
     node: str
-    event: str  # "raised" or "cleared"
+    event: str  # raised | cleared | repeated | drift
     mono: float
     wall: float
     since_mono: float  # when the condition began
     since_wall: float
     result: WindowResult
     hint: str
-
-
-def _sum_at(items: list[StreamTotal], mono: float) -> float | None:
-    total = 0.0
-    for item in items:
-        value = item.net_at(mono)
-        if value is None:
-            return None
-        total += value
-    return total
 
 
 def _hint(imbalance: float) -> str:
@@ -89,170 +138,339 @@ def _hint(imbalance: float) -> str:
     )
 
 
+def next_boundary(wall: float, times: tuple[tuple[int, int], ...], zone: str) -> float:
+    """The first calendar boundary after `wall`: a local time of day in `zone`, as UTC epoch.
+
+    Local times are resolved per day, so a shift that spans a daylight-saving change is an
+    hour shorter or longer, as the plant's clocks say; a local time that does not exist that
+    day (spring forward) falls an hour later, as the wall clock shows it.
+    """
+    tz = ZoneInfo(zone)
+    today = datetime.fromtimestamp(wall, tz).date()
+    best = math.inf
+    for offset in (-1, 0, 1, 2):
+        day = today + timedelta(days=offset)
+        for hour, minute in times:
+            at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz).timestamp()
+            if wall < at < best:
+                best = at
+    return best
+
+
+def previous_boundary(wall: float, times: tuple[tuple[int, int], ...], zone: str) -> float:
+    tz = ZoneInfo(zone)
+    today = datetime.fromtimestamp(wall, tz).date()
+    best = -math.inf
+    for offset in (-2, -1, 0, 1):
+        day = today + timedelta(days=offset)
+        for hour, minute in times:
+            at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz).timestamp()
+            if best < at <= wall:
+                best = at
+    return best
+
+
 class NodeBalance:
-    """Snapshots a node's terms every tick; judges the last window every `evaluate_every`."""
+    """Snapshots a node's terms every cycle; closes and judges its windows; watches drift."""
 
     def __init__(
         self,
         config: NodeConfig,
-        *,
-        inputs: list[StreamTotal],
-        outputs: list[StreamTotal],
-        inventories: list[InventoryGauge],
+        terms: NodeTerms,
+        streams: dict[str, StreamTotal],
+        gauges: dict[str, InventoryGauge],
     ) -> None:
         self.config = config
-        self.inputs = inputs
-        self.outputs = outputs
-        self.inventories = inventories
+        self.groups = (terms.inputs, terms.outputs, terms.generation, terms.consumption)
+        self.streams = [streams[name] for group in self.groups for name in group]
+        self.group_of = [g for g, group in enumerate(self.groups) for _ in group]
+        self.inventories = [gauges[name] for name in terms.inventories]
         self.snapshots: deque[Snapshot] = deque()
-        self.next_evaluation: float | None = None
+        self.cycles = 0
+        self.complete = 0
+        self.last: WindowResult | None = None
+        self.last_ok: Snapshot | None = None
+        # Alarm state.
         self.alarm_active = False
         self._exceeded_since: tuple[float, float] | None = None
         self._within_since: float | None = None
-        self.last: WindowResult | None = None
+        self._announced: float = 0.0
+        # Window state: the open calendar window or batch.
+        self._open: Snapshot | None = None  # where the window began (its cycle counters)
+        self._open_data: Snapshot | None = None  # its first snapshot with every term known
+        self._open_wall = math.nan  # the calendar boundary it began at
+        self._close_at = math.nan
+        self._batch: float | None = None  # the running batch's tag value
+        self._next_evaluation: float | None = None
+        # Drift state.
+        self.cusum_high = 0.0
+        self.cusum_low = 0.0
+        self._drift_from: Snapshot | None = None
+        self._drift_started: tuple[float, float] | None = None
+        self._drift_mass = 0.0
+        self._drift_time = 0.0
 
-    def snapshot(self, mono: float, wall: float) -> None:
+    # --- snapshots ------------------------------------------------------------------------
+
+    def _snapshot(self, mono: float, wall: float) -> Snapshot:
+        flows: list[float] | None = []
+        for stream in self.streams:
+            value = stream.net_at(mono)
+            if value is None or flows is None:
+                flows = None
+            else:
+                flows.append(value)
         inventory: float | None = 0.0
         for gauge in self.inventories:
             mass = gauge.mass_at(mono)
-            if mass is None or inventory is None:
-                inventory = None
-            else:
-                inventory += mass
-        self.snapshots.append(
-            Snapshot(mono, wall, _sum_at(self.inputs, mono), _sum_at(self.outputs, mono), inventory)
+            inventory = None if mass is None or inventory is None else inventory + mass
+        self.cycles += 1
+        snap = Snapshot(
+            mono, wall, tuple(flows) if flows is not None else None, inventory, self.cycles, 0
         )
-        horizon = mono - self.config.window * 1.5
-        while self.snapshots and self.snapshots[0].mono < horizon:
-            self.snapshots.popleft()
+        if snap.ok:
+            self.complete += 1
+        snap = Snapshot(mono, wall, snap.flows, inventory, self.cycles, self.complete)
+        if snap.ok:
+            self.last_ok = snap
+        return snap
 
-    def due(self, mono: float) -> bool:
-        if self.next_evaluation is None:
-            self.next_evaluation = mono + self.config.evaluate_every
-        return mono >= self.next_evaluation
+    def terms(self, a: Snapshot, b: Snapshot) -> Terms:
+        assert a.flows is not None
+        assert b.flows is not None
+        assert a.inventory is not None
+        assert b.inventory is not None
+        sums = [0.0, 0.0, 0.0, 0.0]
+        variance = 0.0
+        for i, stream in enumerate(self.streams):
+            moved = b.flows[i] - a.flows[i]
+            sums[self.group_of[i]] += moved
+            variance += (stream.config.accuracy / 2.0 * moved) ** 2
+        for gauge in self.inventories:
+            variance += 2.0 * gauge.sigma**2  # one reading at each end
+        return Terms(
+            sums[IN], sums[OUT], sums[GEN], sums[CONS], a.inventory, b.inventory,
+            math.sqrt(variance),
+        )  # fmt: skip
 
-    def evaluate(self, mono: float) -> tuple[WindowResult, AlarmEvent | None] | None:
-        """Judge the window that ends at the newest snapshot."""
-        assert self.next_evaluation is not None
-        self.next_evaluation += self.config.evaluate_every
-        if self.next_evaluation <= mono:  # we fell behind; do not evaluate in a burst
-            self.next_evaluation = mono + self.config.evaluate_every
-        if not self.snapshots:
-            return None
-        end = self.snapshots[-1]
-        window_start = end.mono - self.config.window
-        in_window = [s for s in self.snapshots if s.mono >= window_start - 1e-6]
-        start = in_window[0]
-        span = end.mono - start.mono
-        complete = [s for s in in_window if _complete(s)]
-        coverage = (len(complete) / len(in_window)) * min(span / self.config.window, 1.0)
+    # --- the cycle ------------------------------------------------------------------------
 
-        if _complete(start) and _complete(end) and span > 0:
-            inflow = end.inflow - start.inflow  # type: ignore[operator]
-            outflow = end.outflow - start.outflow  # type: ignore[operator]
-            inv_start, inv_end = start.inventory, end.inventory
-            assert inv_start is not None
-            assert inv_end is not None
+    def tick(
+        self, mono: float, wall: float, tag: Callable[[str], float] | None = None
+    ) -> tuple[list[WindowResult], list[AlarmEvent]]:
+        """Take this cycle's snapshot; return the windows that closed and the events."""
+        snap = self._snapshot(mono, wall)
+        kind = self.config.window_kind
+        judged: list[tuple[WindowResult, list[AlarmEvent]]] = []
+        if kind == CALENDAR:
+            judged += self._calendar(snap)
+        elif kind == BATCH:
+            value = tag(self.config.batch_tag) if tag and self.config.batch_tag else math.nan
+            judged += self._batch_step(snap, value)
         else:
-            inflow = outflow = math.nan
-            inv_start = inv_end = math.nan
-        imbalance = inflow - outflow - (inv_end - inv_start)
-        throughput = max(abs(inflow), abs(outflow))
-        sigma = self._sigma(start, end)
-        tolerance = (
-            self.config.tolerance_fixed
-            + self.config.tolerance_relative * throughput
-            + self.config.tolerance_sigma * sigma
+            self.snapshots.append(snap)
+            horizon = mono - self.config.window * 1.2 - self.config.evaluate_every
+            while len(self.snapshots) > 2 and self.snapshots[1].mono < horizon:
+                self.snapshots.popleft()
+        if self._open is not None and self._open_data is None and snap.ok:
+            self._open_data = snap
+        events = [e for _, found in judged for e in found]
+        if self._next_evaluation is None:
+            self._next_evaluation = mono + self.config.evaluate_every
+            self._drift_from = snap if snap.ok else None
+        elif mono >= self._next_evaluation:
+            self._next_evaluation += self.config.evaluate_every
+            if self._next_evaluation <= mono:  # fell behind; do not evaluate in a burst
+                self._next_evaluation = mono + self.config.evaluate_every
+            if kind not in (CALENDAR, BATCH):
+                result, found = self._rolling(snap)
+                judged.append((result, found))
+                events += found
+            drift = self._drift(snap)
+            if drift is not None:
+                events.append(drift)
+        return [r for r, _ in judged], events
+
+    def _rolling(self, end: Snapshot) -> tuple[WindowResult, list[AlarmEvent]]:
+        start_mono = end.mono - self.config.window
+        first = next((s for s in self.snapshots if s.mono >= start_mono - 1e-6), end)
+        data = next((s for s in self.snapshots if s.mono >= first.mono and s.ok), None)
+        return self._judge(first, data, end, self.config.window, "")
+
+    def _calendar(self, snap: Snapshot) -> list[tuple[WindowResult, list[AlarmEvent]]]:
+        cfg = self.config
+        if self._open is None:
+            self._open, self._open_data = snap, snap if snap.ok else None
+            self._open_wall = previous_boundary(snap.wall, cfg.calendar, cfg.timezone)
+            self._close_at = next_boundary(snap.wall, cfg.calendar, cfg.timezone)
+            return []
+        if snap.wall < self._close_at:
+            return []
+        nominal = self._close_at - self._open_wall
+        judged = self._judge(self._open, self._open_data, snap, nominal, "")
+        self._open, self._open_data = snap, snap if snap.ok else None
+        self._open_wall = self._close_at
+        self._close_at = next_boundary(snap.wall, cfg.calendar, cfg.timezone)
+        return [judged]
+
+    def _batch_step(
+        self, snap: Snapshot, value: float
+    ) -> list[tuple[WindowResult, list[AlarmEvent]]]:
+        if math.isnan(value) or value == self._batch or (self._batch is None and value == 0):
+            return []  # an unreadable tag changes nothing: the batch runs on
+        judged = []
+        if self._batch is not None and self._open is not None:
+            span = snap.mono - self._open.mono
+            judged.append(self._judge(self._open, self._open_data, snap, span, _label(self._batch)))
+        if value != 0:
+            self._batch = value
+            self._open, self._open_data = snap, snap if snap.ok else None
+        else:
+            self._batch = None
+            self._open = self._open_data = None
+        return judged
+
+    def _judge(
+        self,
+        first: Snapshot,
+        data_start: Snapshot | None,
+        end: Snapshot,
+        nominal: float,
+        label: str,
+    ) -> tuple[WindowResult, list[AlarmEvent]]:
+        cfg = self.config
+        data_end = end if end.ok else self.last_ok
+        cycles = end.cycles - first.cycles
+        usable = (
+            data_start is not None
+            and data_end is not None
+            and data_end.mono > data_start.mono
+            and cycles > 0
         )
-        conclusive = coverage >= self.config.min_coverage and not math.isnan(imbalance)
-        exceeded = conclusive and abs(imbalance) > tolerance
-        change = self._step(end, conclusive=conclusive, exceeded=exceeded)
+        if usable:
+            assert data_start is not None
+            assert data_end is not None
+            terms = self.terms(data_start, data_end)
+            complete = (end.complete - first.complete) / cycles
+            span = data_end.mono - data_start.mono
+            coverage = complete * (min(span / nominal, 1.0) if nominal > 0 else 1.0)
+        else:
+            terms, coverage = NO_TERMS, 0.0
+        tolerance = (
+            cfg.tolerance_fixed
+            + cfg.tolerance_relative * terms.throughput
+            + cfg.tolerance_sigma * terms.sigma
+        )
+        conclusive = usable and coverage >= cfg.min_coverage and math.isfinite(terms.imbalance)
+        events = self._step(end, terms.imbalance, tolerance, conclusive=conclusive)
+        exceeded = conclusive and abs(terms.imbalance) > tolerance
         if not conclusive:
             status = INCONCLUSIVE
         elif self.alarm_active:
             status = ALARM
         else:
-            status = EXCEEDED if exceeded else OK
+            status = WARNING if exceeded else OK
         result = WindowResult(
-            node=self.config.name,
-            start_wall=start.wall,
+            node=cfg.name,
+            window=cfg.window_kind,
+            label=label,
+            start_wall=first.wall,
             end_wall=end.wall,
-            inflow=inflow,
-            outflow=outflow,
-            inventory_start=inv_start,
-            inventory_end=inv_end,
-            imbalance=imbalance,
-            relative=imbalance / throughput if throughput > 0 else math.nan,
-            sigma=sigma,
+            terms=terms,
             tolerance=tolerance,
             coverage=coverage,
             status=status,
             alarm_active=self.alarm_active,
+            cusum_high=self.cusum_high,
+            cusum_low=self.cusum_low,
         )
         self.last = result
-        if change is None:
-            return result, None
-        kind, since_mono, since_wall = change
-        event = AlarmEvent(
-            node=self.config.name,
-            event=kind,
-            mono=end.mono,
-            wall=end.wall,
-            since_mono=since_mono,
-            since_wall=since_wall,
-            result=result,
-            hint=_hint(imbalance) if kind == "raised" else "back within tolerance",
-        )
-        return result, event
-
-    def _sigma(self, start: Snapshot, end: Snapshot) -> float:
-        """Standard uncertainty of the imbalance, kg."""
-        variance = 0.0
-        if _complete(start) and _complete(end):
-            for streams, attr in ((self.inputs, "inflow"), (self.outputs, "outflow")):
-                moved = abs(getattr(end, attr) - getattr(start, attr))
-                # Streams of one side share the moved mass in proportion to their share of the
-                # flow; with one stream a side (the usual case) this is exact.
-                for stream in streams:
-                    share = 1.0 / len(streams)
-                    variance += (stream.config.accuracy / 2.0 * moved * share) ** 2
-        for gauge in self.inventories:
-            variance += 2.0 * gauge.sigma**2  # one reading at each end of the window
-        return math.sqrt(variance)
+        return result, [
+            AlarmEvent(cfg.name, kind, end.mono, end.wall, since_mono, since_wall, result, hint)
+            for kind, since_mono, since_wall, hint in events
+        ]
 
     def _step(
-        self, end: Snapshot, *, conclusive: bool, exceeded: bool
-    ) -> tuple[str, float, float] | None:
-        """The on-delay / off-delay state machine; returns (event, since mono, since wall)."""
+        self, end: Snapshot, imbalance: float, tolerance: float, *, conclusive: bool
+    ) -> list[tuple[str, float, float, str]]:
+        """The on-delay / off-delay / deadband / re-alarm state machine."""
+        cfg = self.config
         mono, wall = end.mono, end.wall
         if not conclusive:
-            # Evidence must persist without a hole: a data gap restarts the on-delay.
+            # Evidence must persist without a hole: a data gap restarts both delays.
             self._exceeded_since = None
-            return None
+            self._within_since = None
+            return []
         if not self.alarm_active:
-            if not exceeded:
+            if abs(imbalance) <= tolerance:
                 self._exceeded_since = None
-                return None
+                return []
             if self._exceeded_since is None:
                 self._exceeded_since = (mono, wall)
             since_mono, since_wall = self._exceeded_since
-            if mono - since_mono >= self.config.persistence:
+            if mono - since_mono >= cfg.persistence:
                 self.alarm_active = True
                 self._within_since = None
-                return "raised", since_mono, since_wall
-            return None
-        if exceeded:
+                self._announced = mono
+                return [(RAISED, since_mono, since_wall, _hint(imbalance))]
+            return []
+        if abs(imbalance) > tolerance * (1.0 - cfg.deadband):
             self._within_since = None
-            return None
+            if cfg.re_alarm > 0 and mono - self._announced >= cfg.re_alarm:
+                self._announced = mono
+                assert self._exceeded_since is not None
+                since_mono, since_wall = self._exceeded_since
+                return [(REPEATED, since_mono, since_wall, "still outside tolerance")]
+            return []
         if self._within_since is None:
             self._within_since = mono
-        if mono - self._within_since >= self.config.clear_after:
+        if mono - self._within_since >= cfg.clear_after:
             self.alarm_active = False
             since = self._within_since
             self._exceeded_since = None
-            return "cleared", since, wall - (mono - since)
-        return None
+            return [(CLEARED, since, wall - (mono - since), "back within tolerance")]
+        return []
+
+    def _drift(self, snap: Snapshot) -> AlarmEvent | None:
+        """One CUSUM step on the interval since the last; an event when it crosses h."""
+        cfg = self.config
+        start, self._drift_from = self._drift_from, snap if snap.ok else None
+        if cfg.drift_h <= 0 or start is None or not snap.ok or snap.mono <= start.mono:
+            return None
+        terms = self.terms(start, snap)
+        if not terms.sigma > 0 or not math.isfinite(terms.imbalance):
+            return None
+        z = terms.imbalance / terms.sigma
+        if self._drift_started is None:
+            self._drift_started = (start.mono, start.wall)
+        self._drift_mass += terms.imbalance
+        self._drift_time += snap.mono - start.mono
+        self.cusum_high = max(0.0, self.cusum_high + z - cfg.drift_k)
+        self.cusum_low = max(0.0, self.cusum_low - z - cfg.drift_k)
+        if max(self.cusum_high, self.cusum_low) <= cfg.drift_h:
+            if self.cusum_high == 0.0 and self.cusum_low == 0.0:
+                self._drift_started = None
+                self._drift_mass = self._drift_time = 0.0
+            return None
+        rate = self._drift_mass / self._drift_time * 3600.0
+        direction = "missing" if self.cusum_high > cfg.drift_h else "gained"
+        since_mono, since_wall = self._drift_started
+        hint = (
+            f"the imbalance is drifting: {abs(rate):.3g} kg/h {direction} on average since "
+            "the CUSUM started, before the window tolerance is crossed; check the meters "
+            "for drift (a redundant meter or the reconciliation can name it)"
+        )
+        result = self.last or WindowResult(
+            cfg.name, cfg.window_kind, "", start.wall, snap.wall, terms, math.nan, 1.0, OK,
+            self.alarm_active, self.cusum_high, self.cusum_low,
+        )  # fmt: skip
+        event = AlarmEvent(cfg.name, DRIFT, snap.mono, snap.wall, since_mono, since_wall, result,
+                           hint)  # fmt: skip
+        self.cusum_high = self.cusum_low = 0.0
+        self._drift_started = None
+        self._drift_mass = self._drift_time = 0.0
+        return event
 
 
-def _complete(s: Snapshot) -> bool:
-    return s.inflow is not None and s.outflow is not None and s.inventory is not None
+def _label(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)

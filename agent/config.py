@@ -62,6 +62,7 @@ __all__ = [
     "MqttConfig",
     "NodeConfig",
     "OutboxConfig",
+    "ReconciliationConfig",
     "StreamConfig",
     "load",
     "loads",
@@ -170,13 +171,23 @@ class InventoryConfig:
     mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
 
 
+ROLLING, CALENDAR, BATCH = "rolling", "calendar", "batch"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
+    """A system boundary. Its terms are its own plus, for a node that contains nodes, theirs.
+
+    The window is rolling (`window` s long, judged every `evaluate_every`), calendar-aligned
+    (closing at `calendar` local times of `timezone` every day) or a batch (running while the
+    `batch_tag` is not zero; a new value closes one batch and starts the next).
+    """
+
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     inventories: tuple[str, ...]
-    window: float  # s
+    window: float  # s; rolling: its length, calendar: the longest shift, batch: NaN
     evaluate_every: float  # s
     tolerance_fixed: float  # kg
     tolerance_relative: float  # of throughput
@@ -184,6 +195,25 @@ class NodeConfig:
     persistence: float  # s
     clear_after: float  # s
     min_coverage: float  # fraction
+    generation: tuple[str, ...] = ()
+    consumption: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # nodes inside this one
+    window_kind: str = ROLLING
+    calendar: tuple[tuple[int, int], ...] = ()  # (hour, minute) local, sorted
+    timezone: str = "UTC"
+    batch_tag: str | None = None
+    deadband: float = 0.1  # an alarm clears below (1 − deadband) · tolerance
+    re_alarm: float = 0.0  # s between reminders of an alarm still active; 0: none
+    drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance
+    drift_h: float = 8.0  # CUSUM decision interval; 0: no drift detection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconciliationConfig:
+    window: float  # s of data each reconciliation takes
+    every: float  # s
+    alpha: float
+    confirm: int  # evaluations in a row naming one suspect before it is an alarm
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,6 +258,8 @@ class Config:
     nodes: tuple[NodeConfig, ...]
     totals_interval: float
     hourly_retention: float  # s
+    balance_retention: float = 90 * 86400.0  # s: balance and alarm records kept for reports
+    reconciliation: ReconciliationConfig | None = None
     telemetry_interval: float
     outbox: OutboxConfig
     mqtt: MqttConfig | None
@@ -299,6 +331,15 @@ def _build(raw: Any, path: Path) -> Config:
             "hourly_retention", quantity(units.TIME, positive=True), hourly_retention
         )
         totals.finish()
+    balance_retention = 90 * 86400.0
+    reconciliation = None
+    if (balance := root.section("balance", required=False)) is not None:
+        balance_retention = balance.take(
+            "retention", quantity(units.TIME, positive=True), balance_retention
+        )
+        if (rec := balance.section("reconciliation", required=False)) is not None:
+            reconciliation = _reconciliation(rec)
+        balance.finish()
     telemetry_interval = 10.0
     if (telemetry := root.section("telemetry", required=False)) is not None:
         telemetry_interval = telemetry.take("interval", quantity(units.TIME, minimum=0.0), 10.0)
@@ -326,6 +367,8 @@ def _build(raw: Any, path: Path) -> Config:
         nodes=nodes,  # type: ignore[arg-type]
         totals_interval=totals_interval,
         hourly_retention=hourly_retention,
+        balance_retention=balance_retention,
+        reconciliation=reconciliation,
         telemetry_interval=telemetry_interval,
         outbox=outbox,
         mqtt=mqtt,
@@ -874,7 +917,15 @@ def _node(s: Section) -> NodeConfig | None:
     inputs = s.take("inputs", names, ())
     outputs = s.take("outputs", names, ())
     inventories = s.take("inventories", names, ())
-    window = s.take("window", quantity(units.TIME, positive=True))
+    generation = s.take("generation", names, ())
+    consumption = s.take("consumption", names, ())
+    children = s.take("nodes", names, ())
+    window: dict[str, Any] = {}
+    if isinstance(s.data.get("window"), dict):
+        if (ws := s.section("window")) is not None:
+            window = _calendar_or_batch(ws)
+    else:
+        window = {"window": s.take("window", quantity(units.TIME, positive=True))}
     evaluate_every = s.take("evaluate_every", quantity(units.TIME, positive=True), None)
     fixed, relative, sigma = 0.0, 0.01, 3.0
     if (tol := s.section("tolerance", required=False)) is not None:
@@ -885,15 +936,34 @@ def _node(s: Section) -> NodeConfig | None:
     persistence = s.take("persistence", quantity(units.TIME, minimum=0.0))
     clear_after = s.take("clear_after", quantity(units.TIME, minimum=0.0), 0.0)
     min_coverage = s.take("min_coverage", quantity(units.FRACTION, minimum=0.0), 0.9)
+    deadband = s.take("deadband", quantity(units.FRACTION, minimum=0.0), 0.1)
+    re_alarm = s.take("re_alarm", quantity(units.TIME, minimum=0.0), 0.0)
+    drift_k, drift_h = 1.0, 8.0
+    if s.data.get("drift") is False:
+        s.take("drift", boolean)
+        drift_h = 0.0
+    elif (drift := s.section("drift", required=False)) is not None:
+        drift_k = drift.take("k", quantity(units.FRACTION, minimum=0.0), drift_k)
+        drift_h = drift.take("h", quantity(units.FRACTION, positive=True), drift_h)
+        drift.finish()
     s.finish()
-    if not s.ok:
+    if not s.ok or not window:
         return None
-    if not inputs and not outputs and not inventories:
-        s.fail(None, "a node needs at least one of 'inputs', 'outputs', 'inventories'")
+    if not (inputs or outputs or inventories or generation or consumption or children):
+        s.fail(
+            None,
+            "a node needs at least one of 'inputs', 'outputs', 'inventories', 'generation', "
+            "'consumption', 'nodes'",
+        )
         return None
+    if deadband >= 1:
+        s.fail("deadband", "must be below 100 % of the tolerance")
+        return None
+    kind = window.get("window_kind", ROLLING)
+    length = window.get("window", math.nan)
     if evaluate_every is None:
-        evaluate_every = min(window / 10, 60.0)
-    if evaluate_every > window:
+        evaluate_every = min(length / 10, 60.0) if kind == ROLLING else 60.0
+    if kind == ROLLING and evaluate_every > length:
         s.fail("evaluate_every", "must not be longer than the window")
         return None
     return NodeConfig(
@@ -901,7 +971,9 @@ def _node(s: Section) -> NodeConfig | None:
         inputs=inputs,
         outputs=outputs,
         inventories=inventories,
-        window=window,
+        generation=generation,
+        consumption=consumption,
+        nodes=children,
         evaluate_every=evaluate_every,
         tolerance_fixed=fixed,
         tolerance_relative=relative,
@@ -909,7 +981,83 @@ def _node(s: Section) -> NodeConfig | None:
         persistence=persistence,
         clear_after=clear_after,
         min_coverage=min_coverage,
+        deadband=deadband,
+        re_alarm=re_alarm,
+        drift_k=drift_k,
+        drift_h=drift_h,
+        **window,
     )
+
+
+def _clock_time(value: Any) -> tuple[int, int]:
+    raw = text(value) if not isinstance(value, int) else f"{value // 60:02d}:{value % 60:02d}"
+    # YAML 1.1 reads an unquoted 06:00 as the sexagesimal number 360: both are accepted.
+    parts = raw.split(":")
+    try:
+        hour, minute = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise Invalid(f"'{raw}' is not a time of day like 06:00") from None
+    if len(parts) > 2 or not (0 <= hour < 24 and 0 <= minute < 60):
+        raise Invalid(f"'{raw}' is not a time of day like 06:00")
+    return hour, minute
+
+
+def _calendar_or_batch(s: Section) -> dict[str, Any]:
+    if s.has("batch") == s.has("calendar"):
+        s.fail(None, "give 'calendar: [06:00, 14:00, 22:00]' (with 'timezone') or 'batch: TAG'")
+        s.finish(("batch", "calendar", "timezone"))
+        return {}
+    if s.has("batch"):
+        tag = s.take("batch", _tag)
+        s.finish()
+        return {"window_kind": BATCH, "batch_tag": tag} if s.ok else {}
+    times = s.take("calendar", _clock_times)
+    zone = s.take("timezone", _timezone, "UTC")
+    s.finish()
+    if not s.ok:
+        return {}
+    minutes = [h * 60 + m for h, m in times]
+    gaps = [
+        (b - a) % 1440 or 1440 for a, b in zip(minutes, [*minutes[1:], minutes[0]], strict=True)
+    ]
+    return {
+        "window_kind": CALENDAR,
+        "calendar": tuple(times),
+        "timezone": zone,
+        "window": max(gaps) * 60.0,
+    }
+
+
+def _clock_times(value: Any) -> tuple[tuple[int, int], ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise Invalid("expected at least one time of day")
+    times = sorted({_clock_time(v) for v in items})
+    if len(times) != len(items):
+        raise Invalid("a time of day is given twice")
+    return tuple(times)
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+    zone = text(value)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Invalid(f"'{zone}' is not a time zone like Europe/Berlin or UTC") from None
+    return zone
+
+
+def _reconciliation(s: Section) -> ReconciliationConfig:
+    window = s.take("window", quantity(units.TIME, positive=True), 3600.0)
+    every = s.take("every", quantity(units.TIME, positive=True), 300.0)
+    alpha = s.take("alpha", quantity(units.FRACTION, positive=True), 0.05)
+    confirm = s.take("confirm", integer(1, 1000), 3)
+    s.finish()
+    if alpha is not None and alpha >= 0.5:
+        s.fail("alpha", "a significance level is small, like 0.05")
+    return ReconciliationConfig(window=window, every=every, alpha=alpha, confirm=confirm)
 
 
 def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
@@ -1069,24 +1217,104 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
 
     stream_names = {s.name for s in config.streams}
     inventory_names = {v.name for v in config.inventories}
+    node_names = {n.name for n in config.nodes}
     for i, node in enumerate(config.nodes):
         for key, wanted, known in (
             ("inputs", node.inputs, stream_names),
             ("outputs", node.outputs, stream_names),
+            ("generation", node.generation, stream_names),
+            ("consumption", node.consumption, stream_names),
             ("inventories", node.inventories, inventory_names),
+            ("nodes", node.nodes, node_names),
         ):
             for item in wanted:
                 if item not in known:
-                    kind = "stream" if key != "inventories" else "inventory"
+                    kind = {"inventories": "inventory", "nodes": "node"}.get(key, "stream")
                     report.add(*where("nodes", i, key), f"no {kind} named '{item}'")
-        both = set(node.inputs) & set(node.outputs)
-        if both:
+        roles = [*node.inputs, *node.outputs, *node.generation, *node.consumption]
+        twice = sorted({r for r in roles if roles.count(r) > 1})
+        if twice:
             report.add(
                 *where("nodes", i, "outputs"),
-                f"{sorted(both)} cannot be both an input and an output of one node",
+                f"{twice} can be only one of input, output, generation, consumption of a node",
             )
         if not math.isfinite(node.tolerance_sigma) or node.tolerance_sigma < 0:
             report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
+        if node.batch_tag is not None and node.batch_tag not in tags:
+            close = difflib.get_close_matches(node.batch_tag, list(tags), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            report.add(*where("nodes", i, "window"), f"no device point '{node.batch_tag}'.{hint}")
+    if report.problems:
+        return
+    try:
+        terms = node_terms(config.nodes)
+    except ValueError as exc:
+        report.add(*where("nodes", 0), str(exc))
+        return
+    if config.reconciliation is not None:
+        leaves = [n for n in config.nodes if not n.nodes]
+        from .reconcile import network_of  # noqa: PLC0415
+
+        try:
+            network_of(
+                [n.name for n in leaves],
+                {n.name: terms[n.name].inputs for n in leaves},
+                {n.name: terms[n.name].outputs for n in leaves},
+            )
+        except ValueError as exc:
+            line = root.data.key_lines.get("balance", 1)
+            report.add(line, "balance.reconciliation", f"the nodes do not form a network: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTerms:
+    """What crosses a node's boundary once the nodes inside it are counted."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    generation: tuple[str, ...]
+    consumption: tuple[str, ...]
+    inventories: tuple[str, ...]
+
+
+def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:
+    """Each node's terms; a stream from one inner node to another is internal to the outer one.
+
+    Raises ValueError when a node contains itself, directly or through others.
+    """
+    by_name = {n.name: n for n in nodes}
+    found: dict[str, NodeTerms] = {}
+
+    def resolve(node: NodeConfig, path: tuple[str, ...]) -> NodeTerms:
+        if node.name in path:
+            cycle = " → ".join((*path[path.index(node.name) :], node.name))
+            raise ValueError(f"nodes contain each other: {cycle}")
+        if node.name in found:
+            return found[node.name]
+        parts = [resolve(by_name[c], (*path, node.name)) for c in node.nodes]
+        own = NodeTerms(
+            node.inputs, node.outputs, node.generation, node.consumption, node.inventories
+        )
+        ins = _union(own.inputs, *(p.inputs for p in parts))
+        outs = _union(own.outputs, *(p.outputs for p in parts))
+        internal = set(ins) & set(outs)
+        result = NodeTerms(
+            tuple(x for x in ins if x not in internal),
+            tuple(x for x in outs if x not in internal),
+            _union(own.generation, *(p.generation for p in parts)),
+            _union(own.consumption, *(p.consumption for p in parts)),
+            _union(own.inventories, *(p.inventories for p in parts)),
+        )
+        found[node.name] = result
+        return result
+
+    for node in nodes:
+        resolve(node, ())
+    return found
+
+
+def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(x for g in groups for x in g))
 
 
 def _check_overlaps(device: ModbusDevice, line: int, path: str, report: Report) -> None:

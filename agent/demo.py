@@ -152,7 +152,8 @@ def render(agent: Agent, plant: Plant, *, elapsed: float, duration: float) -> st
             lines.append(f"{node.config.name:11}  (first window in {node.config.window:.0f} s)")
             continue
         lines.append(
-            f"{r.node:11}{r.inflow:9.2f}{r.outflow:9.2f}{r.delta_inventory:9.2f}"
+            f"{r.node:11}{r.terms.inflow:9.2f}{r.terms.outflow:9.2f}"
+            f"{r.terms.delta_inventory:9.2f}"
             f"{r.imbalance:10.2f}{r.tolerance:8.2f}{r.coverage:7.0%}  {r.status.upper()}"
         )
     for event in list(gw.alarms)[-3:]:

@@ -25,8 +25,8 @@ from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.poller import Poller
 
 from . import audit
-from .balance import AlarmEvent, NodeBalance, WindowResult
-from .config import Config
+from .balance import CLEARED, AlarmEvent, NodeBalance, WindowResult
+from .config import Config, node_terms
 from .outbox import Outbox
 from .publisher import Publisher
 from .records import Record, utc
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25  # s between processing cycles
 GRACEFUL_TIMEOUT = 10.0  # s for the publisher to drain at shutdown
+BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
 
 
 def _num(value: float) -> float | None:
@@ -59,14 +60,9 @@ class Gateway:
         saved = outbox.load_totals()
         self.streams = {s.name: StreamTotal(s, saved=saved.get(s.name)) for s in config.streams}
         self.inventories = {v.name: InventoryGauge(v) for v in config.inventories}
+        terms = node_terms(config.nodes)
         self.nodes = [
-            NodeBalance(
-                n,
-                inputs=[self.streams[name] for name in n.inputs],
-                outputs=[self.streams[name] for name in n.outputs],
-                inventories=[self.inventories[name] for name in n.inventories],
-            )
-            for n in config.nodes
+            NodeBalance(n, terms[n.name], self.streams, self.inventories) for n in config.nodes
         ]
         self.latest: dict[str, Latest] = {}
         self.batches = 0
@@ -129,12 +125,15 @@ class Gateway:
             stream.integrate()
             stream.roll_hour(wall)
             self.pending.extend(Record("hourly", body, wall) for body in stream.take_hours())
+        def batch_tag(tag: str) -> float:
+            return self._fresh(tag, mono, BATCH_TAG_AGE)
+
         for node in self.nodes:
-            node.snapshot(mono, wall)
-            if node.due(mono):
-                judged = node.evaluate(mono)
-                if judged is not None:
-                    self._balance_records(*judged, wall)
+            results, events = node.tick(mono, wall, batch_tag)
+            for result in results:
+                self.pending.append(Record("balance", balance_body(result), wall))
+            for event in events:
+                self._alarm_record(event, wall)
         if self.next_totals is None:
             self.next_totals = mono + self.config.totals_interval
         if final or mono >= self.next_totals:
@@ -147,30 +146,28 @@ class Gateway:
                 self.next_telemetry = mono + self.config.telemetry_interval
                 self.pending.append(self._telemetry_record(wall))
 
-    def _balance_records(self, result: WindowResult, event: AlarmEvent | None, wall: float) -> None:
-        body = balance_body(result)
-        self.pending.append(Record("balance", body, wall))
-        if event is not None:
-            self.alarms.append(event)
-            level = logging.WARNING if event.event == "raised" else logging.INFO
-            log.log(
-                level,
-                "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
-                event.node,
-                event.event,
-                result.imbalance,
-                result.tolerance,
-                event.hint,
-            )
-            alarm = {
-                "node": event.node,
-                "event": event.event,
-                "since": utc(event.since_wall),
-                "at": utc(event.wall),
-                "hint": event.hint,
-                "balance": body,
-            }
-            self.pending.append(Record("alarm", alarm, wall))
+    def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
+        self.alarms.append(event)
+        result = event.result
+        level = logging.INFO if event.event == CLEARED else logging.WARNING
+        log.log(
+            level,
+            "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
+            event.node,
+            event.event,
+            result.imbalance,
+            result.tolerance,
+            event.hint,
+        )
+        alarm = {
+            "node": event.node,
+            "event": event.event,
+            "since": utc(event.since_wall),
+            "at": utc(event.wall),
+            "hint": event.hint,
+            "balance": balance_body(result),
+        }
+        self.pending.append(Record("alarm", alarm, wall))
 
     def _totals_record(self, wall: float) -> Record:
         streams = []
@@ -212,15 +209,20 @@ class Gateway:
 
 
 def balance_body(r: WindowResult) -> dict[str, Any]:
+    t = r.terms
     return {
         "node": r.node,
+        "window": r.window,
+        "batch": r.label or None,
         "window_start": utc(r.start_wall),
         "window_end": utc(r.end_wall),
-        "in_kg": _num(r.inflow),
-        "out_kg": _num(r.outflow),
-        "inventory_start_kg": _num(r.inventory_start),
-        "inventory_end_kg": _num(r.inventory_end),
-        "delta_inventory_kg": _num(r.delta_inventory),
+        "in_kg": _num(t.inflow),
+        "out_kg": _num(t.outflow),
+        "generation_kg": _num(t.generation),
+        "consumption_kg": _num(t.consumption),
+        "inventory_start_kg": _num(t.inventory_start),
+        "inventory_end_kg": _num(t.inventory_end),
+        "delta_inventory_kg": _num(t.delta_inventory),
         "imbalance_kg": _num(r.imbalance),
         "relative": _num(r.relative),
         "uncertainty_kg": _num(r.sigma),
@@ -228,6 +230,7 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
         "coverage": _num(r.coverage),
         "status": r.status,
         "alarm_active": r.alarm_active,
+        "cusum": {"high": _num(r.cusum_high), "low": _num(r.cusum_low)},
     }
 
 

@@ -133,7 +133,7 @@ def test_pipeline_kilograms_alarm_and_delivery(
     assert alarm["balance"]["imbalance_kg"] > alarm["balance"]["tolerance_kg"]
     exceeded = [b for b in balances if since <= _wall(b["window_end"]) < at]
     assert exceeded
-    assert all(b["status"] == "exceeded" for b in exceeded)
+    assert all(b["status"] == "warning" for b in exceeded)
 
     # Status: retained birth, then the clean-shutdown 'offline'.
     statuses = [m for t, m, _ in subscriber.messages if t.endswith("/status")]
