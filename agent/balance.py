@@ -38,7 +38,8 @@ INCONCLUSIVE = "inconclusive"
 RAISED, CLEARED, REPEATED, DRIFT = "raised", "cleared", "repeated", "drift"
 
 IN, OUT, GEN, CONS = 0, 1, 2, 3
-SIGNS = (1.0, -1.0, 1.0, -1.0)
+DRIFT_LEARN = 30  # intervals that set the drift baseline before the CUSUM runs
+DRIFT_MEMORY = 86400.0  # s over which the baseline follows the plant afterwards
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,11 @@ class NodeBalance:
         self._drift_started: tuple[float, float] | None = None
         self._drift_mass = 0.0
         self._drift_time = 0.0
+        self._z_count = 0
+        self._drifting: int | None = None  # +1 / −1 while a drift episode lasts
+        self._z_mean = 0.0
+        self._z_var = 0.0
+        self._rate_mean = 0.0
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -432,7 +438,14 @@ class NodeBalance:
         return []
 
     def _drift(self, snap: Snapshot) -> AlarmEvent | None:
-        """One CUSUM step on the interval since the last; an event when it crosses h."""
+        """One CUSUM step on the interval since the last; an event when it crosses h.
+
+        The statistic is the interval's imbalance over its propagated σ, less its own
+        baseline: a steady offset between meters that are each within their rating is not a
+        drift. The baseline is learned over the first DRIFT_LEARN intervals and then follows
+        over about a day; the spread used is the larger of the rated one and the one observed,
+        so a noisier instrument than its data sheet says does not raise drift after drift.
+        """
         cfg = self.config
         start, self._drift_from = self._drift_from, snap if snap.ok else None
         if cfg.drift_h <= 0 or start is None or not snap.ok or snap.mono <= start.mono:
@@ -440,36 +453,59 @@ class NodeBalance:
         terms = self.terms(start, snap)
         if not terms.sigma > 0 or not math.isfinite(terms.imbalance):
             return None
-        z = terms.imbalance / terms.sigma
+        dt = snap.mono - start.mono
+        z_raw = terms.imbalance / terms.sigma
+        rate = terms.imbalance / dt * 3600.0
+        self._z_count += 1
+        if self._z_count <= DRIFT_LEARN:  # plain running mean and variance
+            step = 1.0 / self._z_count
+        else:
+            step = min(1.0, cfg.evaluate_every / DRIFT_MEMORY)
+        delta = z_raw - self._z_mean
+        self._z_mean += step * delta
+        self._z_var = (1.0 - step) * (self._z_var + step * delta * delta)
+        self._rate_mean += step * (rate - self._rate_mean)
+        if self._z_count <= DRIFT_LEARN:
+            return None
+        z = (z_raw - self._z_mean) / max(1.0, math.sqrt(self._z_var))
         if self._drift_started is None:
             self._drift_started = (start.mono, start.wall)
         self._drift_mass += terms.imbalance
-        self._drift_time += snap.mono - start.mono
+        self._drift_time += dt
         self.cusum_high = max(0.0, self.cusum_high + z - cfg.drift_k)
         self.cusum_low = max(0.0, self.cusum_low - z - cfg.drift_k)
+        if self._drifting is not None:
+            # One event per episode: it ends when the residual is back at its baseline. The
+            # sum is capped so that a long episode does not take as long again to unwind.
+            cap = 2.0 * cfg.drift_h
+            self.cusum_high, self.cusum_low = min(self.cusum_high, cap), min(self.cusum_low, cap)
+            if (self.cusum_high if self._drifting > 0 else self.cusum_low) == 0.0:
+                self._drifting = None
+                self._drift_started = None
+                self._drift_mass = self._drift_time = 0.0
+            return None
         if max(self.cusum_high, self.cusum_low) <= cfg.drift_h:
             if self.cusum_high == 0.0 and self.cusum_low == 0.0:
                 self._drift_started = None
                 self._drift_mass = self._drift_time = 0.0
             return None
-        rate = self._drift_mass / self._drift_time * 3600.0
-        direction = "missing" if self.cusum_high > cfg.drift_h else "gained"
+        self._drifting = 1 if self.cusum_high > cfg.drift_h else -1
+        recent = self._drift_mass / self._drift_time * 3600.0
+        direction = "more missing" if self._drifting > 0 else "more gained"
         since_mono, since_wall = self._drift_started
         hint = (
-            f"the imbalance is drifting: {abs(rate):.3g} kg/h {direction} on average since "
-            "the CUSUM started, before the window tolerance is crossed; check the meters "
-            "for drift (a redundant meter or the reconciliation can name it)"
+            f"the imbalance has moved off its baseline: {abs(recent - self._rate_mean):.3g} kg/h "
+            f"{direction} than its usual {self._rate_mean:+.3g} kg/h since then, before the "
+            "window's tolerance is crossed: a meter drifting, or a small leak starting"
         )
-        result = self.last or WindowResult(
-            cfg.name, cfg.window_kind, "", start.wall, snap.wall, terms, math.nan, 1.0, OK,
-            self.alarm_active, self.cusum_high, self.cusum_low,
+        terms = Terms(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        result = WindowResult(
+            cfg.name, "drift", "", since_wall, snap.wall, terms, math.nan, 1.0,
+            self.last.status if self.last else OK, self.alarm_active,
+            self.cusum_high, self.cusum_low,
         )  # fmt: skip
-        event = AlarmEvent(cfg.name, DRIFT, snap.mono, snap.wall, since_mono, since_wall, result,
-                           hint)  # fmt: skip
-        self.cusum_high = self.cusum_low = 0.0
-        self._drift_started = None
-        self._drift_mass = self._drift_time = 0.0
-        return event
+        return AlarmEvent(cfg.name, DRIFT, snap.mono, snap.wall, since_mono, since_wall, result,
+                          hint)  # fmt: skip
 
 
 def _label(value: float) -> str:

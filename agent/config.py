@@ -204,7 +204,7 @@ class NodeConfig:
     batch_tag: str | None = None
     deadband: float = 0.1  # an alarm clears below (1 − deadband) · tolerance
     re_alarm: float = 0.0  # s between reminders of an alarm still active; 0: none
-    drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance
+    drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance above baseline
     drift_h: float = 8.0  # CUSUM decision interval; 0: no drift detection
 
 

@@ -25,7 +25,7 @@ from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.poller import Poller
 
 from . import audit
-from .balance import CLEARED, AlarmEvent, NodeBalance, WindowResult
+from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from .config import Config, node_terms
 from .outbox import Outbox
 from .publisher import Publisher
@@ -125,6 +125,7 @@ class Gateway:
             stream.integrate()
             stream.roll_hour(wall)
             self.pending.extend(Record("hourly", body, wall) for body in stream.take_hours())
+
         def batch_tag(tag: str) -> float:
             return self._fresh(tag, mono, BATCH_TAG_AGE)
 
@@ -149,16 +150,18 @@ class Gateway:
     def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
         self.alarms.append(event)
         result = event.result
-        level = logging.INFO if event.event == CLEARED else logging.WARNING
-        log.log(
-            level,
-            "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
-            event.node,
-            event.event,
-            result.imbalance,
-            result.tolerance,
-            event.hint,
-        )
+        if event.event == DRIFT:
+            log.warning("node %s: drift: %s", event.node, event.hint)
+        else:
+            log.log(
+                logging.INFO if event.event == CLEARED else logging.WARNING,
+                "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
+                event.node,
+                event.event,
+                result.imbalance,
+                result.tolerance,
+                event.hint,
+            )
         alarm = {
             "node": event.node,
             "event": event.event,
