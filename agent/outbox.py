@@ -32,7 +32,8 @@ from .records import SCHEMA_VERSION, Priority, Record, topic, utc
 
 log = logging.getLogger(__name__)
 
-ARCHIVED = ("hourly", "audit")  # kinds the gateway keeps a copy of after sending
+# Kinds the gateway keeps a copy of after sending, for `massgate report` and audits.
+ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation")
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,11 +113,12 @@ class GrossError:
     statistic: float  # the GLR test statistic, χ²(1) under no error
     alternatives: tuple[tuple[str, str], ...] = ()  # (kind, where) this one cannot be told from
 
-    def describe(self) -> str:
+    def describe(self, unit: str = "") -> str:
+        amount = f"{abs(self.size):.4g}{' ' + unit if unit else ''}"
         what = (
-            f"meter on {self.where} reads {self.size:+.6g} off"
+            f"the meter on {self.where} reads {amount} {'high' if self.size > 0 else 'low'}"
             if self.kind == BIAS
-            else f"node {self.where} loses {self.size:.6g}"
+            else f"node {self.where} {'loses' if self.size > 0 else 'gains'} {amount}"
         )
         if self.alternatives:
             others = ", ".join(f"{k} at {w}" for k, w in self.alternatives)

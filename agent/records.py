@@ -25,6 +25,7 @@ KIND_PRIORITY = {
     "hourly": Priority.TOTALS,
     "audit": Priority.BALANCE,
     "balance": Priority.BALANCE,
+    "reconciliation": Priority.BALANCE,
     "alarm": Priority.ALARM,
 }
 

@@ -29,6 +29,7 @@ from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from .config import Config, node_terms
 from .outbox import Outbox
 from .publisher import Publisher
+from .reconciler import Reconciler, SuspectEvent, gross_error_body
 from .records import Record, utc
 from .samples import Batch, Quality
 from .totalizer import InventoryGauge, StreamTotal
@@ -64,6 +65,11 @@ class Gateway:
         self.nodes = [
             NodeBalance(n, terms[n.name], self.streams, self.inventories) for n in config.nodes
         ]
+        self.reconciler = (
+            Reconciler(config.reconciliation, config.nodes, terms, self.streams, self.inventories)
+            if config.reconciliation is not None
+            else None
+        )
         self.latest: dict[str, Latest] = {}
         self.batches = 0
         self.pending: list[Record] = []
@@ -135,6 +141,12 @@ class Gateway:
                 self.pending.append(Record("balance", balance_body(result), wall))
             for event in events:
                 self._alarm_record(event, wall)
+        if self.reconciler is not None:
+            body, suspects = self.reconciler.tick(mono, wall)
+            if body is not None:
+                self.pending.append(Record("reconciliation", body, wall))
+            for suspect in suspects:
+                self._suspect_record(suspect, wall)
         if self.next_totals is None:
             self.next_totals = mono + self.config.totals_interval
         if final or mono >= self.next_totals:
@@ -169,6 +181,23 @@ class Gateway:
             "at": utc(event.wall),
             "hint": event.hint,
             "balance": balance_body(result),
+        }
+        self.pending.append(Record("alarm", alarm, wall))
+
+    def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
+        e = event.suspect
+        hint = e.describe("kg")
+        if event.event == "raised":
+            log.warning("reconciliation: gross error: %s", hint)
+        else:
+            log.info("reconciliation: cleared: %s", hint)
+        alarm = {
+            "node": "network",
+            "event": event.event,
+            "since": utc(event.since_wall),
+            "at": utc(event.wall),
+            "hint": hint if event.event == "raised" else f"no longer found: {hint}",
+            "gross_error": gross_error_body(e),
         }
         self.pending.append(Record("alarm", alarm, wall))
 
@@ -346,5 +375,8 @@ def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> Non
     agent.outbox.put(records, totals=totals)
     if any(r.kind == "hourly" for r in records):
         agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
+        # Balance records are many (one per node a minute): pruned once an hour, like hourly.
+        for kind in ("balance", "alarm", "reconciliation"):
+            agent.outbox.prune_archive(kind, time.time() - agent.config.balance_retention)
     if agent.publisher is not None and records:
         agent.publisher.wake()

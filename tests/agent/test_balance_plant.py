@@ -61,6 +61,24 @@ nodes:
 HOUR = 3600.0
 
 
+# The same site with a cheaper second feed meter: a magnetic meter rated 0.5 %, checked by
+# the Coriolis meter before it and by the tank's load cells and product meter after it.
+MAGMETER_PLANT = BUILTIN.replace(
+    "  - {name: lt100,",
+    "  - {name: ft103, profile: magmeter, line: feed, accuracy: 0.5 %}\n  - {name: lt100,",
+)
+DENSITY = (
+    "{reference: 998.2 kg/m3, at: 20 degC, expansion: 2.1e-4 1/K, temperature: tt102.temperature}"
+)
+MAGMETER_CONFIG = (
+    CONFIG.replace("port: 5023, profile: coriolis", "port: 5023, profile: magmeter").replace(
+        "{name: feed_b, mass_flow: ft103.mass_flow, accuracy: 0.1 %}",
+        f"{{name: feed_b, volume_flow: ft103.volume_flow, accuracy: 0.5 %, density: {DENSITY}}}",
+    )
+    + "balance:\n  reconciliation: {window: 10 min, every: 1 min, confirm: 3}\n"
+)
+
+
 def _t(stamp: str) -> float:
     """Plant seconds of a record's UTC time."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - plantrun.WALL0
@@ -189,3 +207,36 @@ def test_a_slow_drift_is_caught_by_cusum_before_the_tolerance(start):
     assert "more gained" in drift["hint"]  # the product meter reads high: mass appears
     # The feed line is untouched by the product meter.
     assert _events(run, "drift", "feed_line") == []
+
+
+def test_a_three_sigma_bias_is_named_by_the_measurement_test(tmp_path: Path):
+    run = plantrun.start(tmp_path, MAGMETER_CONFIG, plant_text=MAGMETER_PLANT, period=2.0, step=0.5)
+    bias_from = 1.0 * HOUR
+    # 3σ of a meter rated 0.5 % (2σ): 0.75 % high.
+    run.plant.faults.add(Fault(kind="bias", target="ft103", start=bias_from, magnitude=0.0075))
+    try:
+        run.run_for(1.5 * HOUR)
+    finally:
+        run.close()
+    reconciliations = run.of("reconciliation")
+    before = [r for r in reconciliations if _t(r["window_end"]) <= bias_from]
+    assert len(before) >= 40
+    assert all(r["global_test"]["passed"] and not r["gross_errors"] for r in before)
+    classes = {s["stream"]: s["class"] for s in before[-1]["streams"]}
+    assert classes == dict.fromkeys(("feed_a", "feed_b", "product", "Δtank"), "redundant")
+    after = [r for r in reconciliations if _t(r["window_start"]) >= bias_from]
+    assert len(after) >= 15
+    for r in after:
+        tests = {s["stream"]: s["measurement_test"] for s in r["streams"]}
+        assert max(tests, key=tests.__getitem__) == "feed_b"
+        assert tests["feed_b"] > r["measurement_test_critical"]
+        (error,) = r["gross_errors"]
+        assert (error["kind"], error["where"]) == ("bias", "feed_b")
+        assert error["indistinguishable_from"] == []
+        moved = next(s["measured_kg"] for s in r["streams"] if s["stream"] == "feed_b")
+        assert error["size_kg"] == pytest.approx(moved * 0.0075 / 1.0075, rel=0.1)
+    (raised,) = [a for a in run.of("alarm") if a["event"] == "raised" and a["node"] == "network"]
+    assert raised["gross_error"]["where"] == "feed_b"
+    assert "the meter on feed_b reads" in raised["hint"]
+    assert raised["hint"].endswith("kg high")
+    assert _t(raised["at"]) <= bias_from + WINDOW + 5 * 60

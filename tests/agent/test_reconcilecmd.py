@@ -25,7 +25,7 @@ def test_table_shows_the_books_reconciled_flows_and_names_the_biased_meter(capsy
         assert flow in book
     biased = out.split("\n\n")[1]
     assert "FAILED" in biased
-    assert "gross error 1: meter on F2 reads +6 off" in biased
+    assert "gross error 1: the meter on F2 reads 6 high" in biased
     assert "← suspect" in biased.splitlines()[3]  # the F2 row
     assert "observable" in out.split("\n\n")[2]
 
