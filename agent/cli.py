@@ -196,11 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    from . import bench, reconcilecmd, sitetools
+    from . import bench, reconcilecmd, report, sitetools
 
     sitetools.add_commands(sub)
     bench.add_commands(sub)
     reconcilecmd.add_command(sub)
+    report.add_command(sub)
     return parser
 
 

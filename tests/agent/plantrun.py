@@ -2,8 +2,8 @@
 plant in one process on a simulated clock, so hours of plant run in seconds.
 
 The network path (pymodbus slaves, TLS broker) is covered by the end-to-end tests; here the
-plant's readings go straight into Batches, with its value faults (bias, drift, stuck) and
-dropouts applied as its Modbus server would apply them.
+plant's readings go straight into Batches and the records into the outbox, with its value
+faults (bias, drift, stuck) and dropouts applied as its Modbus server would apply them.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class PlantRun:
                 tagged = {f"{meter}.{k}": v for k, v in values.items()}
                 self.gateway.ingest(Batch(meter, mono, wall, tagged, quality))
             self.gateway.cycle(mono, wall)
-            self.records.extend(self.gateway.pending)
-            self.gateway.pending.clear()
+            records, totals = self.gateway.take_pending(mono)
+            self.outbox.put(records, totals=totals)
+            self.records.extend(records)
             if each is not None:
                 each(self)
 
@@ -83,7 +84,8 @@ def start(
     path = tmp_path / "config.yaml"
     path.write_text(config_text)
     config = config_module.load(path)
-    outbox = Outbox(tmp_path / "state.sqlite", max_bytes=10**9, site="s", gateway="g")
+    config.outbox.path.parent.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(config.outbox.path, max_bytes=10**9, site="s", gateway="g")
     gateway = Gateway(config, outbox)
     gateway.pending.clear()
     return PlantRun(plant, gateway, outbox, [d.name for d in config.devices], period, clock)

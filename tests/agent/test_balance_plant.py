@@ -7,6 +7,7 @@ the product meter and the load cells. A site node contains both.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -240,3 +241,34 @@ def test_a_three_sigma_bias_is_named_by_the_measurement_test(tmp_path: Path):
     assert "the meter on feed_b reads" in raised["hint"]
     assert raised["hint"].endswith("kg high")
     assert _t(raised["at"]) <= bias_from + WINDOW + 5 * 60
+
+
+def test_report_prints_the_kept_windows_and_alarms_per_node(start, tmp_path: Path, capsys):
+    from massgate.agent.cli import main
+
+    run = start()
+    run.plant.faults.add(Fault(kind="leak", target="feed", start=1200, magnitude=0.04))
+    run.run_for(HOUR)
+    config = str(tmp_path / "config.yaml")
+    # 2027-01-15T08:00Z is the plant's start; its first 40 minutes, the tank only.
+    args = ["report", config, "--from", "2027-01-15T08:00Z", "--to", "2027-01-15T08:40Z"]
+    assert main([*args, "--node", "tank"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("node tank: 39 windows (")
+    assert "node feed_line" not in out
+    assert "alarm raised" in out
+    assert "warning" in out
+    assert main([*args, "--json"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert {b["node"] for b in kept["balances"]} == {"feed_line", "tank", "site"}
+    published = [b for b in run.of("balance") if _t(b["window_end"]) < 2400]
+    assert len(kept["balances"]) == len(published)
+    # The leak began inside the drift baseline's first 30 minutes: the CUSUM learned it as
+    # usual, and only the tolerance alarm speaks.
+    assert [a["event"] for a in kept["alarms"] if a["node"] == "tank"] == ["raised"]
+    # Nothing in a range before the plant ran; a bad time and an unknown node are refused.
+    assert main(["report", config, "--from", "2020-01-01", "--to", "2020-01-02"]) == 1
+    assert main(["report", config, "--from", "yesterday"]) == 2
+    assert "neither a time" in capsys.readouterr().err
+    assert main(["report", config, "--node", "tnak"]) == 2
+    assert "no node named 'tnak'" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""`massgate report`: the balances and alarms the gateway kept, per node and window.
+
+Reads the archive in the state database read-only, so it can run beside the agent (SQLite
+WAL lets a reader in while the agent writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import units
+from .yamlsource import ConfigError
+
+EXIT_OK = 0
+EXIT_NOTHING = 1
+EXIT_BAD_INPUT = 2
+
+
+def parse_time(value: str, *, now: float) -> float:
+    """An ISO 8601 time (UTC unless it says otherwise), or a duration ago like '24h'."""
+    text = value.strip()
+    if re.fullmatch(r"[0-9.]+\s*[a-zA-Z]+", text):
+        try:
+            return now - units.parse_quantity(text, units.TIME)
+        except units.UnitError:
+            pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"'{value}' is neither a time like 2026-11-23T06:00 nor a duration ago like 24h"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def read(
+    path: Path, kinds: tuple[str, ...], since: float, until: float
+) -> dict[str, list[dict[str, Any]]]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no state database (has the agent run?)")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for kind in kinds:
+            rows = conn.execute(
+                "SELECT payload FROM archive WHERE kind = ? AND created >= ? AND created < ? "
+                "ORDER BY seq",
+                (kind, since, until),
+            )
+            found[kind] = [json.loads(payload) for (payload,) in rows]
+        return found
+    except sqlite3.OperationalError as exc:
+        raise FileNotFoundError(f"{path}: not a massgate state database ({exc})") from None
+    finally:
+        conn.close()
+
+
+def _f(value: Any, width: int, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—".rjust(width)
+    return f"{value:{width}.{digits}f}"
+
+
+def table(balances: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> str:
+    lines = []
+    nodes = sorted({b["node"] for b in balances} | {a["node"] for a in alarms})
+    for node in nodes:
+        rows = [b for b in balances if b["node"] == node]
+        counts = {s: sum(b["status"] == s for b in rows) for s in
+                  ("ok", "warning", "alarm", "inconclusive")}  # fmt: skip
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        lines.append(f"node {node}: {len(rows)} windows ({summary or 'none'})")
+        if rows:
+            lines.append(
+                f"  {'window end (UTC)':<21}{'batch':>8}{'in kg':>11}{'out kg':>11}"
+                f"{'Δinv kg':>10}{'imbal kg':>10}{'tol kg':>9}{'cover':>7}  status"
+            )
+        for b in rows:
+            lines.append(
+                f"  {b['window_end'][:19]:<21}{(b.get('batch') or ''):>8}"
+                f"{_f(b['in_kg'], 11)}{_f(b['out_kg'], 11)}{_f(b['delta_inventory_kg'], 10)}"
+                f"{_f(b['imbalance_kg'], 10)}{_f(b['tolerance_kg'], 9)}"
+                f"{_f((b['coverage'] or 0) * 100, 6, 0)}%  {b['status']}"
+            )
+        for a in (a for a in alarms if a["node"] == node):
+            lines.append(f"  {a['at'][:19]} alarm {a['event']} (since {a['since'][:19]}): "
+                         f"{a['hint']}")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="print the kept balance windows and alarms per node for a time range",
+        description=(
+            "Print the balance windows and alarm events of CONFIG's gateway kept in its state "
+            "database (for balance.retention), per node, between --from and --to. Times are "
+            "ISO 8601 (UTC unless an offset is given) or durations ago like 24h. Runs beside "
+            "the agent: the database is opened read-only. Exit status 0 when something was "
+            "found, 1 when the range holds nothing, 2 for bad input."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="the agent's YAML configuration file")
+    p.add_argument("--from", dest="since", default="24h", help="start (default %(default)s ago)")
+    p.add_argument("--to", dest="until", help="end (default: now)")
+    p.add_argument("--node", action="append", help="only this node (repeatable)")
+    p.add_argument("--json", action="store_true", help="the records as a JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import config as config_module  # noqa: PLC0415  (not for every command's start)
+
+    try:
+        config = config_module.load(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    now = time.time()
+    try:
+        since = parse_time(args.since, now=now)
+        until = parse_time(args.until, now=now) if args.until else math.inf
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    known = {n.name for n in config.nodes} | {"network"}
+    for node in args.node or ():
+        if node not in known:
+            print(f"no node named '{node}' (nodes: {', '.join(sorted(known))})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        found = read(config.outbox.path, ("balance", "alarm"), since, until)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_NOTHING
+    wanted = set(args.node or known)
+    balances = [b for b in found["balance"] if b["node"] in wanted]
+    alarms = [a for a in found["alarm"] if a["node"] in wanted]
+    if args.json:
+        json.dump({"balances": balances, "alarms": alarms}, sys.stdout, indent=1)
+        print()
+    elif balances or alarms:
+        print(table(balances, alarms))
+    else:
+        print("no balance windows or alarms in that range", file=sys.stderr)
+    return EXIT_OK if balances or alarms else EXIT_NOTHING
