@@ -1010,7 +1010,7 @@ def _calendar_or_batch(s: Section) -> dict[str, Any]:
     if s.has("batch"):
         tag = s.take("batch", _tag)
         s.finish()
-        return {"window_kind": BATCH, "batch_tag": tag} if s.ok else {}
+        return {"window_kind": BATCH, "batch_tag": tag, "window": math.nan} if s.ok else {}
     times = s.take("calendar", _clock_times)
     zone = s.take("timezone", _timezone, "UTC")
     s.finish()

@@ -35,15 +35,24 @@ class PlantRun:
     clock: list[float]
     now: float = 0.0
     records: list[Record] = field(default_factory=list)
+    # Values of tags no plant meter has (a PLC's batch register): read as device "plc".
+    plc: dict[str, float] = field(default_factory=dict)
 
     def run_for(self, seconds: float, each: Callable[[PlantRun], None] | None = None) -> None:
         steps = round(seconds / self.period)
-        for _ in range(steps):
+        pending: list[Record] = []
+        saved = None
+        for step in range(steps):
             self.now += self.period
             self.clock[0] = self.now
             mono, wall = self.now, WALL0 + self.now
             t = self.plant.now()
+            if self.plc:
+                tagged = {f"plc.{k}": v for k, v in self.plc.items()}
+                self.gateway.ingest(Batch("plc", mono, wall, tagged, Quality.GOOD))
             for meter in self.meters:
+                if meter == "plc":
+                    continue
                 values = self.plant.faults.apply(meter, t, self.plant.read(meter))
                 if self.plant.faults.find("dropout", meter, t) is not None:
                     values = dict.fromkeys(values, math.nan)
@@ -54,8 +63,13 @@ class PlantRun:
                 self.gateway.ingest(Batch(meter, mono, wall, tagged, quality))
             self.gateway.cycle(mono, wall)
             records, totals = self.gateway.take_pending(mono)
-            self.outbox.put(records, totals=totals)
+            pending += records
+            saved = totals or saved
             self.records.extend(records)
+            # One commit a minute of plant time: a day of plant runs in seconds, not minutes.
+            if step % 30 == 29 or step == steps - 1:
+                self.outbox.put(pending, totals=saved)
+                pending, saved = [], None
             if each is not None:
                 each(self)
 

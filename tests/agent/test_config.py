@@ -101,7 +101,9 @@ def test_check_command_on_a_missing_file():
     assert "/nonexistent/massgate.yaml:0: no such file" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["check", "run", "sim", "demo"])
+@pytest.mark.parametrize(
+    "command", ["check", "run", "sim", "demo", "probe", "scan", "bench", "reconcile", "report"]
+)
 def test_every_command_has_help(command: str):
     result = _massgate(command, "--help")
     assert result.returncode == 0
