@@ -492,18 +492,12 @@ def network_of(
     """
     source: dict[str, str] = {}
     target: dict[str, str] = {}
-    order: list[str] = []
+    order: dict[str, None] = {}  # first mention first, each stream once
     for node in nodes:
-        for stream in inputs.get(node, ()):
-            if stream in target:
-                raise ValueError(f"stream {stream} enters both {target[stream]} and {node}")
-            target[stream] = node
-            if stream not in order:
-                order.append(stream)
-        for stream in outputs.get(node, ()):
-            if stream in source:
-                raise ValueError(f"stream {stream} leaves both {source[stream]} and {node}")
-            source[stream] = node
-            if stream not in order:
-                order.append(stream)
+        for ends, listed, verb in ((target, inputs, "enters"), (source, outputs, "leaves")):
+            for stream in listed.get(node, ()):
+                if stream in ends:
+                    raise ValueError(f"stream {stream} {verb} both {ends[stream]} and {node}")
+                ends[stream] = node
+                order.setdefault(stream)
     return Network(tuple(nodes), tuple(Stream(s, source.get(s), target.get(s)) for s in order))
