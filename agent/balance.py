@@ -231,13 +231,17 @@ class NodeBalance:
             mass = gauge.mass_at(mono)
             inventory = None if mass is None or inventory is None else inventory + mass
         self.cycles += 1
+        ok = flows is not None and inventory is not None
+        self.complete += ok
         snap = Snapshot(
-            mono, wall, tuple(flows) if flows is not None else None, inventory, self.cycles, 0
+            mono,
+            wall,
+            tuple(flows) if flows is not None else None,
+            inventory,
+            self.cycles,
+            self.complete,
         )
-        if snap.ok:
-            self.complete += 1
-        snap = Snapshot(mono, wall, snap.flows, inventory, self.cycles, self.complete)
-        if snap.ok:
+        if ok:
             self.last_ok = snap
         return snap
 
@@ -274,7 +278,12 @@ class NodeBalance:
             value = tag(self.config.batch_tag) if tag and self.config.batch_tag else math.nan
             judged += self._batch_step(snap, value)
         else:
-            self.snapshots.append(snap)
+            # Kept at a fraction of the evaluation interval, not every cycle: an 8 h window
+            # would otherwise hold 115,000 snapshots per node on a Raspberry Pi. The cycle
+            # counters in each snapshot keep the coverage exact.
+            spacing = min(self.config.evaluate_every, self.config.window) / 20
+            if not self.snapshots or mono - self.snapshots[-1].mono >= spacing:
+                self.snapshots.append(snap)
             horizon = mono - self.config.window * 1.2 - self.config.evaluate_every
             while len(self.snapshots) > 2 and self.snapshots[1].mono < horizon:
                 self.snapshots.popleft()

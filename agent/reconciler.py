@@ -13,6 +13,7 @@ passed `confirm` times in a row.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 from . import reconcile as rc
 from .config import NodeConfig, NodeTerms, ReconciliationConfig
 from .totalizer import InventoryGauge, StreamTotal
+
+log = logging.getLogger(__name__)
 
 
 def accumulation_name(node: str) -> str:
@@ -108,7 +111,8 @@ class Reconciler:
         values, sigmas = self._measured(start, end)
         try:
             plain, final = rc.diagnose(self.network, values, sigmas, alpha=self.config.alpha)
-        except (ValueError, ArithmeticError, FloatingPointError):
+        except (ValueError, ArithmeticError) as exc:  # numpy's LinAlgError is a ValueError
+            log.warning("reconciliation skipped for the window ending now: %s", exc)
             return None, []
         self.last = plain, final
         return self._body(start, end, plain, final), self._events(plain, final, wall)
