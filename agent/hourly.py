@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import kernels
-from .records import utc
+from .records import num, utc
 
 HOUR = 3600.0
 AVERAGED = ("temperature", "pressure", "density")
@@ -102,29 +102,23 @@ def hour_body(
         "stream": stream,
         "hour_start": utc(start),
         "hour_end": utc(start + HOUR),
-        "quantity_kg": _num(quantity),
-        "forward_kg": _num(forward),
-        "reverse_kg": _num(reverse),
-        "flow_time_s": _num(delta(kernels.FLOW_TIME)),
-        "estimated_kg": _num(estimated),
-        "estimated_share": _num(estimated / moved if moved > 0.0 else 0.0),
-        "faulted_s": _num(faulted),
-        "faulted_share": _num(faulted / HOUR),
+        "quantity_kg": num(quantity),
+        "forward_kg": num(forward),
+        "reverse_kg": num(reverse),
+        "flow_time_s": num(delta(kernels.FLOW_TIME)),
+        "estimated_kg": num(estimated),
+        "estimated_share": num(estimated / moved if moved > 0.0 else 0.0),
+        "faulted_s": num(faulted),
+        "faulted_share": num(faulted / HOUR),
         "register_faults": int(delta(kernels.FAULTS)),
-        "temperature_K": _num(hour.average("temperature")),
-        "pressure_Pa": _num(hour.average("pressure")),
-        "density_kg_m3": _num(hour.average("density")),
-        "forward_total_kg": _num(kernels.total(state, kernels.FORWARD)),
-        "reverse_total_kg": _num(kernels.total(state, kernels.REVERSE)),
+        "temperature_K": num(hour.average("temperature")),
+        "pressure_Pa": num(hour.average("pressure")),
+        "density_kg_m3": num(hour.average("density")),
+        "forward_total_kg": num(kernels.total(state, kernels.FORWARD)),
+        "reverse_total_kg": num(kernels.total(state, kernels.REVERSE)),
     }
     if standard is not None:
         rho, temperature, pressure = standard
-        body["standard_volume_m3"] = _num(quantity / rho)
+        body["standard_volume_m3"] = num(quantity / rho)
         body["standard_conditions"] = {"temperature_K": temperature, "pressure_Pa": pressure}
     return body
-
-
-def _num(value: float | None) -> float | None:
-    if value is None or math.isnan(value) or math.isinf(value):
-        return None
-    return round(value, 6)

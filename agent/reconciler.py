@@ -22,6 +22,7 @@ from typing import Any
 
 from . import reconcile as rc
 from .config import NodeConfig, NodeTerms, ReconciliationConfig
+from .records import num, utc
 from .totalizer import InventoryGauge, StreamTotal
 
 log = logging.getLogger(__name__)
@@ -166,28 +167,26 @@ class Reconciler:
     def _body(
         self, start: _Snap, end: _Snap, plain: rc.Reconciliation, final: rc.Reconciliation
     ) -> dict[str, Any]:
-        from .records import utc  # noqa: PLC0415
-
         z = NormalDist().inv_cdf(1 - plain.alpha / 2)
         return {
             "window_start": utc(start.wall),
             "window_end": utc(end.wall),
             "global_test": {
-                "statistic": _num(plain.statistic),
+                "statistic": num(plain.statistic),
                 "dof": plain.dof,
-                "critical": _num(plain.critical),
+                "critical": num(plain.critical),
                 "passed": plain.passed,
             },
-            "measurement_test_critical": _num(plain.test_critical),
+            "measurement_test_critical": num(plain.test_critical),
             "streams": [
                 {
                     "stream": s.name,
-                    "measured_kg": _num(s.measured),
-                    "sigma_kg": _num(s.sigma),
-                    "reconciled_kg": _num(s.reconciled),
-                    "interval_kg": _num(z * s.reconciled_sigma),
+                    "measured_kg": num(s.measured),
+                    "sigma_kg": num(s.sigma),
+                    "reconciled_kg": num(s.reconciled),
+                    "interval_kg": num(z * s.reconciled_sigma),
                     "class": s.classification,
-                    "measurement_test": _num(s.adjustment_test),
+                    "measurement_test": num(s.adjustment_test),
                 }
                 for s in plain.streams
             ],
@@ -199,12 +198,8 @@ def gross_error_body(e: rc.GrossError) -> dict[str, Any]:
     return {
         "kind": e.kind,
         "where": e.where,
-        "size_kg": _num(e.size),
-        "statistic": _num(e.statistic),
+        "size_kg": num(e.size),
+        "statistic": num(e.statistic),
         "indistinguishable_from": [{"kind": k, "where": w} for k, w in e.alternatives],
         "description": e.describe("kg"),
     }
-
-
-def _num(value: float) -> float | None:
-    return round(float(value), 6) if math.isfinite(value) else None

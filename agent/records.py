@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,14 @@ class Record:
     @property
     def priority(self) -> Priority:
         return KIND_PRIORITY[self.kind]
+
+
+def num(value: float | None) -> float | None:
+    """A figure for a record: JSON has no NaN, so a value that could not be computed is null;
+    six decimals are more than any meter resolves."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 6)
 
 
 def utc(wall: float | None) -> str | None:

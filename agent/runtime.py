@@ -30,7 +30,7 @@ from .config import Config, node_terms
 from .outbox import Outbox
 from .publisher import Publisher
 from .reconciler import Reconciler, SuspectEvent, gross_error_body
-from .records import Record, utc
+from .records import Record, num, utc
 from .samples import Batch, Quality
 from .totalizer import InventoryGauge, StreamTotal
 
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 TICK = 0.25  # s between processing cycles
 GRACEFUL_TIMEOUT = 10.0  # s for the publisher to drain at shutdown
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
-
-
-def _num(value: float) -> float | None:
-    """JSON has no NaN: a value that could not be computed is null."""
-    return None if value is None or math.isnan(value) or math.isinf(value) else round(value, 6)
 
 
 @dataclass(slots=True)
@@ -210,18 +205,18 @@ class Gateway:
                     "stream": name,
                     "period_start": utc(period.start_wall),
                     "period_end": utc(period.end_wall),
-                    "mass_kg": _num(period.mass),
-                    "forward_kg": _num(stream.forward),
-                    "reverse_kg": _num(stream.reverse),
-                    "estimated_kg": _num(period.estimated),
-                    "gap_s": _num(period.gap_time),
+                    "mass_kg": num(period.mass),
+                    "forward_kg": num(stream.forward),
+                    "reverse_kg": num(stream.reverse),
+                    "estimated_kg": num(period.estimated),
+                    "gap_s": num(period.gap_time),
                 }
             )
         return Record("totals", {"streams": streams}, wall)
 
     def _telemetry_record(self, wall: float) -> Record:
         points = {
-            tag: {"value": _num(latest.value), "quality": latest.quality.name.lower()}
+            tag: {"value": num(latest.value), "quality": latest.quality.name.lower()}
             for tag, latest in sorted(self.latest.items())
         }
         return Record("telemetry", {"points": points}, wall)
@@ -248,21 +243,21 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
         "batch": r.label or None,
         "window_start": utc(r.start_wall),
         "window_end": utc(r.end_wall),
-        "in_kg": _num(t.inflow),
-        "out_kg": _num(t.outflow),
-        "generation_kg": _num(t.generation),
-        "consumption_kg": _num(t.consumption),
-        "inventory_start_kg": _num(t.inventory_start),
-        "inventory_end_kg": _num(t.inventory_end),
-        "delta_inventory_kg": _num(t.delta_inventory),
-        "imbalance_kg": _num(r.imbalance),
-        "relative": _num(r.relative),
-        "uncertainty_kg": _num(r.sigma),
-        "tolerance_kg": _num(r.tolerance),
-        "coverage": _num(r.coverage),
+        "in_kg": num(t.inflow),
+        "out_kg": num(t.outflow),
+        "generation_kg": num(t.generation),
+        "consumption_kg": num(t.consumption),
+        "inventory_start_kg": num(t.inventory_start),
+        "inventory_end_kg": num(t.inventory_end),
+        "delta_inventory_kg": num(t.delta_inventory),
+        "imbalance_kg": num(r.imbalance),
+        "relative": num(r.relative),
+        "uncertainty_kg": num(r.sigma),
+        "tolerance_kg": num(r.tolerance),
+        "coverage": num(r.coverage),
         "status": r.status,
         "alarm_active": r.alarm_active,
-        "cusum": {"high": _num(r.cusum_high), "low": _num(r.cusum_low)},
+        "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
     }
 
 
