@@ -140,6 +140,10 @@ def bench_drivers(points: int, seconds: float) -> list[Result]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "outbox":
+        from . import bench_outbox  # noqa: PLC0415
+
+        return bench_outbox.cmd_bench_outbox(args)
     if args.what == "totalizer":
         from . import bench_totalizer  # noqa: PLC0415  # imports numba
 
@@ -173,15 +177,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure throughput and CPU (drivers, totalizer)",
+        help="measure throughput and CPU (drivers, totalizer, outbox)",
         description="Run a benchmark and print what was measured on this machine. "
         "'drivers': points/s, agent CPU time per point and requests per cycle with the "
         "request planner and with one request per point, against a simulated slave. "
         "'totalizer': samples/s of each numba kernel next to a numpy equivalent and the "
         "pure-Python reference, on one core, and the first call's time in a new process with "
-        "an empty and with a warm numba cache.",
+        "an empty and with a warm numba cache. "
+        "'outbox': durable enqueue records/s, drain to a local TLS Mosquitto at QoS 1 next "
+        "to raw paho publishing the same messages, and the time to drain a large backlog "
+        "(needs mosquitto and openssl).",
     )
-    p.add_argument("what", choices=("drivers", "totalizer"), help="what to measure")
+    p.add_argument("what", choices=("drivers", "totalizer", "outbox"), help="what to measure")
     p.add_argument(
         "--points",
         type=int,
@@ -206,4 +213,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=200_000,
         help="totalizer: samples for the pure-Python reference (default %(default)s)",
     )
+    from .bench_outbox import add_arguments  # noqa: PLC0415
+
+    add_arguments(p)
     p.set_defaults(func=cmd_bench)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,6 +131,11 @@ class DensityModel:
 
 
 REVERSE_MODES = ("separate", "ignore")
+# An SD card's worth: a week of a busy gateway's records, a small share of a 16 GB card.
+DEFAULT_OUTBOX_BYTES = 256 * 1024 * 1024
+# Messages/s a backlog drains at: a week of a typical gateway's records in minutes, while 50
+# gateways coming back together stay within what one Mosquitto absorbs.
+DEFAULT_DRAIN_RATE = 1000.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,13 +243,17 @@ class MqttConfig:
     in_flight: int
     username: str | None
     password_file: Path | None
+    password_env: str | None  # name of an environment variable holding the password
     client_id: str
+    status_interval: float  # s between health messages on the status topic
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxConfig:
     path: Path
     max_bytes: int
+    drain_rate: float  # messages/s to the broker; 0 is no limit
+    max_age: dict[str, float] = field(default_factory=dict)  # priority name -> s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -346,7 +355,11 @@ def _build(raw: Any, path: Path) -> Config:
         telemetry.finish()
 
     state_dir = gateway.state_dir if gateway is not None else base
-    outbox = OutboxConfig(path=state_dir / "state.sqlite", max_bytes=256 * 1024 * 1024)
+    outbox = OutboxConfig(
+        path=state_dir / "state.sqlite",
+        max_bytes=DEFAULT_OUTBOX_BYTES,
+        drain_rate=DEFAULT_DRAIN_RATE,
+    )
     if (outbox_section := root.section("outbox", required=False)) is not None:
         outbox = _outbox(outbox_section, state_dir, resolve)
 
@@ -1062,9 +1075,23 @@ def _reconciliation(s: Section) -> ReconciliationConfig:
 
 def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
     path = s.take("path", resolve, state_dir / "state.sqlite")
-    max_bytes = s.take("max_size", quantity(units.BYTES, minimum=1e5), 256 * 1024 * 1024)
+    max_bytes = s.take("max_size", quantity(units.BYTES, minimum=1e5), DEFAULT_OUTBOX_BYTES)
+    drain_rate = s.take("drain_rate", number, DEFAULT_DRAIN_RATE)
+    if drain_rate is not None and drain_rate < 0:
+        s.fail("drain_rate", "a rate in messages per second, or 0 for no limit")
+    max_age: dict[str, float] = {}
+    if (ages := s.section("max_age", required=False)) is not None:
+        for priority in ("telemetry", "totals", "balance", "alarm"):
+            age = ages.take(priority, quantity(units.TIME, positive=True), None)
+            if age is not None:
+                max_age[priority] = age
+        ages.finish()
+        if not ages.ok:
+            s.ok = False
     s.finish()
-    return OutboxConfig(path=path, max_bytes=int(max_bytes or 0))
+    return OutboxConfig(
+        path=path, max_bytes=int(max_bytes or 0), drain_rate=drain_rate or 0.0, max_age=max_age
+    )
 
 
 def _broker(value: Any) -> BrokerEndpoint:
@@ -1111,10 +1138,16 @@ def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
         in_flight=s.take("in_flight", integer(1, 65535), 20),
         username=s.take("username", text, None),
         password_file=s.take("password_file", resolve, None),
+        password_env=s.take("password_env", text, None),
         client_id=s.take("client_id", text, default_client_id),
+        status_interval=s.take("status_interval", quantity(units.TIME, minimum=1.0), 60.0),
     )
     if (result.client_cert is None) != (result.client_key is None):
         s.fail("client_cert", "give both 'client_cert' and 'client_key', or neither")
+    if result.password_file is not None and result.password_env is not None:
+        s.fail("password_env", "give the password by 'password_file' or 'password_env', not both")
+    if (result.password_file or result.password_env) and result.username is None:
+        s.fail("username", "a password needs a 'username'")
     s.finish()
     return result
 

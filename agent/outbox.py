@@ -9,11 +9,24 @@ records for a retention, audit entries for good), as a flow computer keeps its l
 Durability: WAL with synchronous=FULL. In WAL mode NORMAL would only risk the last
 transactions on power loss; FULL syncs the WAL on every commit so a record the agent
 considers stored survives a pulled plug on an SD card. Records of one cycle go in one
-transaction, so that costs one sync per cycle, not per record.
+transaction, so that costs one sync per cycle, not per record. Deleting acknowledged
+records is the exception: those transactions do not sync, since losing one to a power cut
+re-sends records the broker already has (a duplicate), never loses one.
+
+Sequence numbers: a new database starts at the wall clock in microseconds, so a gateway
+whose database was lost or moved aside goes on with larger numbers than it ever used (as
+long as its clock was right and it wrote under a million records a second), and its
+random `epoch` changes too; consumers key records by (gateway, epoch, seq).
+
+Disk full: the put is rolled back, the bound is lowered below what the file holds and the
+lowest-priority records are evicted to make room, and the put is tried again; if the disk is
+still full the records are held in memory (a bounded number, the lowest priority dropped
+first, counted) and written with the next put. Nothing raises to the agent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +47,24 @@ log = logging.getLogger(__name__)
 
 # Kinds the gateway keeps a copy of after sending, for `massgate report` and audits.
 ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation")
+HELD_MAX = 10_000  # records kept in memory while the disk is full
+FULL_RECOVERY = 600.0  # s without a disk-full error before the configured bound is used again
+EXPIRE_EVERY = 60.0  # s between maximum-age sweeps
+ACK_CHUNK = 500  # sequence numbers per DELETE statement
+DROP_LOG_EVERY = 60.0  # s between warnings about dropped records
+
+
+def first_seq() -> int:
+    """A new database's first sequence number: the wall clock in microseconds."""
+    return int(time.time() * 1_000_000)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: the disk (or the database's page limit) has no room."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +86,34 @@ class Outbox:
         site: str,
         gateway: str,
         topic_prefix: str = "massgate",
+        max_age: dict[str, float] | None = None,
     ) -> None:
         self.path = str(path)
         self.max_bytes = max_bytes
         self.site = site
         self.gateway = gateway
         self.topic_prefix = topic_prefix
+        self.max_age = {Priority[k.upper()]: v for k, v in (max_age or {}).items()}
+        self.moved_aside: str | None = None  # where an unreadable database was put
+        self.moved_aside_reason: str | None = None
         self.conn = self._open()
+        self.epoch = self._meta("epoch")
         # Kept in memory so that a put does not scan a million-record backlog to learn its size.
-        self._bytes = int(
-            self.conn.execute("SELECT coalesce(sum(size), 0) FROM outbox").fetchone()[0]
-        )
+        size, count = self.conn.execute(
+            "SELECT coalesce(sum(size), 0), count(*) FROM outbox"
+        ).fetchone()
+        self._bytes, self._count = int(size), int(count)
+        self._topics: dict[str, str] = {}
+        self.evictions = 0  # goes up whenever records are dropped, so readers re-take
+        self._dropped = self._load_dropped()
+        self._limit = max_bytes  # lowered while the disk is full
+        self._full_at = -math.inf
+        self._held: list[Record] = []
+        self._held_totals: dict[str, Any] = {}
+        self._held_meta: dict[str, str] = {}
+        self._expired_at = -math.inf
+        self._drops_logged_at = -math.inf
+        self._drops_unlogged: dict[str, int] = {}
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -88,6 +136,8 @@ class Outbox:
                 src = Path(self.path + suffix)
                 if src.exists():
                     src.rename(aside + suffix)
+            self.moved_aside = aside
+            self.moved_aside_reason = str(exc)
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -129,9 +179,11 @@ class Outbox:
                 ["kind", "created"], index_name="archive_kind", if_not_exists=True
             )
             conn.execute("BEGIN IMMEDIATE")
+            start = str(first_seq())
             conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?), ('next_seq', '1')",
-                (secrets.token_hex(8),),
+                "INSERT OR IGNORE INTO meta(key, value) "
+                "VALUES ('epoch', ?), ('next_seq', ?), ('first_seq', ?)",
+                (secrets.token_hex(8), start, start),
             )
             conn.execute("COMMIT")
             conn.execute("SELECT count(*) FROM outbox").fetchone()  # proves the file is readable
@@ -141,6 +193,14 @@ class Outbox:
         return conn
 
     def close(self) -> None:
+        if self._held or self._held_totals or self._held_meta:
+            with contextlib.suppress(sqlite3.Error):
+                self.put([])
+            if self._held:
+                log.error(
+                    "outbox: %d records could not be written (disk full) and are lost at exit",
+                    len(self._held),
+                )
         self.conn.close()
 
     # --- the contract ---------------------------------------------------------------------
@@ -154,16 +214,47 @@ class Outbox:
     ) -> list[int]:
         """Commit records (and stream totals, and meta values) in one transaction.
 
-        Returns the records' sequence numbers. Records of an archived kind are also copied to
-        the archive, where they stay after the broker has acknowledged them.
+        Returns the records' sequence numbers (of records held from an earlier put that
+        failed for a full disk as well). Records of an archived kind are also copied to the
+        archive, where they stay after the broker has acknowledged them. When the disk is
+        full and no room can be made, the records are held and [] is returned.
         """
+        if self._held or self._held_totals or self._held_meta:
+            records = [*self._held, *records]
+            totals = {**self._held_totals, **(totals or {})}
+            meta = {**self._held_meta, **(meta or {})}
+            self._held, self._held_totals, self._held_meta = [], {}, {}
         if not records and not totals and not meta:
             return []
+        now = time.time()
+        if self._limit < self.max_bytes and now - self._full_at > FULL_RECOVERY:
+            self._limit = self.max_bytes
+            log.info("outbox: no disk-full error for %.0f s; the bound is back", FULL_RECOVERY)
+        if self.max_age and now - self._expired_at >= EXPIRE_EVERY:
+            self._expired_at = now
+            self._expire(now)
+        for attempt in (1, 2):
+            try:
+                return self._put(records, totals, meta)
+            except sqlite3.OperationalError as exc:
+                if not disk_full(exc):
+                    raise
+                self._full_at = time.time()
+                if attempt == 1:
+                    self._make_room()
+        self._hold(records, totals, meta)
+        return []
+
+    def _put(
+        self,
+        records: Sequence[Record],
+        totals: dict[str, Any] | None,
+        meta: dict[str, str] | None,
+    ) -> list[int]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             next_seq = int(self._meta("next_seq"))
-            epoch = self._meta("epoch")
             rows = []
             for offset, record in enumerate(records):
                 seq = next_seq + offset
@@ -172,7 +263,7 @@ class Outbox:
                     "kind": record.kind,
                     "site": self.site,
                     "gateway": self.gateway,
-                    "epoch": epoch,
+                    "epoch": self.epoch,
                     "seq": seq,
                     "created": utc(record.created),
                     **record.body,
@@ -208,57 +299,158 @@ class Outbox:
                     [(name, json.dumps(state), now) for name, state in totals.items()],
                 )
             added = sum(row[5] for row in rows)
-            evicted = self._evict(self._bytes + added)
+            evicted, dropped = self._evict(self._bytes + added, self._limit)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         self._bytes += added - evicted
+        self._count += len(rows) - sum(dropped.values())
+        self._count_dropped(dropped)
         return [row[0] for row in rows]
 
-    def take(self, n: int, *, exclude: Iterable[int] = ()) -> list[Message]:
-        """The next `n` messages to send: highest priority first, oldest first within one."""
-        skip = set(exclude)
-        rows = self.conn.execute(
-            "SELECT seq, priority, kind, payload FROM outbox ORDER BY priority DESC, seq LIMIT ?",
-            (n + len(skip),),
-        ).fetchall()
-        return [
-            Message(seq, priority, topic(self.topic_prefix, self.site, self.gateway, kind), payload)
-            for seq, priority, kind, payload in rows
-            if seq not in skip
-        ][:n]
+    def _make_room(self) -> None:
+        """The disk is full: evict below what the file now holds and give the space back."""
+        self._limit = max(int(self._bytes * 0.8), 0)
+        log.error(
+            "outbox: the disk is full; the bound is lowered to %d bytes for now and the "
+            "lowest-priority records make room",
+            self._limit,
+        )
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                freed, dropped = self._evict(self._bytes, self._limit)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+            self._bytes -= freed
+            self._count -= sum(dropped.values())
+            self._count_dropped(dropped)
+            # The pages freed are in the WAL until a checkpoint writes them back.
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if not disk_full(exc):
+                raise
+            log.error("outbox: the disk is too full even to evict: %s", exc)
 
-    def ack(self, seqs: Iterable[int]) -> None:
-        """Delete records the broker has acknowledged."""
+    def _hold(
+        self,
+        records: Sequence[Record],
+        totals: dict[str, Any] | None,
+        meta: dict[str, str] | None,
+    ) -> None:
+        held = list(records)
+        if len(held) > HELD_MAX:
+            # Lowest priority, oldest first, as the outbox itself drops.
+            order = sorted(range(len(held)), key=lambda i: (held[i].priority, i))
+            lost = set(order[: len(held) - HELD_MAX])
+            dropped: dict[int, int] = {}
+            for i in lost:
+                dropped[int(held[i].priority)] = dropped.get(int(held[i].priority), 0) + 1
+            held = [r for i, r in enumerate(held) if i not in lost]
+            self._count_dropped(dropped, persist=True, why="disk full, held in memory")
+        self._held, self._held_totals, self._held_meta = held, totals or {}, meta or {}
+        log.error(
+            "outbox: the disk is full; %d records are held in memory until there is room",
+            len(held),
+        )
+
+    def take(
+        self, n: int, *, exclude: Iterable[int] = (), after: tuple[int, int] | None = None
+    ) -> list[Message]:
+        """The next `n` messages to send: highest priority first, oldest first within one.
+
+        `after` (priority, seq) continues from the last message taken, without reading
+        again what was taken before it.
+        """
+        skip = set(exclude)
+        if after is None:
+            rows = self.conn.execute(
+                "SELECT seq, priority, kind, payload FROM outbox "
+                "ORDER BY priority DESC, seq LIMIT ?",
+                (n + len(skip),),
+            ).fetchall()
+            kept = [row for row in rows if row[0] not in skip][:n]
+        else:
+            # Records before the key were taken already; some after it may be too (in flight
+            # or acknowledged but not yet deleted), and are skipped without reading them all.
+            kept = []
+            while not kept:
+                rows = self.conn.execute(
+                    "SELECT seq, priority, kind, payload FROM outbox "
+                    "WHERE priority < ? OR (priority = ? AND seq > ?) "
+                    "ORDER BY priority DESC, seq LIMIT ?",
+                    (after[0], after[0], after[1], n),
+                ).fetchall()
+                if not rows:
+                    break
+                kept = [row for row in rows if row[0] not in skip]
+                after = (rows[-1][1], rows[-1][0])
+        return [
+            Message(seq, priority, self._topic(kind), payload)
+            for seq, priority, kind, payload in kept
+        ]
+
+    def _topic(self, kind: str) -> str:
+        found = self._topics.get(kind)
+        if found is None:
+            found = self._topics[kind] = topic(self.topic_prefix, self.site, self.gateway, kind)
+        return found
+
+    def ack(self, seqs: Iterable[int]) -> bool:
+        """Delete records the broker has acknowledged.
+
+        Without a disk sync (see the module's note). Returns False when the disk is too
+        full to record the deletion; the caller keeps the acknowledgements and tries again.
+        """
         seqs = list(seqs)
         if not seqs:
-            return
-        freed = 0
-        self.conn.execute("BEGIN IMMEDIATE")
+            return True
+        freed = deleted = 0
+        conn = self.conn
         try:
-            for seq in seqs:
-                row = self.conn.execute(
-                    "DELETE FROM outbox WHERE seq = ? RETURNING size", (seq,)
-                ).fetchone()
-                if row is not None:  # already evicted, or a duplicate PUBACK
-                    freed += int(row[0])
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(seqs), ACK_CHUNK):
+                    chunk = seqs[start : start + ACK_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    # Some may be gone already: evicted, or a duplicate PUBACK.
+                    sizes = conn.execute(
+                        f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING size", chunk
+                    ).fetchall()
+                    freed += sum(size for (size,) in sizes)
+                    deleted += len(sizes)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if not disk_full(exc):
+                raise
+            log.error("outbox: the disk is full; acknowledged records are deleted later")
+            return False
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
         self._bytes -= freed
+        self._count -= deleted
+        return True
 
     # --- bounds and bookkeeping -----------------------------------------------------------
 
-    def _evict(self, size: int) -> int:
-        """Inside a transaction: drop lowest-priority, oldest records until under the bound.
+    def _evict(self, size: int, limit: int) -> tuple[int, dict[int, int]]:
+        """Inside a transaction: drop lowest-priority, oldest records until under `limit`.
 
-        Returns the bytes freed.
+        Returns the bytes freed and the records dropped by priority.
         """
-        if size <= self.max_bytes:
-            return 0
-        excess = size - self.max_bytes
+        if size <= limit:
+            return 0, {}
+        excess = size - limit
         freed = 0
         dropped: dict[int, int] = {}
         cursor = self.conn.execute("SELECT seq, priority, size FROM outbox ORDER BY priority, seq")
@@ -271,15 +463,81 @@ class Outbox:
             excess -= row_size
             freed += row_size
         self.conn.executemany("DELETE FROM outbox WHERE seq = ?", victims)
+        self._persist_dropped(dropped)
+        return freed, dropped
+
+    def _expire(self, now: float) -> None:
+        """Drop records older than their priority's maximum age (counted as dropped)."""
+        dropped: dict[int, int] = {}
+        freed = 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for priority, age in self.max_age.items():
+                count, size = self.conn.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
+                    "WHERE priority = ? AND created < ?",
+                    (int(priority), now - age),
+                ).fetchone()
+                if count:
+                    self.conn.execute(
+                        "DELETE FROM outbox WHERE priority = ? AND created < ?",
+                        (int(priority), now - age),
+                    )
+                    dropped[int(priority)] = int(count)
+                    freed += int(size)
+            self._persist_dropped(dropped)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self._bytes -= freed
+        self._count -= sum(dropped.values())
+        if dropped:
+            self._count_dropped(dropped, persist=False, why="older than outbox.max_age")
+
+    def _persist_dropped(self, dropped: dict[int, int]) -> None:
         for priority, count in dropped.items():
-            key = f"dropped_{Priority(priority).name.lower()}"
             self.conn.execute(
                 "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
                 "SET value = CAST(value AS INTEGER) + excluded.value",
-                (key, str(count)),
+                (f"dropped_{Priority(priority).name.lower()}", str(count)),
             )
-        log.warning("outbox full (%d bytes): dropped %s", self.max_bytes, dropped)
-        return freed
+
+    def _count_dropped(
+        self, dropped: dict[int, int], *, persist: bool = False, why: str = "outbox full"
+    ) -> None:
+        """After the transaction that dropped records: the in-memory counts and the log."""
+        if not dropped:
+            return
+        self.evictions += 1
+        if persist:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._persist_dropped(dropped)
+                self.conn.execute("COMMIT")
+        named = {Priority(p).name.lower(): n for p, n in sorted(dropped.items())}
+        for name, count in named.items():
+            self._dropped[name] = self._dropped.get(name, 0) + count
+            self._drops_unlogged[name] = self._drops_unlogged.get(name, 0) + count
+        # A full outbox drops at every cycle: say it at once, then once a minute in sum.
+        now = time.monotonic()
+        if now - self._drops_logged_at >= DROP_LOG_EVERY:
+            log.warning(
+                "outbox: %s (bound %d bytes): dropped %s; %s since the database was made",
+                why,
+                self._limit,
+                self._drops_unlogged,
+                self._dropped,
+            )
+            self._drops_logged_at = now
+            self._drops_unlogged = {}
+
+    def _load_dropped(self) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT key, value FROM meta WHERE key LIKE 'dropped_%'"
+        ).fetchall()
+        return {key.removeprefix("dropped_"): int(value) for key, value in rows}
 
     def _meta(self, key: str) -> str:
         value = self.meta(key)
@@ -287,16 +545,19 @@ class Outbox:
         return value
 
     def depth(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """Records waiting to be sent."""
+        return self._count
 
     def size(self) -> int:
         return self._bytes
 
     def dropped(self) -> dict[str, int]:
-        rows = self.conn.execute(
-            "SELECT key, value FROM meta WHERE key LIKE 'dropped_%'"
-        ).fetchall()
-        return {key.removeprefix("dropped_"): int(value) for key, value in rows}
+        """Records dropped since the database was made, by priority name."""
+        return dict(self._dropped)
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest record put (one less than the first if none)."""
+        return int(self._meta("next_seq")) - 1
 
     def oldest_age(self, now: float | None = None) -> float | None:
         row = self.conn.execute("SELECT min(created) FROM outbox").fetchone()

@@ -3,12 +3,22 @@
 paho-mqtt runs on one thread of ours (not paho's own loop thread, whose reconnect logic
 swallows the reason a connection failed): every paho call happens on that thread, which
 connects with capped, jittered backoff across the configured brokers and says in one log
-line why a connection failed. The asyncio side owns the outbox and the window.
+line why a connection failed. It runs paho's external-loop API (`loop_read`, `loop_write`,
+`loop_misc`) around its own select(), which also watches a socket pair the asyncio side
+writes to when it hands over messages, so a message waits for no timer.
 
 The outbox is the only copy that matters. A fresh paho client is made for every connection,
 so paho never re-sends on its own; after a disconnect the window is cleared and the records
 are taken again from the outbox. A PUBACK lost with the link means a duplicate, never a gap
 (at-least-once); consumers drop duplicates by (epoch, seq).
+
+Throughput comes from batching on both sides of the thread boundary: messages are taken
+from the outbox a thousand at a time and handed over in lists, ahead of the window (paho
+holds the window of QoS 1 messages in flight and queues the rest, as when it is used
+alone, so a PUBACK releases the next message without a round trip through asyncio),
+PUBACKs come back in lists,
+and acknowledged records are deleted in one transaction every quarter second (without a
+disk sync: an acknowledgement lost to a power cut costs a duplicate, never a record).
 """
 
 from __future__ import annotations
@@ -17,18 +27,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import random
+import select
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .config import BrokerEndpoint, MqttConfig
@@ -39,6 +53,14 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 60.0
+PREFETCH = 1000  # messages taken from the outbox at once
+AHEAD = 500  # messages handed to the paho thread beyond the window, so it never waits for us
+ACK_POST = 200  # PUBACKs reported to the asyncio side at once...
+ACK_POST_DELAY = 0.02  # ... or after this many seconds
+ACK_FLUSH = 0.25  # s between deletions of acknowledged records
+ACK_BATCH = 2000  # ... or sooner when this many are waiting
+CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
+STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye)
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -49,6 +71,37 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     if config.client_cert is not None and config.client_key is not None:
         context.load_cert_chain(str(config.client_cert), str(config.client_key))
     return context
+
+
+def read_password(config: MqttConfig) -> str | None:
+    """The broker password from its file or environment variable; never logged.
+
+    Read at every connection attempt, so a corrected file takes effect without a restart.
+    Raises ValueError saying what is missing (but not the secret).
+    """
+    if config.password_env is not None:
+        value = os.environ.get(config.password_env)
+        if value is None:
+            raise ValueError(
+                f"mqtt.password_env: the environment variable {config.password_env} is not set"
+            )
+        return value
+    if config.password_file is not None:
+        path = config.password_file
+        raw = str(path)
+        if CREDENTIALS in raw:  # systemd's LoadCredential= directory, known only at run time
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if directory is None:
+                raise ValueError(
+                    f"mqtt.password_file names {CREDENTIALS}, which systemd sets only for a "
+                    "service with LoadCredential="
+                )
+            path = Path(directory) / raw.split(CREDENTIALS, 1)[1].lstrip("/")
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"mqtt.password_file: cannot read {path}: {exc.strerror}") from None
+    return None
 
 
 def describe_failure(endpoint: BrokerEndpoint, exc: BaseException) -> str:
@@ -99,21 +152,23 @@ class LinkStatus:
     connects: int = 0
     published: int = 0
     acked: int = 0
+    window: int = 0  # messages in flight allowed on this connection
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Outgoing:
     generation: int
     message: Message
+    retain: bool = False
 
 
 @dataclass
 class _Events:
     """What the link thread reports back, delivered on the asyncio loop."""
 
-    on_connected: Callable[[int, str], None]
+    on_connected: Callable[[int, str, int], None]
     on_disconnected: Callable[[int, str | None], None]
-    on_ack: Callable[[int, int, bool], None]
+    on_acks: Callable[[int, list[tuple[int, bool]]], None]
 
 
 class BrokerLink(threading.Thread):
@@ -136,26 +191,38 @@ class BrokerLink(threading.Thread):
         self.will = will
         self.events = events
         self.loop = loop
-        self.outgoing: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
+        self.outgoing: queue.SimpleQueue[list[_Outgoing] | None] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.generation = 0
         self.context = tls_context(config) if any(b.tls for b in config.brokers) else None
-        self._password = self._read_password()
         self._goodbye: bytes | None = None
-
-    def _read_password(self) -> str | None:
-        if self.config.password_file is None:
-            return None
-        return self.config.password_file.read_text(encoding="utf-8").strip()
+        self._receive_maximum: dict[str, int] = {}  # what each broker said in CONNACK
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed as this thread finished
             self.loop.call_soon_threadsafe(fn, *args)
 
+    def send(self, items: list[_Outgoing]) -> None:
+        """Hand messages to the thread (from the asyncio side) and wake its select()."""
+        self.outgoing.put(items)
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe is awake already
+            self._wake_w.send(b"\0")
+
     def stop(self, goodbye: bytes | None = None) -> None:
         self._goodbye = goodbye
         self.stopping.set()
         self.outgoing.put(None)
+        self._nudge()
+
+    def close(self) -> None:
+        self._wake_r.close()
+        self._wake_w.close()
 
     def run(self) -> None:
         backoff = BACKOFF_MIN
@@ -164,15 +231,19 @@ class BrokerLink(threading.Thread):
         last_reason: str | None = None
         while not self.stopping.is_set():
             endpoint = brokers[index % len(brokers)]
-            index += 1
             self.generation += 1
-            reason = self._session(endpoint, self.generation)
+            try:
+                reason = self._session(endpoint, self.generation)
+            except Exception as exc:  # a bug here must not end publishing for good
+                log.exception("MQTT: unexpected error in the connection to %s", endpoint)
+                reason = f"{endpoint}: unexpected error: {exc!r}"
             if self.stopping.is_set():
                 break
-            if reason is None:  # it was connected: start the backoff afresh
+            if reason is None:  # it was connected: start the backoff afresh, same broker
                 backoff = BACKOFF_MIN
                 last_reason = None
                 continue
+            index += 1  # fail over to the next broker in the list
             self._post(self.events.on_disconnected, -1, reason)
             if reason != last_reason:
                 log.error("MQTT: %s; retrying with backoff", reason)
@@ -180,11 +251,13 @@ class BrokerLink(threading.Thread):
                 log.debug("MQTT: %s", reason)
             last_reason = reason
             # Capped exponential backoff with full jitter: a site's gateways that lost the
-            # broker together do not all come back in the same second.
-            self.stopping.wait(random.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            # broker together do not all come back in the same second. The whole list is
+            # tried before the wait grows.
+            if index % len(brokers) == 0:
+                self.stopping.wait(random.uniform(backoff / 2, backoff))
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _client(self, generation: int) -> mqtt.Client:
+    def _client(self) -> mqtt.Client:
         v5 = self.config.protocol == "5"
         client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -195,30 +268,41 @@ class BrokerLink(threading.Thread):
         )
         client.will_set(self.status_topic, self.will, qos=1, retain=True)
         if self.config.username is not None:
-            client.username_pw_set(self.config.username, self._password)
-        client.max_inflight_messages_set(self.config.in_flight)
+            client.username_pw_set(self.config.username, read_password(self.config))
+        # paho keeps the window in flight (set per session) and queues what was handed over
+        # beyond it.
         client.max_queued_messages_set(0)
         return client
 
     def _session(self, endpoint: BrokerEndpoint, generation: int) -> str | None:
         """One connection, start to end. Returns why it failed, or None after a good session."""
-        client = self._client(generation)
+        try:
+            client = self._client()
+        except ValueError as exc:
+            return str(exc)
         if endpoint.tls:
             assert self.context is not None
             client.tls_set_context(self.context)
         mids: dict[int, int] = {}
-        state: dict[str, Any] = {"connack": None, "gone": None}
+        acks: list[tuple[int, bool]] = []
+        window = min(self.config.in_flight, self._receive_maximum.get(str(endpoint), 65535))
+        client.max_inflight_messages_set(window)
+        state: dict[str, Any] = {"connack": None, "gone": None, "receive_maximum": None}
 
-        def on_connect(c: mqtt.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
+        def on_connect(c: mqtt.Client, u: Any, f: Any, rc: ReasonCode, props: Any) -> None:
             state["connack"] = rc
+            # MQTT 5: never more in flight than the broker says it can receive.
+            receive_maximum = getattr(props, "ReceiveMaximum", None)
+            if receive_maximum:
+                state["receive_maximum"] = int(receive_maximum)
 
         def on_disconnect(c: mqtt.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
             state["gone"] = rc
 
         def on_publish(c: mqtt.Client, u: Any, mid: int, rc: ReasonCode, p: Any) -> None:
             seq = mids.pop(mid, None)
-            if seq is not None and seq >= 0:
-                self._post(self.events.on_ack, generation, seq, not rc.is_failure)
+            if seq is not None and seq != STATUS_SEQ:
+                acks.append((seq, not rc.is_failure))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -233,7 +317,7 @@ class BrokerLink(threading.Thread):
             if self.stopping.is_set() or time.monotonic() > deadline:
                 client.disconnect()
                 return f"{endpoint}: no CONNACK from the broker"
-            if client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and state["connack"] is None:
+            if self._pump(client, 0.05) != mqtt.MQTT_ERR_SUCCESS and state["connack"] is None:
                 return f"{endpoint}: connection closed before CONNACK"
         connack = state["connack"]
         if connack is None or connack.is_failure:
@@ -241,19 +325,43 @@ class BrokerLink(threading.Thread):
             why = connack.getName() if connack is not None else state["gone"]
             return f"{endpoint}: the broker refused the connection: {why}"
 
+        receive_maximum = state["receive_maximum"]
+        if receive_maximum is not None and receive_maximum < window:
+            # paho cannot narrow its window on a live connection: reconnect with it narrowed.
+            self._receive_maximum[str(endpoint)] = receive_maximum
+            client.disconnect()
+            return (
+                f"{endpoint}: the broker takes {receive_maximum} messages in flight, fewer than "
+                f"mqtt.in_flight ({self.config.in_flight}); reconnecting with {receive_maximum}"
+            )
         log.info("MQTT: connected to %s", endpoint)
-        client.publish(self.status_topic, self.birth, qos=1, retain=True)
-        self._post(self.events.on_connected, generation, str(endpoint))
+        # The birth is the last health message the asyncio side made (the outbox is not this
+        # thread's to read); a fresh one follows at once.
+        mids[client.publish(self.status_topic, self.birth, qos=1, retain=True).mid] = STATUS_SEQ
+        self._post(self.events.on_connected, generation, str(endpoint), window)
         reason: str | None = None
+        acks_since = 0.0
         while state["gone"] is None:
             if self.stopping.is_set():
-                self._say_goodbye(client, mids)
+                self._say_goodbye(client, generation, mids, acks)
                 break
-            self._send_waiting(client, generation, mids)
-            rc = client.loop(0.02)
+            self._send_waiting(client, generation, mids, acks)
+            rc = self._pump(client, ACK_POST_DELAY if acks else 1.0)
+            if acks:
+                # PUBACKs go back in batches: waking the asyncio side for each one would
+                # keep both threads fighting over the GIL.
+                now = time.monotonic()
+                acks_since = acks_since or now
+                if len(acks) >= ACK_POST or now - acks_since >= ACK_POST_DELAY:
+                    self._post(self.events.on_acks, generation, acks[:])
+                    acks.clear()
+                    acks_since = 0.0
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 reason = f"{endpoint}: connection lost ({mqtt.error_string(rc)})"
                 break
+        if acks:  # PUBACKs that came in before the end of the connection count
+            self._post(self.events.on_acks, generation, acks[:])
+            acks.clear()
         if state["gone"] is not None and reason is None and not self.stopping.is_set():
             reason = f"{endpoint}: disconnected by the broker ({state['gone']})"
         self._post(self.events.on_disconnected, generation, reason)
@@ -261,32 +369,79 @@ class BrokerLink(threading.Thread):
             log.warning("MQTT: %s", reason)
         return None  # it was connected: reconnect soon, not after a long backoff
 
-    def _send_waiting(self, client: mqtt.Client, generation: int, mids: dict[int, int]) -> None:
+    def _pump(self, client: mqtt.Client, timeout: float) -> MQTTErrorCode:
+        """One round of paho's external loop: wait for the socket or a nudge, read, write."""
+        sock = client.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        # Bytes already decrypted inside the TLS layer do not wake select().
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        writing = [sock] if client.want_write() else []
+        try:
+            readable, writable, _ = select.select(
+                [sock, self._wake_r], writing, [], 0.0 if pending else timeout
+            )
+        except (OSError, ValueError):
+            return mqtt.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if sock in readable or pending:
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+        if writable or client.want_write():
+            rc = client.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+        return client.loop_misc()
+
+    def _send_waiting(
+        self,
+        client: mqtt.Client,
+        generation: int,
+        mids: dict[int, int],
+        acks: list[tuple[int, bool]],
+    ) -> None:
         while True:
             try:
-                item = self.outgoing.get_nowait()
+                items = self.outgoing.get_nowait()
             except queue.Empty:
                 return
-            if item is None or item.generation != generation:
-                continue  # handed over for a connection that is gone; it is still in the outbox
-            info = client.publish(item.message.topic, item.message.payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                # Not sent; drop from the window so it is taken again from the outbox.
-                self._post(self.events.on_ack, generation, item.message.seq, False)
+            if items is None:
                 continue
-            mids[info.mid] = item.message.seq
+            for item in items:
+                if item.generation != generation:
+                    continue  # handed over for a connection that is gone; still in the outbox
+                message = item.message
+                info = client.publish(message.topic, message.payload, qos=1, retain=item.retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    # Not sent; out of the window so that it is taken again from the outbox.
+                    if message.seq != STATUS_SEQ:
+                        acks.append((message.seq, False))
+                    continue
+                mids[info.mid] = message.seq
 
-    def _say_goodbye(self, client: mqtt.Client, mids: dict[int, int]) -> None:
+    def _say_goodbye(
+        self,
+        client: mqtt.Client,
+        generation: int,
+        mids: dict[int, int],
+        acks: list[tuple[int, bool]],
+    ) -> None:
         """Wait briefly for PUBACKs still owed, publish 'offline' retained, disconnect."""
         deadline = time.monotonic() + 2.0
         if self._goodbye is not None:
             info = client.publish(self.status_topic, self._goodbye, qos=1, retain=True)
-            mids[info.mid] = -1
+            mids[info.mid] = STATUS_SEQ
         while mids and time.monotonic() < deadline:
-            if client.loop(0.02) != mqtt.MQTT_ERR_SUCCESS:
+            if self._pump(client, 0.05) != mqtt.MQTT_ERR_SUCCESS:
                 break
+        if acks:
+            self._post(self.events.on_acks, generation, acks[:])
+            acks.clear()
         client.disconnect()
-        client.loop(0.1)
+        self._pump(client, 0.1)
 
 
 @dataclass
@@ -297,88 +452,199 @@ class Publisher:
     config: MqttConfig
     site: str
     gateway: str
+    drain_rate: float = 0.0  # messages/s; 0 is no limit
     status: LinkStatus = field(default_factory=LinkStatus)
+    health: Callable[[], dict[str, Any]] | None = None  # extra fields for the status topic
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _in_flight: set[int] = field(default_factory=set)
-    _acks: list[int] = field(default_factory=list)
+    _in_flight: set[int] = field(default_factory=set)  # handed to paho, not acknowledged
+    _acked: list[int] = field(default_factory=list)  # acknowledged, not yet deleted
+    _acked_set: set[int] = field(default_factory=set)
+    _acked_since: float = 0.0
+    _buffer: deque[Message] = field(default_factory=deque)
+    _stale: bool = True  # the buffer must be taken afresh (from the head of the outbox)
+    _cursor: tuple[int, int] | None = None  # (priority, seq) of the last message taken
+    _evictions: int = 0
     _generation: int = 0
+    _tokens: float = 0.0
+    _tokens_at: float = 0.0
+    _next_status: float = 0.0
+    _last_dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def status_topic(self) -> str:
         return topic(self.config.topic_prefix, self.site, self.gateway, "status")
 
-    def wake(self) -> None:
-        """New records were committed."""
+    def wake(self, priority: int = 0) -> None:
+        """New records of up to `priority` were committed."""
+        # Records that rank after the last one taken are found by continuing from it; only
+        # a higher priority has to jump the queue.
+        if self._cursor is None or priority > self._cursor[0]:
+            self._stale = True
         self._wake.set()
 
-    def _status_payload(self, state: str, **extra: Any) -> bytes:
-        body = {"schema": 1, "site": self.site, "gateway": self.gateway, "status": state}
+    def status_payload(self, state: str, **extra: Any) -> bytes:
+        body: dict[str, Any] = {
+            "schema": 1,
+            "kind": "status",
+            "site": self.site,
+            "gateway": self.gateway,
+            "status": state,
+            "time": utc(time.time()),
+        }
+        if state == "online":
+            body["outbox"] = {
+                "depth": self.outbox.depth(),
+                "bytes": self.outbox.size(),
+                "oldest_age_s": _round(self.outbox.oldest_age()),
+                "dropped": self.outbox.dropped(),
+                "last_seq": self.outbox.last_seq(),
+                "epoch": self.outbox.epoch,
+            }
+            body["link"] = {
+                "broker": self.status.broker,
+                "connects": self.status.connects,
+                "published": self.status.published,
+                "acked": self.status.acked,
+            }
+            if self.health is not None:
+                body.update(self.health())
         body.update(extra)
-        body["time"] = utc(time.time())
-        return json.dumps(body, separators=(",", ":")).encode()
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
         link = BrokerLink(
             self.config,
             status_topic=self.status_topic,
-            birth=self._status_payload("online"),
-            will=self._status_payload("offline", reason="connection lost"),
-            events=_Events(self._connected, self._disconnected, self._acked),
+            birth=self.status_payload("online"),
+            will=self.status_payload("offline", reason="connection lost"),
+            events=_Events(self._connected, self._disconnected, self._acks_in),
             loop=loop,
         )
         self._link = link
+        self._tokens_at = loop.time()
         link.start()
         try:
             while not stop.is_set():
-                self._fill_window(link)
+                delay = self._pass(link, loop.time())
                 self._wake.clear()
                 stop_task = asyncio.ensure_future(stop.wait())
                 wake_task = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(
-                    {stop_task, wake_task}, timeout=0.5, return_when="FIRST_COMPLETED"
+                    {stop_task, wake_task}, timeout=delay, return_when="FIRST_COMPLETED"
                 )
                 stop_task.cancel()
                 wake_task.cancel()
             # Drain what is already committed, within the graceful timeout.
             deadline = loop.time() + drain_timeout
             while self.status.connected and loop.time() < deadline:
-                self._fill_window(link)
-                if not self._in_flight:
+                delay = self._pass(link, loop.time())
+                if (
+                    not self._in_flight
+                    and not self._buffer
+                    and self.outbox.depth() == len(self._acked)
+                ):
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 0.1))
         finally:
-            link.stop(goodbye=self._status_payload("offline", reason="stopped"))
+            link.stop(goodbye=self.status_payload("offline", reason="stopped"))
             await asyncio.to_thread(link.join, 10.0)
+            link.close()
+            self._flush_acks()
 
-    def _fill_window(self, link: BrokerLink) -> None:
-        if self._acks:
-            # One transaction for all PUBACKs that came in since the last pass.
-            self.outbox.ack(self._acks)
-            self.status.acked += len(self._acks)
-            self._acks.clear()
+    def _pass(self, link: BrokerLink, now: float) -> float:
+        """Delete what was acknowledged, fill the window; returns how long to wait at most."""
+        if self._acked and (len(self._acked) >= ACK_BATCH or now - self._acked_since >= ACK_FLUSH):
+            self._flush_acks()
+        wait = 0.5
+        if self._acked:
+            wait = min(wait, max(ACK_FLUSH - (now - self._acked_since), 0.01))
         if not self.status.connected:
-            return
-        room = self.config.in_flight - len(self._in_flight)
+            return wait
+        if now >= self._next_status:
+            self._publish_status(link, now)
+        room = self.status.window + AHEAD - len(self._in_flight)
+        if self.drain_rate > 0:
+            # Token bucket: a burst of one window, then drain_rate messages a second.
+            self._tokens = min(
+                self._tokens + (now - self._tokens_at) * self.drain_rate, self.status.window
+            )
+            self._tokens_at = now
+            if self._tokens < 1:
+                return min(wait, (1 - self._tokens) / self.drain_rate)
+            room = min(room, int(self._tokens))
         if room <= 0:
-            return
-        for message in self.outbox.take(room, exclude=self._in_flight):
+            return wait
+        if self.outbox.evictions != self._evictions:
+            self._evictions = self.outbox.evictions
+            self._stale = True  # what was taken may have been dropped since
+        if self._stale or not self._buffer:
+            self._refill()
+        batch: list[_Outgoing] = []
+        while self._buffer and len(batch) < room:
+            message = self._buffer.popleft()
             self._in_flight.add(message.seq)
-            link.outgoing.put(_Outgoing(self._generation, message))
-            self.status.published += 1
+            batch.append(_Outgoing(self._generation, message))
+        if batch:
+            link.send(batch)
+            self.status.published += len(batch)
             self.status.last_publish = time.time()
+            self._tokens -= len(batch)
+        return wait
+
+    def _refill(self) -> None:
+        if self._stale or self._cursor is None:
+            taken = self.outbox.take(PREFETCH, exclude=self._in_flight | self._acked_set)
+        else:
+            # Continuing from the cursor still skips what is in flight or acknowledged: a
+            # retake for a higher priority can move the cursor past records of lower priority
+            # that were already handed over.
+            taken = self.outbox.take(
+                PREFETCH, after=self._cursor, exclude=self._in_flight | self._acked_set
+            )
+        self._buffer = deque(taken)
+        if taken:
+            self._cursor = (taken[-1].priority, taken[-1].seq)
+        self._stale = False
+
+    def _flush_acks(self) -> None:
+        if not self._acked:
+            return
+        # One transaction for all PUBACKs of the last quarter second.
+        self.outbox.ack(self._acked)
+        self.status.acked += len(self._acked)
+        self._acked.clear()
+        self._acked_set.clear()
+
+    def _publish_status(self, link: BrokerLink, now: float) -> None:
+        self._next_status = now + self.config.status_interval
+        payload = self.status_payload("online")
+        link.birth = payload
+        link.send(
+            [
+                _Outgoing(
+                    self._generation,
+                    Message(STATUS_SEQ, 0, self.status_topic, payload),
+                    retain=True,
+                )
+            ]
+        )
 
     # Events from the link thread, run on the asyncio loop in the order they happened.
 
-    def _connected(self, generation: int, broker: str) -> None:
+    def _connected(self, generation: int, broker: str, window: int) -> None:
         self._generation = generation
         self._in_flight.clear()
+        self._buffer.clear()
+        self._stale = True
         self.status.connected = True
         self.status.broker = broker
         self.status.last_error = None
         self.status.connects += 1
+        self.status.window = window
+        self._next_status = 0.0  # the birth message may be old: a fresh one at once
         self._wake.set()
 
     def _disconnected(self, generation: int, reason: str | None) -> None:
@@ -391,13 +657,24 @@ class Publisher:
         self.status.last_error = reason
         # Whatever was in flight is still in the outbox and goes again on the next connection.
         self._in_flight.clear()
+        self._buffer.clear()
 
-    def _acked(self, generation: int, seq: int, ok: bool) -> None:
+    def _acks_in(self, generation: int, acks: list[tuple[int, bool]]) -> None:
         if generation != self._generation:
             return
-        self._in_flight.discard(seq)
-        if ok:
-            self._acks.append(seq)
-        else:
-            log.error("MQTT: the broker refused record %d; it stays in the outbox", seq)
+        now = asyncio.get_running_loop().time()
+        for seq, ok in acks:
+            self._in_flight.discard(seq)
+            if ok:
+                if not self._acked:
+                    self._acked_since = now
+                self._acked.append(seq)
+                self._acked_set.add(seq)
+            else:
+                log.error("MQTT: the broker refused record %d; it stays in the outbox", seq)
+                self._stale = True
         self._wake.set()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

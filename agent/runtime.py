@@ -288,14 +288,23 @@ async def run(
         site=config.gateway.site,
         gateway=config.gateway.id,
         topic_prefix=config.mqtt.topic_prefix if config.mqtt else "massgate",
+        max_age=config.outbox.max_age,
     )
     try:
+        if outbox.moved_aside is not None:
+            outbox_reset_record(outbox)
         gateway = Gateway(config, outbox)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
         pollers = _pollers(config, batches.put_nowait)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
-            publisher = Publisher(outbox, config.mqtt, config.gateway.site, config.gateway.id)
+            publisher = Publisher(
+                outbox,
+                config.mqtt,
+                config.gateway.site,
+                config.gateway.id,
+                drain_rate=config.outbox.drain_rate,
+            )
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
         agent = Agent(config, gateway, outbox, pollers, publisher)
@@ -336,6 +345,26 @@ async def run(
         outbox.close()
 
 
+def outbox_reset_record(outbox: Outbox) -> None:
+    """The first record of a database that replaced an unreadable one says so, so that a
+    consumer seeing the epoch change knows why, and where the old file was kept."""
+    now = time.time()
+    hint = (
+        f"the outbox database was unreadable ({outbox.moved_aside_reason}); it was moved "
+        f"aside to {outbox.moved_aside} and a new one started: records not yet sent from "
+        "it are not sent, and totals restart from zero"
+    )
+    body = {
+        "node": "gateway",
+        "event": "outbox_reset",
+        "since": utc(now),
+        "at": utc(now),
+        "hint": hint,
+        "aside": outbox.moved_aside,
+    }
+    outbox.put([Record("alarm", body, now)])
+
+
 def _pollers(config: Config, emit: Callable[[Batch], None]) -> list[Poller]:
     modbus = tuple(d for d in config.devices if isinstance(d, ModbusDevice))
     pollers: list[Poller] = list(pollers_for(modbus, emit=emit))
@@ -374,4 +403,4 @@ def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> Non
         for kind in ("balance", "alarm", "reconciliation"):
             agent.outbox.prune_archive(kind, time.time() - agent.config.balance_retention)
     if agent.publisher is not None and records:
-        agent.publisher.wake()
+        agent.publisher.wake(max(r.priority for r in records))

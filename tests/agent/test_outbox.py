@@ -24,33 +24,52 @@ def _records(kind: str, n: int, start: int = 0) -> list[Record]:
 
 
 def test_put_take_ack(outbox: Outbox):
+    b = outbox.last_seq()  # seq b + i is the i-th record put
     seqs = outbox.put(_records("totals", 3) + _records("alarm", 2))
-    assert seqs == [1, 2, 3, 4, 5]
+    assert seqs == [b + 1, b + 2, b + 3, b + 4, b + 5]
     taken = outbox.take(10)
     # Alarms first, then oldest first within a priority.
-    assert [m.seq for m in taken] == [4, 5, 1, 2, 3]
+    assert [m.seq - b for m in taken] == [4, 5, 1, 2, 3]
     assert taken[0].topic == "massgate/s/g/alarm"
     payload = json.loads(taken[0].payload)
-    assert payload["seq"] == 4
+    assert payload["seq"] == b + 4
     assert payload["schema"] == 1
     assert payload["kind"] == "alarm"
+    assert payload["epoch"] == outbox.epoch
     assert payload["created"].endswith("Z")
-    assert [m.seq for m in outbox.take(2, exclude={4, 5})] == [1, 2]
-    outbox.ack([4, 1])
-    assert [m.seq for m in outbox.take(10)] == [5, 2, 3]
+    assert [m.seq - b for m in outbox.take(2, exclude={b + 4, b + 5})] == [1, 2]
+    assert outbox.ack([b + 4, b + 1])
+    assert [m.seq - b for m in outbox.take(10)] == [5, 2, 3]
     assert outbox.depth() == 3
+    assert outbox.last_seq() == b + 5
 
 
 def test_sequence_numbers_survive_a_restart(tmp_path: Path):
     path = tmp_path / "state.sqlite"
     first = Outbox(path, max_bytes=10_000_000, site="s", gateway="g")
-    first.put(_records("balance", 3))
-    first.ack([1, 2, 3])
-    epoch = json.loads(first.put(_records("balance", 1)) and first.take(1)[0].payload)["epoch"]
+    seqs = first.put(_records("balance", 3))
+    first.ack(seqs)
+    last = first.put(_records("balance", 1))[0]
+    epoch = first.epoch
     first.close()
     second = Outbox(path, max_bytes=10_000_000, site="s", gateway="g")
-    assert second.put(_records("balance", 1)) == [5]
+    assert second.put(_records("balance", 1)) == [last + 1]
     assert json.loads(second.take(2)[1].payload)["epoch"] == epoch
+    second.close()
+
+
+def test_a_lost_database_never_repeats_a_sequence_number(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    first = Outbox(path, max_bytes=10_000_000, site="s", gateway="g")
+    used = first.put(_records("totals", 1000))
+    epoch = first.epoch
+    first.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    second = Outbox(path, max_bytes=10_000_000, site="s", gateway="g")
+    fresh = second.put(_records("totals", 1))
+    assert fresh[0] > max(used)
+    assert second.epoch != epoch
     second.close()
 
 
@@ -81,9 +100,27 @@ def test_a_corrupt_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCapture
     path = tmp_path / "state.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     box = Outbox(path, max_bytes=10_000_000, site="s", gateway="g")
-    assert box.put(_records("alarm", 1)) == [1]
+    assert box.put(_records("alarm", 1)) == [box.last_seq()]
+    assert box.moved_aside is not None
+    assert "not a database" in (box.moved_aside_reason or "")
     box.close()
     aside = list(tmp_path.glob("state.sqlite.corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_bytes().startswith(b"this is not")
     assert "moved aside" in caplog.text
+
+
+def test_take_continues_after_a_key_and_skips_what_is_out(outbox: Outbox):
+    """The publisher's refill: after a retake for an alarm moved its cursor past totals that
+    are still in flight, continuing from the cursor must not hand those totals over again."""
+    totals = outbox.put(_records("totals", 4))
+    first = outbox.take(2)
+    assert [m.seq for m in first] == totals[:2]
+    alarm = outbox.put(_records("alarm", 1))
+    retake = outbox.take(1, exclude={m.seq for m in first})
+    assert [m.seq for m in retake] == alarm
+    cursor = (retake[0].priority, retake[0].seq)
+    rest = outbox.take(10, after=cursor, exclude={m.seq for m in first})
+    assert [m.seq for m in rest] == totals[2:]
+    # A run of skipped records longer than one read is stepped over, not returned as empty.
+    assert [m.seq for m in outbox.take(1, after=cursor, exclude=set(totals[:3]))] == [totals[3]]
