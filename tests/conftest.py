@@ -65,6 +65,9 @@ class Broker:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # Kept across a restart: a durable subscriber's session and the messages queued for it.
+    persistent: bool = False
+    extra: tuple[str, ...] = ()
 
     def start(self) -> None:
         if not self.port:
@@ -74,8 +77,21 @@ class Broker:
             "\n".join(
                 [
                     "per_listener_settings false",
-                    "allow_anonymous true",
-                    "persistence false",
+                    *(
+                        ("allow_anonymous true",)
+                        if not any(line.startswith("password_file") for line in self.extra)
+                        else ("allow_anonymous false",)
+                    ),
+                    *(
+                        (
+                            "persistence true",
+                            f"persistence_location {self.workdir}/",
+                            "max_queued_messages 0",
+                        )
+                        if self.persistent
+                        else ("persistence false",)
+                    ),
+                    *self.extra,
                     f"user {getpass.getuser()}",
                     "log_dest stderr",
                     "log_type error",
@@ -116,6 +132,11 @@ class Broker:
                 self.process.wait(timeout=5)
         self.process = None
 
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
     @property
     def url(self) -> str:
         return f"mqtts://{LOOPBACK}:{self.port}"
@@ -149,11 +170,21 @@ class Subscriber:
 
     broker: Broker
     topic: str = "massgate/#"
+    durable: bool = False  # a persistent session, so nothing is missed while it reconnects
     messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="")
+        if self.durable:
+            self.client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=f"durable-subscriber-{self.broker.port}",
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+            )
+        else:
+            self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        self.client.reconnect_delay_set(0.1, 0.5)
         context = ssl.create_default_context(cafile=str(self.broker.pki.ca))
         self.client.tls_set_context(context)
         self.subscribed = threading.Event()

@@ -21,6 +21,10 @@ class Pki:
     other_ca: Path
     other_server_cert: Path
     other_server_key: Path
+    expired_cert: Path  # from the site CA, expired yesterday
+    expired_key: Path
+    misnamed_cert: Path  # from the site CA, for broker.example only (not 127.0.0.1)
+    misnamed_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -70,10 +74,18 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
 def _leaf(
-    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common_name: str
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    names: tuple[x509.GeneralName, ...] = (
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ),
+    shift: dt.timedelta = dt.timedelta(0),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC) + shift
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -83,9 +95,7 @@ def _leaf(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(list(names)),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -114,4 +124,19 @@ def make_pki(directory: Path) -> Pki:
         key_path = directory / f"{label}-broker.key"
         _write_key(leaf_key, key_path)
         paths[label] = (ca_path, cert_path, key_path)
-    return Pki(*paths["site"], *paths["other"])
+        if label == "site":
+            site_ca, site_key = ca, ca_key
+    extra = []
+    for label, leaf, leaf_key in (
+        ("expired", *_leaf(site_ca, site_key, "localhost", shift=dt.timedelta(days=-2))),
+        (
+            "misnamed",
+            *_leaf(site_ca, site_key, "broker.example", names=(x509.DNSName("broker.example"),)),
+        ),
+    ):
+        cert_path = directory / f"{label}-broker.pem"
+        cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        key_path = directory / f"{label}-broker.key"
+        _write_key(leaf_key, key_path)
+        extra += [cert_path, key_path]
+    return Pki(*paths["site"], *paths["other"], *extra)
