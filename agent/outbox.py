@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 # Kinds the gateway keeps a copy of after sending, for `massgate report` and audits.
 ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation")
 HELD_MAX = 10_000  # records kept in memory while the disk is full
-FULL_RECOVERY = 600.0  # s without a disk-full error before the configured bound is used again
+FULL_RETRY = 1.0  # s between tries to write held records while the disk is full
+DISK_CHECK = 2.0  # s between looks at the free space on the outbox's disk
+DISK_RESERVE = 4 * 1024 * 1024  # bytes left free on the disk (WAL, journal, other programs)
+DISK_OVERHEAD = 2.0  # bytes of file (indexes, pages, archive copy) per byte of payload
 EXPIRE_EVERY = 60.0  # s between maximum-age sweeps
 ACK_CHUNK = 500  # sequence numbers per DELETE statement
 DROP_LOG_EVERY = 60.0  # s between warnings about dropped records
@@ -106,8 +110,10 @@ class Outbox:
         self._topics: dict[str, str] = {}
         self.evictions = 0  # goes up whenever records are dropped, so readers re-take
         self._dropped = self._load_dropped()
-        self._limit = max_bytes  # lowered while the disk is full
-        self._full_at = -math.inf
+        self._limit = max_bytes  # lowered when the disk has less room than the bound
+        self._full_at = -math.inf  # monotonic time of the last disk-full error
+        self._disk_at = -math.inf
+        self._held_logged_at = -math.inf
         self._held: list[Record] = []
         self._held_totals: dict[str, Any] = {}
         self._held_meta: dict[str, str] = {}
@@ -195,7 +201,7 @@ class Outbox:
     def close(self) -> None:
         if self._held or self._held_totals or self._held_meta:
             with contextlib.suppress(sqlite3.Error):
-                self.put([])
+                self._put_or_hold([], None, None, force=True)
             if self._held:
                 log.error(
                     "outbox: %d records could not be written (disk full) and are lost at exit",
@@ -219,31 +225,76 @@ class Outbox:
         archive, where they stay after the broker has acknowledged them. When the disk is
         full and no room can be made, the records are held and [] is returned.
         """
-        if self._held or self._held_totals or self._held_meta:
+        return self._put_or_hold(records, totals, meta, force=False)
+
+    def _put_or_hold(
+        self,
+        records: Sequence[Record],
+        totals: dict[str, Any] | None,
+        meta: dict[str, str] | None,
+        *,
+        force: bool,
+    ) -> list[int]:
+        held = bool(self._held or self._held_totals or self._held_meta)
+        if held:
             records = [*self._held, *records]
             totals = {**self._held_totals, **(totals or {})}
             meta = {**self._held_meta, **(meta or {})}
             self._held, self._held_totals, self._held_meta = [], {}, {}
         if not records and not totals and not meta:
             return []
+        mono = time.monotonic()
+        if held and not force and mono - self._full_at < FULL_RETRY:
+            self._hold(records, totals, meta)  # the disk was full a moment ago
+            return []
+        self._limit = self._room(mono)
         now = time.time()
-        if self._limit < self.max_bytes and now - self._full_at > FULL_RECOVERY:
-            self._limit = self.max_bytes
-            log.info("outbox: no disk-full error for %.0f s; the bound is back", FULL_RECOVERY)
         if self.max_age and now - self._expired_at >= EXPIRE_EVERY:
             self._expired_at = now
             self._expire(now)
         for attempt in (1, 2):
             try:
-                return self._put(records, totals, meta)
+                seqs = self._put(records, totals, meta)
             except sqlite3.OperationalError as exc:
                 if not disk_full(exc):
                     raise
-                self._full_at = time.time()
+                self._full_at = time.monotonic()
                 if attempt == 1:
                     self._make_room()
+                continue
+            if held:
+                log.warning("outbox: the disk has room again; %d held records written", len(seqs))
+            return seqs
         self._hold(records, totals, meta)
         return []
+
+    def _room(self, mono: float, *, now: bool = False) -> int:
+        """The bound, lowered when the disk holds less than it: eviction by priority then
+        makes room before SQLite finds the disk full, and the bound follows the disk back up.
+        """
+        if self.path == ":memory:":
+            return self.max_bytes
+        if not now and mono - self._disk_at < DISK_CHECK:
+            return self._limit
+        self._disk_at = mono
+        try:
+            st = os.statvfs(Path(self.path).parent)
+        except OSError:
+            return self._limit
+        free = st.f_bavail * st.f_frsize
+        room = self._bytes + int(max(free - DISK_RESERVE, 0) / DISK_OVERHEAD)
+        # With no room to grow the outbox keeps its size: each put evicts what it adds.
+        limit = min(self.max_bytes, max(room, self._bytes))
+        if limit < self.max_bytes and self._limit == self.max_bytes:
+            log.warning(
+                "outbox: the disk has room for about %d bytes of records, less than "
+                "outbox.max_size (%d): the lowest-priority records make room",
+                limit,
+                self.max_bytes,
+            )
+        elif limit == self.max_bytes and self._limit < self.max_bytes:
+            log.info("outbox: the disk has room for outbox.max_size again")
+        return limit
 
     def _put(
         self,
@@ -312,10 +363,9 @@ class Outbox:
 
     def _make_room(self) -> None:
         """The disk is full: evict below what the file now holds and give the space back."""
-        self._limit = max(int(self._bytes * 0.8), 0)
+        self._limit = min(self._room(time.monotonic(), now=True), int(self._bytes * 0.9))
         log.error(
-            "outbox: the disk is full; the bound is lowered to %d bytes for now and the "
-            "lowest-priority records make room",
+            "outbox: the disk is full; the lowest-priority records make room (bound %d bytes)",
             self._limit,
         )
         try:
@@ -354,10 +404,12 @@ class Outbox:
             held = [r for i, r in enumerate(held) if i not in lost]
             self._count_dropped(dropped, persist=True, why="disk full, held in memory")
         self._held, self._held_totals, self._held_meta = held, totals or {}, meta or {}
-        log.error(
-            "outbox: the disk is full; %d records are held in memory until there is room",
-            len(held),
-        )
+        if time.monotonic() - self._held_logged_at >= DROP_LOG_EVERY:
+            self._held_logged_at = time.monotonic()
+            log.error(
+                "outbox: the disk is full; %d records are held in memory until there is room",
+                len(held),
+            )
 
     def take(
         self, n: int, *, exclude: Iterable[int] = (), after: tuple[int, int] | None = None

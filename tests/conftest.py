@@ -89,7 +89,7 @@ class Broker:
                             "max_queued_messages 0",
                         )
                         if self.persistent
-                        else ("persistence false",)
+                        else ("persistence false", "max_queued_messages 0")
                     ),
                     *self.extra,
                     f"user {getpass.getuser()}",
