@@ -58,6 +58,10 @@ ACK_CHUNK = 500  # sequence numbers per DELETE statement
 DROP_LOG_EVERY = 60.0  # s between warnings about dropped records
 
 
+# One encoder for every record: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def first_seq() -> int:
     """A new database's first sequence number: the wall clock in microseconds."""
     return int(time.time() * 1_000_000)
@@ -319,7 +323,7 @@ class Outbox:
                     "created": utc(record.created),
                     **record.body,
                 }
-                payload = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+                payload = _encode(envelope).encode()
                 rows.append(
                     (seq, int(record.priority), record.kind, payload, record.created, len(payload))
                 )

@@ -54,3 +54,16 @@ def test_bench_totalizer_prints_every_kernel_and_the_first_call_times():
     assert "empty cache" in done.stdout
     assert "warm cache" in done.stdout
     assert "agree to 1e-9" in done.stdout
+
+
+def test_bench_outbox_measures_enqueue_both_drains_and_a_backlog():
+    from massgate.agent.bench_outbox import bench_outbox
+
+    f = bench_outbox(messages=600, backlog=2000, points=3, seconds=0.1, rounds=1)
+    assert [e.batch for e in f.enqueue] == [1, 10, 100, 1000]
+    assert all(e.records >= e.batch for e in f.enqueue)
+    assert f.ours_s > 0
+    assert f.raw_s > 0
+    assert f.backlog == 2000
+    assert f.backlog_drain_s > 0
+    assert f.backlog_bytes > 2000 * 50
