@@ -34,7 +34,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,17 @@ class Outbox:
             raise
         return conn
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back itself
+                self.conn.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
         if self._held or self._held_totals or self._held_meta:
             with contextlib.suppress(sqlite3.Error):
@@ -307,8 +318,7 @@ class Outbox:
         meta: dict[str, str] | None,
     ) -> list[int]:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             next_seq = int(self._meta("next_seq"))
             rows = []
             for offset, record in enumerate(records):
@@ -355,11 +365,6 @@ class Outbox:
                 )
             added = sum(row[5] for row in rows)
             evicted, dropped = self._evict(self._bytes + added, self._limit)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
         self._bytes += added - evicted
         self._count += len(rows) - sum(dropped.values())
         self._count_dropped(dropped)
@@ -373,14 +378,8 @@ class Outbox:
             self._limit,
         )
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 freed, dropped = self._evict(self._bytes, self._limit)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise
             self._bytes -= freed
             self._count -= sum(dropped.values())
             self._count_dropped(dropped)
@@ -470,8 +469,7 @@ class Outbox:
         conn = self.conn
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for start in range(0, len(seqs), ACK_CHUNK):
                     chunk = seqs[start : start + ACK_CHUNK]
                     marks = ",".join("?" * len(chunk))
@@ -481,11 +479,6 @@ class Outbox:
                     ).fetchall()
                     freed += sum(size for (size,) in sizes)
                     deleted += len(sizes)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.OperationalError as exc:
             if not disk_full(exc):
                 raise
@@ -526,8 +519,7 @@ class Outbox:
         """Drop records older than their priority's maximum age (counted as dropped)."""
         dropped: dict[int, int] = {}
         freed = 0
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for priority, age in self.max_age.items():
                 count, size = self.conn.execute(
                     "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
@@ -542,11 +534,6 @@ class Outbox:
                     dropped[int(priority)] = int(count)
                     freed += int(size)
             self._persist_dropped(dropped)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("ROLLBACK")
-            raise
         self._bytes -= freed
         self._count -= sum(dropped.values())
         if dropped:
@@ -568,10 +555,8 @@ class Outbox:
             return
         self.evictions += 1
         if persist:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("BEGIN IMMEDIATE")
+            with contextlib.suppress(sqlite3.Error), self._transaction():
                 self._persist_dropped(dropped)
-                self.conn.execute("COMMIT")
         named = {Priority(p).name.lower(): n for p, n in sorted(dropped.items())}
         for name, count in named.items():
             self._dropped[name] = self._dropped.get(name, 0) + count

@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from massgate.agent.config import BrokerEndpoint, MqttConfig
 from tests.tlsfixtures import Pki, make_pki
 
 LOOPBACK = "127.0.0.1"
@@ -52,6 +53,43 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
         return result
 
     return asyncio.run(guarded())
+
+
+def mqtt_config(
+    *ports: int, ca: Path | None, in_flight: int = 20, username: str | None = None, **extra: Any
+) -> MqttConfig:
+    return MqttConfig(
+        brokers=tuple(BrokerEndpoint(host=LOOPBACK, port=p, tls=True) for p in ports),
+        ca_file=ca,
+        client_cert=None,
+        client_key=None,
+        protocol=extra.pop("protocol", "5"),
+        keepalive=10.0,
+        topic_prefix="massgate",
+        in_flight=in_flight,
+        username=username,
+        password_file=extra.pop("password_file", None),
+        password_env=extra.pop("password_env", None),
+        client_id="massgate-test",
+        status_interval=extra.pop("status_interval", 60.0),
+    )
+
+
+def publish_until(publisher: Any, done: Any, *, limit: float = 20.0) -> None:
+    """Run a Publisher until `done()` (checked every 50 ms, at most `limit` seconds), then
+    stop it and wait for it to finish."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(publisher.run(stop))
+        for _ in range(int(limit / 0.05)):
+            if done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    run_async(main())
 
 
 @dataclass

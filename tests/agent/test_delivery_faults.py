@@ -13,34 +13,22 @@ from typing import Any
 
 import pytest
 
-from massgate.agent.config import BrokerEndpoint, MqttConfig
+from massgate.agent.config import MqttConfig
 from massgate.agent.outbox import Outbox
 from massgate.agent.publisher import Publisher
 from massgate.agent.records import Priority, Record
-from tests.conftest import LOOPBACK, Broker, Subscriber, free_port, run_async
+from tests.conftest import (
+    LOOPBACK,
+    Broker,
+    Subscriber,
+    free_port,
+    mqtt_config,
+    publish_until,
+    run_async,
+)
 from tests.tlsfixtures import Pki
 
 SITE, GATEWAY = "s", "g"
-
-
-def mqtt_config(
-    *ports: int, ca: Path, in_flight: int = 20, username: str | None = None, **extra: Any
-) -> MqttConfig:
-    return MqttConfig(
-        brokers=tuple(BrokerEndpoint(host=LOOPBACK, port=p, tls=True) for p in ports),
-        ca_file=ca,
-        client_cert=None,
-        client_key=None,
-        protocol=extra.pop("protocol", "5"),
-        keepalive=10.0,
-        topic_prefix="massgate",
-        in_flight=in_flight,
-        username=username,
-        password_file=extra.pop("password_file", None),
-        password_env=extra.pop("password_env", None),
-        client_id="massgate-test",
-        status_interval=extra.pop("status_interval", 60.0),
-    )
 
 
 def cycle_records(i: int, created: float) -> list[Record]:
@@ -161,17 +149,7 @@ def test_full_outbox_during_an_outage_drops_exactly_the_lowest_priority_oldest(
     assert dropped.get("telemetry", 0) > 0, "the bound was never hit"
     publisher = Publisher(outbox, mqtt_config(broker.port, ca=broker.pki.ca), SITE, GATEWAY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(400):
-            if outbox.depth() == 0:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-
-    run_async(main())
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=20)
     outbox.close()
     assert subscriber.wait_for(
         lambda: (
@@ -207,17 +185,7 @@ def test_fail_over_to_the_next_broker(broker: Broker, subscriber: Subscriber):
     seqs = outbox.put([Record("alarm", {"i": i}, 1_800_000_000.0) for i in range(5)])
     publisher = Publisher(outbox, mqtt_config(dead, broker.port, ca=broker.pki.ca), SITE, GATEWAY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(200):
-            if outbox.depth() == 0:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-
-    run_async(main())
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=10)
     assert outbox.depth() == 0
     assert publisher.status.broker == f"mqtts://{LOOPBACK}:{broker.port}"
     assert subscriber.wait_for(lambda: {m["seq"] for m in arrivals(subscriber)} == set(seqs))
@@ -231,17 +199,11 @@ def _refused(broker: Broker, config: MqttConfig, caplog: pytest.LogCaptureFixtur
     outbox.put([Record("alarm", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, config, SITE, GATEWAY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(300):  # until it has been refused three times
-            if getattr(publisher, "_link", None) is not None and publisher._link.generation >= 3:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
+    def refused_three_times() -> bool:
+        link = getattr(publisher, "_link", None)
+        return link is not None and link.generation >= 3
 
-    run_async(main())
+    publish_until(publisher, refused_three_times, limit=15)
     assert publisher._link.generation >= 3, "it did not retry"
     assert not publisher.status.connected
     assert outbox.depth() == 1  # nothing lost
@@ -315,17 +277,7 @@ def test_status_topic_carries_health_and_a_retained_goodbye(broker: Broker, subs
     outbox.put([Record("totals", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, mqtt_config(broker.port, ca=broker.pki.ca), SITE, GATEWAY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(200):
-            if outbox.depth() == 0:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-
-    run_async(main())
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=10)
     outbox.close()
     assert subscriber.wait_for(
         lambda: any(m.get("status") == "offline" for m in subscriber.records("status"))

@@ -13,11 +13,11 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from massgate.agent.config import BrokerEndpoint, MqttConfig
 from massgate.agent.outbox import Outbox
 from massgate.agent.publisher import Publisher
 from massgate.agent.runtime import outbox_reset_record
 from massgate.drivers.sim.faults import Fault
+from tests.conftest import mqtt_config
 
 from . import plantrun
 from .test_balance_plant import MAGMETER_CONFIG, MAGMETER_PLANT
@@ -80,21 +80,7 @@ def test_status_and_outbox_reset_payloads_match_their_schemas(tmp_path: Path):
     outbox_reset_record(outbox)
     (reset,) = [json.loads(m.payload) for m in outbox.take(10)]
     assert problems("alarm", reset) == []
-    config = MqttConfig(
-        brokers=(BrokerEndpoint(host="127.0.0.1", port=8883, tls=True),),
-        ca_file=None,
-        client_cert=None,
-        client_key=None,
-        protocol="5",
-        keepalive=30.0,
-        topic_prefix="massgate",
-        in_flight=20,
-        username=None,
-        password_file=None,
-        password_env=None,
-        client_id="c",
-        status_interval=60.0,
-    )
+    config = mqtt_config(8883, ca=None)
     publisher = Publisher(outbox, config, "s", "g")
     online = json.loads(publisher.status_payload("online"))
     offline = json.loads(publisher.status_payload("offline", reason="stopped"))

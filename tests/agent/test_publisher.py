@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import pytest
 
-from massgate.agent.config import BrokerEndpoint, MqttConfig
+from massgate.agent.config import MqttConfig
 from massgate.agent.outbox import Outbox
 from massgate.agent.publisher import Publisher
 from massgate.agent.records import Record
-from tests.conftest import Broker, Subscriber, run_async
+from tests.conftest import Broker, Subscriber, mqtt_config, publish_until
 
 
 def _mqtt(broker: Broker, ca: Path) -> MqttConfig:
-    return MqttConfig(
-        brokers=(BrokerEndpoint(host="127.0.0.1", port=broker.port, tls=True),),
-        ca_file=ca,
-        client_cert=None,
-        client_key=None,
-        protocol="5",
-        keepalive=10.0,
-        topic_prefix="massgate",
-        in_flight=5,
-        username=None,
-        password_file=None,
-        password_env=None,
-        client_id="massgate-test",
-        status_interval=60.0,
-    )
+    return mqtt_config(broker.port, ca=ca, in_flight=5)
 
 
 def test_records_are_deleted_only_after_puback(broker: Broker, subscriber: Subscriber):
@@ -38,17 +23,7 @@ def test_records_are_deleted_only_after_puback(broker: Broker, subscriber: Subsc
     seqs = outbox.put([Record("totals", {"i": i}, 1_800_000_000.0) for i in range(50)])
     publisher = Publisher(outbox, _mqtt(broker, broker.pki.ca), "s", "g")
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(200):
-            if outbox.depth() == 0:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-
-    run_async(main())
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=10)
     assert outbox.depth() == 0
     assert subscriber.wait_for(lambda: len(subscriber.records("totals")) == 50)
     assert sorted(m["seq"] for m in subscriber.records("totals")) == seqs
@@ -63,17 +38,7 @@ def test_a_broker_certificate_from_another_ca_is_refused(
     outbox.put([Record("alarm", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, _mqtt(stranger_broker, stranger_broker.pki.ca), "s", "g")
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(publisher.run(stop))
-        for _ in range(200):
-            if publisher.status.last_error:
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-
-    run_async(main())
+    publish_until(publisher, lambda: bool(publisher.status.last_error), limit=10)
     assert not publisher.status.connected
     error = publisher.status.last_error or ""
     assert "certificate was rejected" in error
