@@ -468,7 +468,6 @@ class Publisher:
     _tokens: float = 0.0
     _tokens_at: float = 0.0
     _next_status: float = 0.0
-    _last_dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def status_topic(self) -> str:
