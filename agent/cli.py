@@ -20,15 +20,9 @@ log = logging.getLogger("massgate")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    # pymodbus logs every failed connect at WARNING; the driver already says it once, clearly.
-    logging.getLogger("pymodbus").setLevel(logging.ERROR)
-    # asyncua narrates every node it creates and every session at INFO: noise in the journal.
-    if not verbose:
-        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    from . import journal
+
+    journal.setup(verbose)
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -87,19 +81,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     _setup_logging(args.verbose)
     _check_numba_cache()
+    import time
+
     from .runtime import run
+    from .sdnotify import Notifier
+    from .statusserver import AlreadyRunning
+
+    path = Path(args.config)
+    started = time.time()
 
     async def main() -> None:
         shutdown = asyncio.Event()
+        reload = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Signal handlers belong to the real entry point only; tests inject `shutdown`.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
-        await run(config, shutdown=shutdown)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        notifier = Notifier()
+        try:
+            current: config_module.Config | None = config
+            while current is not None:
+                current = await run(
+                    current,
+                    shutdown=shutdown,
+                    reload=reload,
+                    load=lambda: config_module.load(path),
+                    notifier=notifier,
+                    started=started,
+                )
+        finally:
+            notifier.close()
 
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except (AlreadyRunning, OSError) as exc:
         log.error("cannot run: %s", exc)
         return EXIT_FAILED
     return EXIT_OK
@@ -196,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    from . import bench, reconcilecmd, report, sitetools
+    from . import bench, reconcilecmd, report, sitetools, statuscmd
 
+    statuscmd.add_command(sub)
     sitetools.add_commands(sub)
     bench.add_commands(sub)
     reconcilecmd.add_command(sub)

@@ -8,6 +8,7 @@ is clean.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import itertools
 import math
 from dataclasses import dataclass, field, replace
@@ -52,12 +53,15 @@ from .yamlsource import (
     text,
 )
 
+STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
+
 __all__ = [
     "BrokerEndpoint",
     "Config",
     "ConfigError",
     "DensityModel",
     "GatewayConfig",
+    "HealthConfig",
     "InventoryConfig",
     "MqttConfig",
     "NodeConfig",
@@ -257,6 +261,12 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    socket: Path  # `massgate status` asks the running agent here
+    metrics: tuple[str, int] | None = None  # Prometheus endpoint, loopback only
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path
     gateway: GatewayConfig
@@ -272,6 +282,7 @@ class Config:
     telemetry_interval: float
     outbox: OutboxConfig
     mqtt: MqttConfig | None
+    health: HealthConfig
 
     def tag_unit(self, tag: str) -> units.Unit:
         for device in self.devices:
@@ -363,6 +374,14 @@ def _build(raw: Any, path: Path) -> Config:
     if (outbox_section := root.section("outbox", required=False)) is not None:
         outbox = _outbox(outbox_section, state_dir, resolve)
 
+    health = HealthConfig(socket=state_dir / STATUS_SOCKET)
+    if (health_section := root.section("health", required=False)) is not None:
+        health = HealthConfig(
+            socket=health_section.take("socket", resolve, health.socket),
+            metrics=health_section.take("metrics", _loopback_address, None),
+        )
+        health_section.finish()
+
     mqtt = None
     if (mqtt_section := root.section("mqtt", required=False)) is not None:
         default_id = f"massgate-{gateway.site}-{gateway.id}" if gateway else "massgate"
@@ -385,6 +404,7 @@ def _build(raw: Any, path: Path) -> Config:
         telemetry_interval=telemetry_interval,
         outbox=outbox,
         mqtt=mqtt,
+        health=health,
     )
     _cross_check(config, root, report)
     report.raise_if_any()
@@ -1092,6 +1112,27 @@ def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
     return OutboxConfig(
         path=path, max_bytes=int(max_bytes or 0), drain_rate=drain_rate or 0.0, max_age=max_age
     )
+
+
+def _loopback_address(value: Any) -> tuple[str, int]:
+    """host:port of the metrics endpoint; only a loopback address (it has no authentication)."""
+    host, sep, port_text = text(value).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise Invalid(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Invalid(
+            f"{host} is not a loopback address: the metrics endpoint has no authentication, "
+            "so it listens on 127.0.0.1 or ::1 only (put a reverse proxy with TLS in front "
+            "to reach it from elsewhere)"
+        )
+    return host, int(port_text)
 
 
 def _broker(value: Any) -> BrokerEndpoint:

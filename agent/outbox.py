@@ -592,6 +592,10 @@ class Outbox:
     def size(self) -> int:
         return self._bytes
 
+    def held(self) -> int:
+        """Records kept in memory while the disk is full (not in depth() until written)."""
+        return len(self._held)
+
     def dropped(self) -> dict[str, int]:
         """Records dropped since the database was made, by priority name."""
         return dict(self._dropped)

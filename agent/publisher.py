@@ -199,6 +199,7 @@ class BrokerLink(threading.Thread):
         self._receive_maximum: dict[str, int] = {}  # what each broker said in CONNACK
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self.beat = time.monotonic()  # the last turn of the select loop (the watchdog's)
         self._wake_w.setblocking(False)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
@@ -371,6 +372,7 @@ class BrokerLink(threading.Thread):
 
     def _pump(self, client: mqtt.Client, timeout: float) -> MQTTErrorCode:
         """One round of paho's external loop: wait for the socket or a nudge, read, write."""
+        self.beat = time.monotonic()
         sock = client.socket()
         if sock is None:
             return mqtt.MQTT_ERR_NO_CONN
@@ -468,6 +470,18 @@ class Publisher:
     _tokens: float = 0.0
     _tokens_at: float = 0.0
     _next_status: float = 0.0
+    _link: BrokerLink | None = None
+
+    def stalled(self, now: float, limit: float) -> str | None:
+        """What is wrong with the MQTT thread, if anything (`now` is monotonic)."""
+        link = self._link
+        if link is None or link.stopping.is_set():
+            return None
+        if not link.is_alive():
+            return "the MQTT thread has ended"
+        if self.status.connected and now - link.beat > limit:
+            return f"the MQTT thread has not turned its loop for {now - link.beat:.0f} s"
+        return None
 
     @property
     def status_topic(self) -> str:

@@ -15,7 +15,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from massgate.drivers.errors import FatalError
@@ -27,12 +27,16 @@ from massgate.drivers.poller import Poller
 from . import audit
 from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from .config import Config, node_terms
+from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
 from .outbox import Outbox
 from .publisher import Publisher
 from .reconciler import Reconciler, SuspectEvent, gross_error_body
 from .records import Record, num, utc
 from .samples import Batch, Quality
+from .sdnotify import Notifier
+from .statusserver import StatusServer
 from .totalizer import InventoryGauge, StreamTotal
+from .yamlsource import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +267,16 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
 
 @dataclass
 class Agent:
-    """Handles the running parts, for the demo's table and for tests."""
+    """Handles the running parts, for the demo's table, status and tests."""
 
     config: Config
     gateway: Gateway
     outbox: Outbox
     pollers: list[Poller]
     publisher: Publisher | None
+    started: float = field(default_factory=time.time)
+    health: dict[str, Any] = field(default_factory=dict)  # the latest snapshot, replaced whole
+    reload_error: str | None = None
 
 
 async def run(
@@ -279,9 +286,54 @@ async def run(
     on_cycle: Callable[[Agent], None] | None = None,
     tick: float = TICK,
     graceful_timeout: float = GRACEFUL_TIMEOUT,
-) -> None:
-    """Run the agent until `shutdown` is set (forever if None)."""
+    reload: asyncio.Event | None = None,
+    load: Callable[[], Config] | None = None,
+    notifier: Notifier | None = None,
+    started: float | None = None,
+) -> Config | None:
+    """Run the agent until `shutdown` is set (forever if None).
+
+    When `reload` is set, `load()` reads the configuration again. A valid one ends this run
+    cleanly (totals saved, outbox flushed) and is returned, for the caller to run next; an
+    invalid one is refused with its problems in the log, and this run goes on unchanged.
+    """
     shutdown = shutdown or asyncio.Event()
+    notifier = notifier or Notifier("")
+    started = started or time.time()
+    # First, before the outbox is touched: no other agent may be running on this state.
+    server = StatusServer(config.health.socket, dict)
+    await server.start()
+    try:
+        return await _run(
+            config,
+            shutdown=shutdown,
+            on_cycle=on_cycle,
+            tick=tick,
+            graceful_timeout=graceful_timeout,
+            reload=reload,
+            load=load,
+            notifier=notifier,
+            started=started,
+            server=server,
+        )
+    finally:
+        await server.close()
+
+
+async def _run(
+    config: Config,
+    *,
+    shutdown: asyncio.Event,
+    on_cycle: Callable[[Agent], None] | None,
+    tick: float,
+    graceful_timeout: float,
+    reload: asyncio.Event | None,
+    load: Callable[[], Config] | None,
+    notifier: Notifier,
+    started: float,
+    server: StatusServer,
+) -> Config | None:
+    next_config: Config | None = None
     outbox = Outbox(
         config.outbox.path,
         max_bytes=config.outbox.max_bytes,
@@ -307,42 +359,146 @@ async def run(
             )
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
-        agent = Agent(config, gateway, outbox, pollers, publisher)
-        stop_polling = asyncio.Event()
-        stop_publishing = asyncio.Event()
+        agent = Agent(config, gateway, outbox, pollers, publisher, started=started)
+        if publisher is not None:
+            # The status topic carries the same health as `massgate status`.
+            publisher.health = lambda: _topic_health(agent.health)
+        server.get = lambda: agent.health
+        metrics = None
+        if config.health.metrics is not None:
+            from .metrics import MetricsServer  # noqa: PLC0415  # only when asked for
 
-        async with asyncio.TaskGroup() as group:
-            poll_tasks = [
-                group.create_task(_poll(p, stop_polling), name=f"poll-{p.device.name}")
-                for p in pollers
-            ]
-            if publisher is not None:
-                group.create_task(
-                    publisher.run(stop_publishing, drain_timeout=graceful_timeout),
-                    name="publisher",
-                )
-            log.info(
-                "massgate running: %d devices, %d streams, %d nodes",
-                len(pollers),
-                len(gateway.streams),
-                len(gateway.nodes),
+            metrics = MetricsServer(config.health.metrics, lambda: agent.health)
+        agent.health = snapshot(agent, started=started)
+        try:
+            if metrics is not None:
+                metrics.start()
+            next_config = await _pipeline(
+                agent,
+                batches,
+                shutdown=shutdown,
+                reload=reload,
+                load=load,
+                notifier=notifier,
+                on_cycle=on_cycle,
+                tick=tick,
+                graceful_timeout=graceful_timeout,
             )
-            while not shutdown.is_set():
-                _process(agent, batches, final=False)
-                if on_cycle is not None:
-                    on_cycle(agent)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(shutdown.wait(), timeout=tick)
-            log.info("stopping: polling ends, totals and outbox are flushed")
-            stop_polling.set()
-            await asyncio.gather(*poll_tasks)
-            await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
-            _process(agent, batches, final=True)
-            if on_cycle is not None:
-                on_cycle(agent)
-            stop_publishing.set()
+        finally:
+            if metrics is not None:
+                metrics.close()
     finally:
         outbox.close()
+    return next_config
+
+
+async def _pipeline(
+    agent: Agent,
+    batches: asyncio.Queue[Batch],
+    *,
+    shutdown: asyncio.Event,
+    reload: asyncio.Event | None,
+    load: Callable[[], Config] | None,
+    notifier: Notifier,
+    on_cycle: Callable[[Agent], None] | None,
+    tick: float,
+    graceful_timeout: float,
+) -> Config | None:
+    pollers, publisher, gateway = agent.pollers, agent.publisher, agent.gateway
+    stop_polling = asyncio.Event()
+    stop_publishing = asyncio.Event()
+    next_config: Config | None = None
+    progress = Progress(notifier.watchdog) if notifier.watchdog else None
+    ready = False
+    next_health = next_pet = 0.0
+
+    async with asyncio.TaskGroup() as group:
+        poll_tasks = [
+            group.create_task(_poll(p, stop_polling), name=f"poll-{p.device.name}") for p in pollers
+        ]
+        if publisher is not None:
+            group.create_task(
+                publisher.run(stop_publishing, drain_timeout=graceful_timeout),
+                name="publisher",
+            )
+        log.info(
+            "massgate running: %d devices, %d streams, %d nodes",
+            len(pollers),
+            len(gateway.streams),
+            len(gateway.nodes),
+        )
+        while not shutdown.is_set():
+            _process(agent, batches, final=False)
+            now = time.monotonic()
+            if now >= next_health:
+                next_health = now + SNAPSHOT_EVERY
+                agent.health = snapshot(agent, started=agent.started)
+                line = summary_line(agent.health)
+                if ready:
+                    notifier.status(line)
+                else:
+                    # The pipeline has run one whole cycle: systemd may call it started.
+                    notifier.ready(line)
+                    ready = True
+            if progress is not None and now >= next_pet and progress.check(agent, now) is None:
+                notifier.pet()
+                next_pet = now + progress.limit / 4
+            if reload is not None and reload.is_set():
+                reload.clear()
+                next_config = _reload(agent, load, notifier)
+                if next_config is not None:
+                    break
+            if on_cycle is not None:
+                on_cycle(agent)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shutdown.wait(), timeout=tick)
+        if next_config is None:
+            notifier.stopping()
+            log.info("stopping: polling ends, totals and outbox are flushed")
+        else:
+            log.info("reloading: polling ends, totals and outbox are flushed")
+        stop_polling.set()
+        await asyncio.gather(*poll_tasks)
+        await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
+        _process(agent, batches, final=True)
+        if on_cycle is not None:
+            on_cycle(agent)
+        stop_publishing.set()
+    return next_config
+
+
+def _reload(agent: Agent, load: Callable[[], Config] | None, notifier: Notifier) -> Config | None:
+    """The new configuration if it is valid; otherwise None, with every problem logged."""
+    source = agent.config.source
+    if load is None:
+        log.warning("reload asked for, but this agent was not started from a file; ignored")
+        return None
+    try:
+        config = load()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("reload refused: %s", problem)
+        agent.reload_error = (
+            f"{len(exc.problems)} problem(s) in {source}; still running the configuration "
+            "loaded before"
+        )
+        log.error("reload refused: %s", agent.reload_error)
+        notifier.status(f"reload refused: {agent.reload_error}")
+        return None
+    except OSError as exc:
+        agent.reload_error = f"cannot read {source}: {exc.strerror or exc}"
+        log.error("reload refused: %s; still running the configuration loaded before", exc)
+        return None
+    agent.reload_error = None
+    log.info("reload: %s is valid; the pipeline restarts with it (totals are kept)", source)
+    notifier.reloading()
+    return config
+
+
+def _topic_health(snap: dict[str, Any]) -> dict[str, Any]:
+    """The health fields the status topic adds to its own outbox and link figures."""
+    keys = ("devices", "streams", "nodes", "alarms_active", "started", "reload_refused")
+    return {k: snap[k] for k in keys if k in snap}
 
 
 def outbox_reset_record(outbox: Outbox) -> None:
@@ -382,8 +538,7 @@ async def _poll(poller: Poller, stop: asyncio.Event) -> None:
         await poller.run(stop)
     except FatalError as exc:
         # One misconfigured device must not stop the others; it stays down and says why.
-        poller.last_error = str(exc)
-        log.error("%s: stopped polling: %s", poller.device.name, exc)
+        poller.health.stop(str(exc))
 
 
 def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from .health import DeviceHealth
+
 
 class Device(Protocol):
     @property
@@ -15,7 +17,7 @@ class Device(Protocol):
 
 
 class Poller(Protocol):
-    last_error: str | None
+    health: DeviceHealth
 
     @property
     def device(self) -> Device: ...

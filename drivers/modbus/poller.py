@@ -22,6 +22,7 @@ import numpy as np
 from massgate.agent.samples import Batch, Quality
 
 from ..errors import FatalError, RetryableError
+from ..health import DeviceHealth
 from . import codec
 from .bus import Bus, ExceptionReply, Garbled, NoReply
 from .model import ModbusDevice
@@ -55,7 +56,9 @@ class DevicePoller:
             device.points, max_registers=device.max_request_registers, gap_fill=device.gap_fill
         )
         self.stats = DeviceStats()
-        self.last_error: str | None = None
+        self.health = DeviceHealth(device.name, device.endpoint)
+        slowest = max(device.poll_interval, device.degraded_interval)
+        self.health.stall_after = 2 * slowest + device.timeout * (1 + device.retries) + 1.0
         self.degraded = False
         self._failures_in_a_row = 0
         self._digest = b""
@@ -67,7 +70,7 @@ class DevicePoller:
 
     @property
     def up(self) -> bool:
-        return self.stats.polls > 0 and self.last_error is None
+        return self.health.up
 
     @property
     def interval(self) -> float:
@@ -170,22 +173,21 @@ class DevicePoller:
         return mono - self._unchanged_since >= self.device.stale_after
 
     def _recovered(self) -> None:
-        if self.last_error is not None:
-            log.info("%s: reading again after: %s", self.device.name, self.last_error)
+        self.health.ok()
         if self.degraded:
             log.info(
-                "%s: answers again; back to every %g s", self.device.name, self.device.poll_interval
+                "%s: back to a poll every %g s",
+                self.device.name,
+                self.device.poll_interval,
+                extra={"device": self.device.name},
             )
-        self.last_error = None
         self.degraded = False
         self._failures_in_a_row = 0
 
     def _failed(self, error: RetryableError) -> None:
         self.stats.failed += 1
         self._failures_in_a_row += 1
-        if str(error) != self.last_error:
-            log.warning("%s (%s): %s", self.device.name, self.device.endpoint, error)
-        self.last_error = str(error)
+        self.health.fail(str(error))
         if not self.degraded and self._failures_in_a_row >= self.device.degrade_after:
             self.degraded = True
             log.warning(
@@ -195,6 +197,7 @@ class DevicePoller:
                 self._failures_in_a_row,
                 self.interval,
                 self.device.link,
+                extra={"device": self.device.name},
             )
 
     def _config_error(self, exc: ExceptionReply) -> FatalError:

@@ -32,6 +32,7 @@ from cryptography import x509
 from massgate.agent.samples import Batch, Quality
 
 from ..errors import FatalError
+from ..health import DeviceHealth
 from .model import OpcUaDevice, UaPoint
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ class OpcUaPoller:
         self.device = device
         self.emit = emit
         self.stats = UaStats()
-        self.last_error: str | None = None
+        self.health = DeviceHealth(device.name, device.url)
+        interval = device.poll_interval if device.mode == "poll" else device.publishing_interval
+        self.health.stall_after = 2 * max(interval, device.reconnect_max) + 2 * device.timeout
         self.connected = False
         self._by_node = {_canonical(p.node_id): p for p in device.points}
         self._last: dict[str, tuple[float, Quality, float]] = {}  # tag: SI, quality, mono
@@ -89,7 +92,11 @@ class OpcUaPoller:
 
     @property
     def up(self) -> bool:
-        return self.connected and self.last_error is None
+        return self.connected and self.health.last_error is None
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = _FIRST_DELAY
@@ -126,9 +133,7 @@ class OpcUaPoller:
         try:
             self.stats.sessions += 1
             self.connected = True
-            if self.last_error is not None:
-                log.info("%s: connected again to %s", device.name, device.url)
-            self.last_error = None
+            self.health.ok()
             nodes = [self._node(client, p) for p in device.points]
             if device.mode == "subscribe":
                 await self._subscribe(client, nodes)
@@ -217,6 +222,7 @@ class OpcUaPoller:
                 await asyncio.wait_for(_first(stop, lost), timeout=period)
             if stop.is_set() or lost.is_set():
                 return
+            self.health.beat()
             now = time.monotonic()
             held = {
                 tag: value
@@ -234,6 +240,7 @@ class OpcUaPoller:
         while not (stop.is_set() or lost.is_set()):
             values = await client.read_attributes(nodes)
             self.stats.reads += 1
+            self.health.ok()
             mono, wall = time.monotonic(), time.time()
             batch: dict[str, float] = {}
             worst = Quality.GOOD
@@ -258,6 +265,7 @@ class OpcUaPoller:
         if point is None:
             return
         self.stats.notifications += 1
+        self.health.ok()
         quality = quality_of(status)
         error = status.name if status is not None and quality is not Quality.GOOD else None
         mono = time.monotonic()
@@ -276,9 +284,7 @@ class OpcUaPoller:
                 f"the server refused the sign-in as {who} ({type(exc).__name__}); "
                 "check username and password_file"
             )
-        if message != self.last_error:
-            log.warning("%s (%s): %s", self.device.name, self.device.url, message)
-        self.last_error = message
+        self.health.fail(message)
         nan = float("nan")
         values = {p.tag: nan for p in self.device.points}
         self.emit(

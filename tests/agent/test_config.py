@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
+from massgate.agent.cli import build_parser
 from massgate.agent.yamlsource import ConfigError
 from massgate.drivers.modbus.model import ModbusDevice, SerialLink, TcpLink
 from massgate.drivers.opcua.model import OpcUaDevice
@@ -101,9 +103,21 @@ def test_check_command_on_a_missing_file():
     assert "/nonexistent/massgate.yaml:0: no such file" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "command", ["check", "run", "sim", "demo", "probe", "scan", "bench", "reconcile", "report"]
-)
+def _commands() -> list[str]:
+    """Every command the parser knows, so that a new one cannot miss this test."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def test_the_command_list_is_the_documented_one():
+    assert set(_commands()) == {
+        *("check", "run", "status", "sim", "demo", "probe", "scan", "bench"),
+        *("reconcile", "report"),
+    }
+
+
+@pytest.mark.parametrize("command", _commands())
 def test_every_command_has_help(command: str):
     result = _massgate(command, "--help")
     assert result.returncode == 0

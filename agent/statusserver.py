@@ -1,0 +1,112 @@
+"""The local socket `massgate status` reads: one JSON snapshot per connection, then close.
+
+A Unix socket rather than a state file: nothing is written to the SD card every second, the
+answer is live, and who may ask follows the file permissions of the state directory. It is
+also the lock that stops a second agent from running on the same state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Path length limit of sun_path on Linux, less the NUL.
+MAX_PATH = 107
+
+
+class AlreadyRunning(RuntimeError):
+    """Another agent answers on the status socket: two agents must not share one outbox."""
+
+
+class StatusUnavailable(OSError):
+    """No agent answers on the socket; the message says why, in the operator's words."""
+
+
+def fetch(path: Path, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The running agent's snapshot, or StatusUnavailable."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except FileNotFoundError as exc:
+            raise StatusUnavailable(
+                f"{path} does not exist: massgate is not running with this configuration "
+                "(systemctl status massgate; journalctl -u massgate)"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise StatusUnavailable(
+                f"nothing answers on {path}: massgate is not running (it was stopped or killed); "
+                "systemctl status massgate"
+            ) from exc
+        except PermissionError as exc:
+            raise StatusUnavailable(
+                f"no permission to open {path}: run as root or as a member of the massgate group"
+            ) from exc
+        except TimeoutError as exc:
+            raise StatusUnavailable(
+                f"the agent did not answer on {path} within {timeout:g} s"
+            ) from exc
+    try:
+        result: dict[str, Any] = json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise StatusUnavailable(f"the answer on {path} is not a status snapshot: {exc}") from exc
+    return result
+
+
+class StatusServer:
+    """Serves `get()` as JSON to every connection on `path`."""
+
+    def __init__(self, path: Path, get: Callable[[], dict[str, Any]]) -> None:
+        self.path = path
+        self.get = get
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if len(os.fsencode(self.path)) > MAX_PATH:
+            raise OSError(
+                f"status socket path {self.path} is longer than {MAX_PATH} bytes; "
+                "set health.socket to a shorter path"
+            )
+        if self.path.exists() or self.path.is_symlink():
+            try:
+                other = await asyncio.to_thread(fetch, self.path, timeout=2.0)
+            except StatusUnavailable:
+                self.path.unlink()  # left behind by an agent that was killed
+            else:
+                raise AlreadyRunning(
+                    f"another massgate (pid {other.get('pid')}, config {other.get('config')}) "
+                    f"answers on {self.path}: two agents must not share one state directory"
+                )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        # The group (massgate) may read the status; others may not.
+        os.chmod(self.path, 0o660)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(self.get(), separators=(",", ":")).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the reader went away; nothing to tell it
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
