@@ -83,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_numba_cache()
     import time
 
+    from massgate.drivers.health import DeviceHealth
+
     from .runtime import run
     from .sdnotify import Notifier
     from .statusserver import AlreadyRunning
@@ -99,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         notifier = Notifier()
+        carried: dict[str, DeviceHealth] = {}
         try:
             current: config_module.Config | None = config
             while current is not None:
@@ -109,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     load=lambda: config_module.load(path),
                     notifier=notifier,
                     started=started,
+                    carried=carried,
                 )
         finally:
             notifier.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from massgate.drivers.errors import FatalError
+from massgate.drivers.health import DeviceHealth
 from massgate.drivers.modbus.model import ModbusDevice
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 from massgate.drivers.opcua.model import OpcUaDevice
@@ -290,12 +291,15 @@ async def run(
     load: Callable[[], Config] | None = None,
     notifier: Notifier | None = None,
     started: float | None = None,
+    carried: dict[str, DeviceHealth] | None = None,
 ) -> Config | None:
     """Run the agent until `shutdown` is set (forever if None).
 
     When `reload` is set, `load()` reads the configuration again. A valid one ends this run
     cleanly (totals saved, outbox flushed) and is returned, for the caller to run next; an
     invalid one is refused with its problems in the log, and this run goes on unchanged.
+    `carried` keeps each device's health across such runs, so that a meter that was down
+    before a reload is not announced down again, and its counts go on.
     """
     shutdown = shutdown or asyncio.Event()
     notifier = notifier or Notifier("")
@@ -315,6 +319,7 @@ async def run(
             notifier=notifier,
             started=started,
             server=server,
+            carried={} if carried is None else carried,
         )
     finally:
         await server.close()
@@ -332,6 +337,7 @@ async def _run(
     notifier: Notifier,
     started: float,
     server: StatusServer,
+    carried: dict[str, DeviceHealth],
 ) -> Config | None:
     next_config: Config | None = None
     outbox = Outbox(
@@ -348,6 +354,7 @@ async def _run(
         gateway = Gateway(config, outbox)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
         pollers = _pollers(config, batches.put_nowait)
+        _carry_health(pollers, carried)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
             publisher = Publisher(
@@ -448,6 +455,8 @@ async def _pipeline(
                 next_config = _reload(agent, load, notifier)
                 if next_config is not None:
                     break
+                # `massgate status` shows the refusal from now on.
+                agent.health = snapshot(agent, started=agent.started)
             if on_cycle is not None:
                 on_cycle(agent)
             with contextlib.suppress(TimeoutError):
@@ -488,6 +497,7 @@ def _reload(agent: Agent, load: Callable[[], Config] | None, notifier: Notifier)
     except OSError as exc:
         agent.reload_error = f"cannot read {source}: {exc.strerror or exc}"
         log.error("reload refused: %s; still running the configuration loaded before", exc)
+        notifier.status(f"reload refused: {agent.reload_error}")
         return None
     agent.reload_error = None
     log.info("reload: %s is valid; the pipeline restarts with it (totals are kept)", source)
@@ -499,6 +509,19 @@ def _topic_health(snap: dict[str, Any]) -> dict[str, Any]:
     """The health fields the status topic adds to its own outbox and link figures."""
     keys = ("devices", "streams", "nodes", "alarms_active", "started", "reload_refused")
     return {k: snap[k] for k in keys if k in snap}
+
+
+def _carry_health(pollers: list[Poller], carried: dict[str, DeviceHealth]) -> None:
+    kept = {}
+    for p in pollers:
+        old = carried.get(p.device.name)
+        if old is not None and old.endpoint == p.health.endpoint and not old.stopped:
+            old.stall_after = p.health.stall_after
+            old.beat()
+            p.health = old
+        kept[p.device.name] = p.health
+    carried.clear()
+    carried.update(kept)
 
 
 def outbox_reset_record(outbox: Outbox) -> None:

@@ -10,7 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import config as config_module
+from .config import STATUS_SOCKET
 from .health import age_text
 from .statusserver import StatusUnavailable, fetch
 from .yamlsource import ConfigError
@@ -49,10 +52,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             socket_path = config_module.load(Path(args.config)).health.socket
         except ConfigError as exc:
+            # The file may have been edited since the agent started (a refused reload is
+            # exactly when one wants its status): find the socket from the keys that name it.
+            found = _socket_of_raw(Path(args.config))
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
-            print(f"cannot find the status socket: {args.config} is not valid", file=sys.stderr)
-            return EXIT_BAD_CONFIG
+            if found is None:
+                print(f"cannot find the status socket: {args.config} is not valid", file=sys.stderr)
+                return EXIT_BAD_CONFIG
+            print(f"{args.config} has problems; asking the agent anyway", file=sys.stderr)
+            socket_path = found
     try:
         snap = fetch(socket_path)
     except StatusUnavailable as exc:
@@ -64,6 +73,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(snap))
     return EXIT_OK
+
+
+def _socket_of_raw(path: Path) -> Path | None:
+    """health.socket, or <gateway.state_dir>/status.sock, read without validating the rest."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        health = raw.get("health") or {}
+        where = health.get("socket") or Path(raw["gateway"]["state_dir"]) / STATUS_SOCKET
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return None
+    return (
+        path.resolve().parent / Path(where).expanduser()
+    )  # a relative path is relative to the file, as in the agent
 
 
 def _ago(text: str | None, now: float) -> str:
