@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint deps mosquitto socat clean help
+.PHONY: test lint deps mosquitto socat systemd-analyze clean help
 
 help:
 	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto and socat if missing, run pytest"
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-deps: $(VENV)/.installed mosquitto socat
+deps: $(VENV)/.installed mosquitto socat systemd-analyze
 
 # apt_install PACKAGE: install a Debian package as root or with password-less sudo.
 define apt_install
@@ -44,6 +44,11 @@ mosquitto:
 socat:
 	@if command -v socat >/dev/null 2>&1; then exit 0; fi; \
 	$(call apt_install,socat)
+
+# systemd-analyze rates the unit's hardening and checks its syntax (tests/test_systemd_unit.py).
+systemd-analyze:
+	@if command -v systemd-analyze >/dev/null 2>&1; then exit 0; fi; \
+	$(call apt_install,systemd)
 
 test: deps
 	$(BIN)/python -m pytest
