@@ -182,6 +182,19 @@ def _numba_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
     return _calls(kernels, lists=False)
 
 
+def warm_cache() -> float:
+    """Compile every kernel into NUMBA_CACHE_DIR now, and return the seconds it took.
+
+    deploy/install.sh runs this as the service user at install time, so that the service's
+    first start on a Raspberry Pi loads compiled kernels instead of compiling them.
+    """
+    started = time.perf_counter()
+    sample = signal(16)
+    for call in _numba_calls().values():
+        call(sample)
+    return time.perf_counter() - started
+
+
 def _python_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
     from . import reference  # noqa: PLC0415
 

@@ -319,12 +319,14 @@ class BrokerLink(threading.Thread):
                 client.disconnect()
                 return f"{endpoint}: no CONNACK from the broker"
             if self._pump(client, 0.05) != mqtt.MQTT_ERR_SUCCESS and state["connack"] is None:
-                return f"{endpoint}: connection closed before CONNACK"
+                hint = self._certificate_hint(endpoint)
+                return f"{endpoint}: connection closed before CONNACK{hint}"
         connack = state["connack"]
         if connack is None or connack.is_failure:
             client.disconnect()
             why = connack.getName() if connack is not None else state["gone"]
-            return f"{endpoint}: the broker refused the connection: {why}"
+            hint = self._certificate_hint(endpoint) if why == "Unspecified error" else ""
+            return f"{endpoint}: the broker refused the connection: {why}{hint}"
 
         receive_maximum = state["receive_maximum"]
         if receive_maximum is not None and receive_maximum < window:
@@ -369,6 +371,13 @@ class BrokerLink(threading.Thread):
         if reason is not None:
             log.warning("MQTT: %s", reason)
         return None  # it was connected: reconnect soon, not after a long backoff
+
+    def _certificate_hint(self, endpoint: BrokerEndpoint) -> str:
+        # Mosquitto with require_certificate ends a session without a client certificate
+        # this way, unexplained (a closed socket or an unspecified CONNACK).
+        if endpoint.tls and self.config.client_cert is None:
+            return " (if the broker requires client certificates: set mqtt.client_cert/client_key)"
+        return ""
 
     def _pump(self, client: mqtt.Client, timeout: float) -> MQTTErrorCode:
         """One round of paho's external loop: wait for the socket or a nudge, read, write."""

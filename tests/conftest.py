@@ -106,6 +106,7 @@ class Broker:
     # Kept across a restart: a durable subscriber's session and the messages queued for it.
     persistent: bool = False
     extra: tuple[str, ...] = ()
+    listener_extra: tuple[str, ...] = ()  # options of the listener itself (after its line)
 
     def start(self) -> None:
         if not self.port:
@@ -139,6 +140,7 @@ class Broker:
                     f"certfile {self.cert}",
                     f"keyfile {self.key}",
                     "tls_version tlsv1.2",
+                    *self.listener_extra,
                     "",
                 ]
             )
