@@ -140,6 +140,23 @@ def bench_drivers(points: int, seconds: float) -> list[Result]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench_all  # noqa: PLC0415
+
+    if args.what == "all":
+        return bench_all.run(list(bench_all.BENCHES), args)
+    if args.json:
+        return bench_all.run([args.what], args)
+    if args.what == "e2e":
+        from . import bench_e2e  # noqa: PLC0415
+
+        print(
+            bench_e2e.render(
+                bench_e2e.bench_e2e(
+                    devices=args.devices, points=args.device_points, seconds=args.e2e_seconds
+                )
+            )
+        )
+        return 0
     if args.what == "outbox":
         from . import bench_outbox  # noqa: PLC0415
 
@@ -177,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure throughput and CPU (drivers, totalizer, outbox)",
+        help="measure throughput, CPU and memory (drivers, totalizer, outbox, end to end)",
         description="Run a benchmark and print what was measured on this machine. "
         "'drivers': points/s, agent CPU time per point and requests per cycle with the "
         "request planner and with one request per point, against a simulated slave. "
@@ -186,9 +203,35 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "an empty and with a warm numba cache. "
         "'outbox': durable enqueue records/s, drain to a local TLS Mosquitto at QoS 1 next "
         "to raw paho publishing the same messages, and the time to drain a large backlog "
-        "(needs mosquitto and openssl).",
+        "(needs mosquitto and openssl). "
+        "'e2e': a simulated site (--devices × --device-points) through the whole agent "
+        "(massgate run, pinned to one CPU) to a local TLS Mosquitto: points/s, CPU share, "
+        "memory and start-up to the first poll. Without an argument: all four, one table.",
     )
-    p.add_argument("what", choices=("drivers", "totalizer", "outbox"), help="what to measure")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=("all", "drivers", "totalizer", "outbox", "e2e"),
+        default="all",
+        help="what to measure (default: all of them, in one table)",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    e2e = p.add_argument_group("e2e")
+    e2e.add_argument(
+        "--devices", type=int, default=50, help="e2e: simulated devices (default %(default)s)"
+    )
+    e2e.add_argument(
+        "--device-points",
+        type=int,
+        default=20,
+        help="e2e: float32 points per device (default %(default)s)",
+    )
+    e2e.add_argument(
+        "--e2e-seconds",
+        type=float,
+        default=10.0,
+        help="e2e: measured seconds of each run (default %(default)s)",
+    )
     p.add_argument(
         "--points",
         type=int,

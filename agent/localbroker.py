@@ -73,6 +73,10 @@ class LocalBroker:
     def url(self) -> str:
         return f"mqtts://{LOOPBACK}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def __enter__(self) -> LocalBroker:
         binary = _tool("mosquitto", ("/usr/sbin/mosquitto",))
         self._dir = tempfile.TemporaryDirectory(prefix="massgate-broker-")

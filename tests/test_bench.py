@@ -67,3 +67,38 @@ def test_bench_outbox_measures_enqueue_both_drains_and_a_backlog():
     assert f.backlog == 2000
     assert f.backlog_drain_s > 0
     assert f.backlog_bytes > 2000 * 50
+
+
+def test_bench_e2e_runs_a_small_site_through_the_whole_agent():
+    """5 devices × 4 points polled once a second is 20 points/s: the bench must see that."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "massgate.agent.cli", "bench", "e2e", "--json",
+         "--devices", "5", "--device-points", "4", "--e2e-seconds", "4"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {row["figure"]: row for row in json.loads(done.stdout)}
+    assert all(row["bench"] == "e2e" for row in rows.values())
+    slow = next(row for name, row in rows.items() if name.startswith("CPU at"))
+    rate = float(slow["figure"].split()[2])
+    assert 10 <= rate <= 30  # 20 points/s, give or take a poll at either end of 4 s
+    fast = rows["points/s, every 10 ms"]["value"]
+    assert fast > 5 * rate  # polled every 10 ms instead of every second
+    assert 0 < rows["start to first poll, warm cache"]["value"] < 60
+    assert rows[f"RSS at {rate:.0f} points/s"]["value"] > 20
+
+
+def test_bench_with_a_bad_choice_says_what_there_is():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "massgate.agent.cli", "bench", "everything"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "choose from 'all', 'drivers', 'totalizer', 'outbox', 'e2e'" in done.stderr

@@ -1,0 +1,129 @@
+"""`massgate bench` with no argument: every benchmark, one table of headline figures.
+
+Each benchmark's own report (`massgate bench drivers`, ...) says more; this is the page a
+user compares between two gateways, and `--json` is the same rows for a machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    bench: str
+    figure: str
+    value: float
+    unit: str
+    target: str = ""
+
+
+def drivers(args: argparse.Namespace) -> list[Figure]:
+    from .bench import bench_drivers  # noqa: PLC0415
+
+    planned, single = bench_drivers(args.points, args.seconds)
+    return [
+        Figure("drivers", f"{args.points} points, planner", planned.points_per_second, "points/s"),
+        Figure("drivers", "agent CPU per point, planner", planned.cpu_per_point_us, "µs"),
+        Figure("drivers", "one request per point", single.points_per_second, "points/s"),
+    ]
+
+
+def totalizer(args: argparse.Namespace) -> list[Figure]:
+    from . import bench_totalizer  # noqa: PLC0415  # imports numba
+
+    rows = bench_totalizer.measure(args.samples, args.python_samples)
+    cold, warm = bench_totalizer.first_calls()
+    figures = [Figure("totalizer", r.kernel, r.numba, "samples/s") for r in rows]
+    figures += [
+        Figure("totalizer", "first call, cold cache", cold["first_call"], "s"),
+        Figure("totalizer", "first call, warm cache", warm["first_call"], "s", "≤ 1"),
+    ]
+    return figures
+
+
+def outbox(args: argparse.Namespace) -> list[Figure]:
+    from .bench_outbox import bench_outbox  # noqa: PLC0415
+
+    f = bench_outbox(
+        messages=args.messages,
+        backlog=args.backlog,
+        points=args.readings,
+        in_flight=args.in_flight,
+        seconds=args.seconds,
+        rounds=args.rounds,
+    )
+    figures = [
+        Figure("outbox", f"durable enqueue, {e.batch} per put", e.per_second, "records/s")
+        for e in f.enqueue
+    ]
+    ours, raw = f.messages / f.ours_s, f.messages / f.raw_s
+    figures += [
+        Figure("outbox", "drain to TLS Mosquitto, QoS 1", ours, "messages/s"),
+        Figure("outbox", "raw paho, same messages", raw, "messages/s"),
+        Figure("outbox", "drain against raw paho", ours / raw * 100, "%", "≥ 80"),
+        Figure("outbox", f"drain a {f.backlog:,} backlog", f.backlog_drain_s, "s", "≤ 120"),
+    ]
+    return figures
+
+
+def e2e(args: argparse.Namespace) -> list[Figure]:
+    from .bench_e2e import bench_e2e  # noqa: PLC0415
+
+    f = bench_e2e(devices=args.devices, points=args.device_points, seconds=args.e2e_seconds)
+    fast, slow = f.runs[0], f.runs[-1]
+    return [
+        Figure("e2e", f"points/s, {fast.mode}", fast.points_per_s, "points/s", "≥ 20000"),
+        Figure("e2e", f"CPU, {fast.mode}", fast.cpu_share * 100, "% of a core"),
+        Figure(
+            "e2e",
+            f"CPU at {slow.points_per_s:.0f} points/s",
+            slow.cpu_share * 100,
+            "% of a core",
+            "≤ 5",
+        ),
+        Figure("e2e", f"RSS at {slow.points_per_s:.0f} points/s", slow.rss_mb, "MB", "≤ 150"),
+        Figure("e2e", "peak RSS", max(r.peak_rss_mb for r in f.runs), "MB"),
+        Figure("e2e", "start to first poll, warm cache", slow.first_poll_s, "s", "≤ 3"),
+        Figure("e2e", "numba compile, cold cache", f.cold_compile_s, "s"),
+    ]
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
+    "drivers": drivers,
+    "totalizer": totalizer,
+    "outbox": outbox,
+    "e2e": e2e,
+}
+
+
+def _value(v: float) -> str:
+    if v >= 1000:
+        return f"{v:,.0f}".replace(",", " ")
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def render(figures: list[Figure]) -> str:
+    width = max(len(f.figure) for f in figures)
+    lines = [f"{'bench':<10}{'figure':<{width + 2}}{'value':>12}  {'unit':<12}target"]
+    for f in figures:
+        lines.append(
+            f"{f.bench:<10}{f.figure:<{width + 2}}{_value(f.value):>12}  {f.unit:<12}{f.target}"
+        )
+    return "\n".join(lines)
+
+
+def run(names: list[str], args: argparse.Namespace) -> int:
+    figures: list[Figure] = []
+    for name in names:
+        figures += BENCHES[name](args)
+    if args.json:
+        print(json.dumps([asdict(f) for f in figures], indent=2, ensure_ascii=False))
+    else:
+        print(render(figures))
+    return 0
