@@ -1,0 +1,103 @@
+"""What feeds the watchdog: progress of the pollers and of the MQTT thread, judged on the
+agent's real parts. A dead meter is not a hung agent; pollers that stopped finishing polls,
+or an MQTT thread that ended, are."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from massgate.agent import config as config_module
+from massgate.agent.health import Progress
+from massgate.agent.outbox import Outbox
+from massgate.agent.publisher import BrokerLink, Publisher, _Events
+from massgate.agent.runtime import _pollers
+from tests.conftest import free_port, mqtt_config
+
+LIMIT = 20.0
+
+
+def _pollers_of(tmp_path: Path, count: int) -> list:
+    devices = "\n".join(
+        f"  - {{name: d{i}, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
+        "profile: coriolis, poll_interval: 1s}"
+        for i in range(count)
+    )
+    path = tmp_path / "m.yaml"
+    path.write_text(f"gateway: {{site: s, id: g, state_dir: {tmp_path}}}\ndevices:\n{devices}\n")
+    return _pollers(config_module.load(path), lambda b: None)
+
+
+def test_fed_while_some_poller_finishes_polls(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO)
+    pollers = _pollers_of(tmp_path, 2)
+    agent = SimpleNamespace(pollers=pollers, publisher=None)
+    progress = Progress(LIMIT)
+    now = time.monotonic()
+    for p in pollers:
+        p.health.fail("no reply")  # failing is progress: the meter is dead, not the agent
+    assert progress.check(agent, now) is None
+    # One poller stuck, the other still finishing polls: fed.
+    pollers[0].health.last_attempt = now - 1000
+    assert progress.check(agent, now) is None
+    # Both stuck beyond their own bound: not fed, and said once.
+    pollers[1].health.last_attempt = now - 500
+    reason = progress.check(agent, now)
+    assert reason == "no device poll finished for 500 s"
+    assert progress.check(agent, now) == reason
+    said = [r for r in caplog.records if "watchdog not fed" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.ERROR
+    pollers[1].health.ok()
+    assert progress.check(agent, time.monotonic()) is None
+    assert any("watchdog fed again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slow_poller_is_judged_by_its_own_interval(tmp_path: Path):
+    (poller,) = _pollers_of(tmp_path, 1)
+    agent = SimpleNamespace(pollers=[poller], publisher=None)
+    bound = poller.health.stall_after
+    assert bound > poller.device.poll_interval  # interval, timeouts and retries
+    now = time.monotonic()
+    poller.health.last_attempt = now - max(LIMIT / 2, bound) + 1
+    assert Progress(LIMIT).check(agent, now) is None
+    poller.health.last_attempt = now - max(LIMIT / 2, bound) - 1
+    assert Progress(LIMIT).check(agent, now) is not None
+
+
+def test_a_stopped_device_does_not_starve_the_watchdog(tmp_path: Path):
+    (poller,) = _pollers_of(tmp_path, 1)
+    poller.health.stop("illegal data address")
+    poller.health.last_attempt = time.monotonic() - 10_000
+    agent = SimpleNamespace(pollers=[poller], publisher=None)
+    assert Progress(LIMIT).check(agent, time.monotonic()) is None
+
+
+def test_an_ended_mqtt_thread_is_not_progress():
+    loop = asyncio.new_event_loop()
+    try:
+        config = mqtt_config(free_port(), ca=None)
+        publisher = Publisher(
+            Outbox(":memory:", max_bytes=1 << 20, site="s", gateway="g"), config, "s", "g"
+        )
+        link = BrokerLink(
+            config,
+            status_topic="t",
+            birth=b"",
+            will=b"",
+            events=_Events(lambda *a: None, lambda *a: None, lambda *a: None),
+            loop=loop,
+        )
+        publisher._link = link  # a thread that was never started, as if it had died
+        agent = SimpleNamespace(pollers=[], publisher=publisher)
+        assert Progress(LIMIT).check(agent, time.monotonic()) == "the MQTT thread has ended"
+        link.stopping.set()  # stopping on purpose is not a hang
+        assert Progress(LIMIT).check(agent, time.monotonic()) is None
+        link.close()
+    finally:
+        loop.close()
