@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: test lint deps mosquitto socat systemd-analyze clean help
 
 help:
-	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto and socat if missing, run pytest"
+	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto, socat and systemd-analyze if missing, run pytest"
 	@echo "make lint   - ruff and mypy"
 	@echo "make clean  - remove $(VENV) and caches"
 

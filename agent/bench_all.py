@@ -46,16 +46,9 @@ def totalizer(args: argparse.Namespace) -> list[Figure]:
 
 
 def outbox(args: argparse.Namespace) -> list[Figure]:
-    from .bench_outbox import bench_outbox  # noqa: PLC0415
+    from .bench_outbox import figures_for  # noqa: PLC0415
 
-    f = bench_outbox(
-        messages=args.messages,
-        backlog=args.backlog,
-        points=args.readings,
-        in_flight=args.in_flight,
-        seconds=args.seconds,
-        rounds=args.rounds,
-    )
+    f = figures_for(args)
     figures = [
         Figure("outbox", f"durable enqueue, {e.batch} per put", e.per_second, "records/s")
         for e in f.enqueue

@@ -208,20 +208,25 @@ def bench_outbox(
     )
 
 
+def figures_for(args: argparse.Namespace) -> OutboxFigures:
+    """bench_outbox with the command line's options."""
+    return bench_outbox(
+        messages=args.messages,
+        backlog=args.backlog,
+        points=args.readings,
+        in_flight=args.in_flight,
+        seconds=args.seconds,
+        rounds=args.rounds,
+    )
+
+
 def cmd_bench_outbox(args: argparse.Namespace) -> int:
     print(
         f"massgate bench outbox: telemetry messages of {args.readings} readings; TLS Mosquitto "
         f"on loopback; QoS 1 with {args.in_flight} in flight; outbox synchronous=FULL (WAL)"
     )
     try:
-        f = bench_outbox(
-            messages=args.messages,
-            backlog=args.backlog,
-            points=args.readings,
-            in_flight=args.in_flight,
-            seconds=args.seconds,
-            rounds=args.rounds,
-        )
+        f = figures_for(args)
     except BrokerUnavailable as exc:
         print(f"error: {exc}")
         return 2

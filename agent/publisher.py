@@ -247,7 +247,9 @@ class BrokerLink(threading.Thread):
             index += 1  # fail over to the next broker in the list
             self._post(self.events.on_disconnected, -1, reason)
             if reason != last_reason:
-                log.error("MQTT: %s; retrying with backoff", reason)
+                log.error(
+                    "MQTT: %s; retrying with backoff", reason, extra={"broker": str(endpoint)}
+                )
             else:
                 log.debug("MQTT: %s", reason)
             last_reason = reason

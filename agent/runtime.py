@@ -163,7 +163,7 @@ class Gateway:
         self.alarms.append(event)
         result = event.result
         if event.event == DRIFT:
-            log.warning("node %s: drift: %s", event.node, event.hint)
+            log.warning("node %s: drift: %s", event.node, event.hint, extra={"node": event.node})
         else:
             log.log(
                 logging.INFO if event.event == CLEARED else logging.WARNING,
@@ -173,6 +173,7 @@ class Gateway:
                 result.imbalance,
                 result.tolerance,
                 event.hint,
+                extra={"node": event.node},
             )
         alarm = {
             "node": event.node,

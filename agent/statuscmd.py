@@ -58,7 +58,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             if found is None:
-                print(f"cannot find the status socket: {args.config} is not valid", file=sys.stderr)
+                print(
+                    f"cannot find the status socket without {args.config}: name the agent's "
+                    "configuration, or the socket with --socket PATH",
+                    file=sys.stderr,
+                )
                 return EXIT_BAD_CONFIG
             print(f"{args.config} has problems; asking the agent anyway", file=sys.stderr)
             socket_path = found

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from massgate.agent.samples import Quality
-from massgate.drivers.modbus.poller import close_buses, pollers_for
+from massgate.drivers.modbus.poller import close_buses
 from massgate.drivers.sim.faults import Fault
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import SimulatedSite
 from tests.conftest import run_async
-from tests.drivers.test_modbus import devices_from
+from tests.drivers.test_modbus import impatient_tt102
 
 FAILURES = 8
 
@@ -29,22 +29,7 @@ def test_a_failing_device_is_logged_once_then_summarized(
         site = SimulatedSite(plant)
         served = await site.start()
         try:
-            s = next(x for x in served if x.meter.name == "tt102")
-            (device,) = devices_from(
-                [
-                    {
-                        "name": "tt102",
-                        "protocol": "modbus_tcp",
-                        "host": s.host,
-                        "port": s.port,
-                        "profile": "temperature_tx",
-                        "timeout": "200ms",
-                        "retries": 0,
-                    }
-                ],
-                tmp_path,
-            )
-            (poller,) = pollers_for((device,), emit=lambda b: None)
+            poller = impatient_tt102(served, tmp_path)
             poller.health.summary_every = 0.5
             qualities = [(await poller.poll()).quality]
             plant.faults.add(Fault(kind="dropout", target="tt102"))

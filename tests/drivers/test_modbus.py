@@ -18,7 +18,7 @@ from massgate.drivers.errors import FatalError
 from massgate.drivers.modbus import codec
 from massgate.drivers.modbus.model import ModbusDevice, Point, TcpLink
 from massgate.drivers.modbus.planner import plan
-from massgate.drivers.modbus.poller import close_buses, pollers_for
+from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import Meter, MeterSlave, SimulatedSite
 from tests.conftest import free_port, run_async
@@ -364,6 +364,27 @@ def test_a_dead_device_gives_bad_batches_not_a_crash():
     run_async(main())
 
 
+def impatient_tt102(served: list[Any], tmp_path: Path) -> DevicePoller:
+    """A poller for the plant's TT-102 that waits 200 ms for a reply and does not retry."""
+    s = next(x for x in served if x.meter.name == "tt102")
+    (device,) = devices_from(
+        [
+            {
+                "name": "tt102",
+                "protocol": "modbus_tcp",
+                "host": s.host,
+                "port": s.port,
+                "profile": "temperature_tx",
+                "timeout": "200ms",
+                "retries": 0,
+            }
+        ],
+        tmp_path,
+    )
+    (poller,) = pollers_for((device,), emit=lambda b: None)
+    return poller
+
+
 def test_a_silent_tcp_slave_times_out_and_answers_again(tmp_path: Path):
     from massgate.drivers.sim.faults import Fault
 
@@ -372,22 +393,7 @@ def test_a_silent_tcp_slave_times_out_and_answers_again(tmp_path: Path):
         site = SimulatedSite(plant)
         served = await site.start()
         try:
-            s = next(x for x in served if x.meter.name == "tt102")
-            (device,) = devices_from(
-                [
-                    {
-                        "name": "tt102",
-                        "protocol": "modbus_tcp",
-                        "host": s.host,
-                        "port": s.port,
-                        "profile": "temperature_tx",
-                        "timeout": "200ms",
-                        "retries": 0,
-                    }
-                ],
-                tmp_path,
-            )
-            (poller,) = pollers_for((device,), emit=lambda b: None)
+            poller = impatient_tt102(served, tmp_path)
             plant.faults.add(Fault(kind="dropout", target="tt102"))
             silent = [await poller.poll() for _ in range(2)]
             plant.faults.clear("tt102")
