@@ -71,6 +71,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     except StatusUnavailable as exc:
         print(f"massgate status: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    if not snap:
+        # The socket opens before the outbox and the devices: the first snapshot follows.
+        print("massgate is starting: no snapshot yet; ask again in a second")
+        return EXIT_OK
     if args.json:
         json.dump(snap, sys.stdout, indent=2)
         print()
