@@ -58,7 +58,14 @@ def outbox(args: argparse.Namespace) -> list[Figure]:
         Figure("outbox", "drain to TLS Mosquitto, QoS 1", ours, "messages/s"),
         Figure("outbox", "raw paho, same messages", raw, "messages/s"),
         Figure("outbox", "drain against raw paho", ours / raw * 100, "%", "≥ 80"),
-        Figure("outbox", f"drain a {f.backlog:,} backlog", f.backlog_drain_s, "s", "≤ 120"),
+        # The target is for the default 1,000,000-record backlog.
+        Figure(
+            "outbox",
+            f"drain a {f.backlog:,} backlog",
+            f.backlog_drain_s,
+            "s",
+            "≤ 120" if f.backlog == 1_000_000 else "",
+        ),
     ]
     return figures
 
