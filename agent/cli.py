@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import argtypes
 from .yamlsource import ConfigError
 
 EXIT_OK = 0
@@ -73,23 +74,32 @@ def _check_numba_cache() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import config as config_module
+    from .statelock import AlreadyRunning, StateLocks
 
+    path = Path(args.config)
     try:
-        config = config_module.load(Path(args.config))
+        config = config_module.load(path)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_BAD_CONFIG
     _setup_logging(args.verbose)
+    # Before anything else is opened, and held until the process ends, reloads included.
+    locks = StateLocks()
+    from .runtime import locks_of
+
+    try:
+        locks.hold(locks_of(config))
+    except (AlreadyRunning, OSError) as exc:
+        log.error("cannot run: %s", exc)
+        return EXIT_FAILED
     _check_numba_cache()
     import time
 
     from massgate.drivers.health import DeviceHealth
 
-    from .runtime import run
+    from .runtime import StartError, run
     from .sdnotify import Notifier
-    from .statusserver import AlreadyRunning
 
-    path = Path(args.config)
     started = time.time()
 
     async def main() -> None:
@@ -102,27 +112,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         notifier = Notifier()
         carried: dict[str, DeviceHealth] = {}
+        previous: config_module.Config | None = None
+        refused: str | None = None
         try:
             current: config_module.Config | None = config
             while current is not None:
-                current = await run(
-                    current,
-                    shutdown=shutdown,
-                    reload=reload,
-                    load=lambda: config_module.load(path),
-                    notifier=notifier,
-                    started=started,
-                    carried=carried,
-                )
+                try:
+                    following = await run(
+                        current,
+                        shutdown=shutdown,
+                        reload=reload,
+                        load=lambda: config_module.load(path),
+                        notifier=notifier,
+                        started=started,
+                        carried=carried,
+                        locks=locks,
+                        refused=refused,
+                    )
+                except (StartError, AlreadyRunning) as exc:
+                    if previous is None:
+                        raise
+                    # A reloaded file that passed every check and still could not start: the
+                    # configuration that ran before runs again, and says why.
+                    refused = f"the reloaded configuration could not start: {exc}"
+                    log.error("reload refused: %s; back to the configuration loaded before", exc)
+                    current, previous = previous, None
+                    continue
+                previous, refused = current, None
+                current = following
         finally:
             notifier.close()
 
     try:
         asyncio.run(main())
-    except (AlreadyRunning, OSError) as exc:
+    except (StartError, AlreadyRunning, OSError) as exc:
         log.error("cannot run: %s", exc)
         return EXIT_FAILED
+    except BaseExceptionGroup as group:
+        # One line per cause for the journal; the tracebacks only with -v.
+        for cause in _leaves(group):
+            log.error("cannot run: %s: %s", type(cause).__name__, cause)
+        log.debug("what ended the agent", exc_info=group)
+        return EXIT_FAILED
+    finally:
+        locks.release()
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -142,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argtypes.Parser(
         prog="massgate",
         description=(
             "Edge gateway for mass balance: reads meters over Modbus, totalizes kilograms, "
@@ -150,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Sub-parsers are of the parser's own class (one-line errors); typed as the base class
+    # that the command modules take.
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(  # type: ignore[assignment]
+        dest="command", required=True, metavar="COMMAND"
+    )
 
     p = sub.add_parser(
         "check",
@@ -193,16 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
         "records stay in the outbox, where you can see them pile up.",
     )
     p.add_argument(
-        "--duration", type=float, default=60.0, help="seconds to run (default %(default)s)"
+        "--duration",
+        type=argtypes.seconds(low=0.0),
+        default=60.0,
+        help="seconds to run (default %(default)s)",
     )
     p.add_argument(
         "--leak-at",
-        type=float,
+        type=argtypes.seconds(low=0.0, zero=True),
         metavar="SECONDS",
         help="when the leak opens (default: 40%% of the duration)",
     )
     p.add_argument(
-        "--leak-rate", type=float, default=0.5, metavar="KG_PER_S", help="(default %(default)s)"
+        "--leak-rate",
+        type=argtypes.rate,
+        default=0.5,
+        metavar="KG_PER_S",
+        help="(default %(default)s)",
     )
     p.add_argument("--broker", metavar="URL", help="publish to this broker, e.g. mqtts://host:8883")
     p.add_argument("--ca", metavar="FILE", help="CA certificate that signed the broker's")
@@ -229,7 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except (BrokenPipeError, BaseExceptionGroup) as exc:
+        # The reader went away (`massgate demo --plain | head`): what it did not read is not
+        # an error of ours. From inside the agent's task group it comes wrapped in a group.
+        if isinstance(exc, BaseExceptionGroup) and exc.split(BrokenPipeError)[1] is not None:
+            raise
+        # Python would complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
     return result
 
 

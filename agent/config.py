@@ -11,6 +11,8 @@ import difflib
 import ipaddress
 import itertools
 import math
+import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from massgate.drivers.opcua.model import POLICIES as UA_POLICIES
 from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
 
 from . import density as density_models
-from . import units
+from . import preflight, units
 from .yamlsource import (
     REQUIRED,
     ConfigError,
@@ -54,6 +56,27 @@ from .yamlsource import (
 )
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
+
+# Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
+DAY = 86400.0
+YEAR = 365 * DAY
+MAX_POLL_INTERVAL = 3600.0  # a meter read less than hourly is not a meter the balance can use
+MAX_MODBUS_TIMEOUT = 60.0  # no slave needs longer; a longer wait stalls every slave on its bus
+MAX_UA_TIMEOUT = 300.0
+MAX_RETENTION = 10 * YEAR  # kept windows and records; more is a database's job, not a gateway's
+MAX_PERIOD = 31 * DAY  # windows, persistence, reminders, ages: a month at most
+MAX_OUTBOX_BYTES = 1024.0**4  # 1 TiB
+MAX_DRAIN_RATE = 1e6  # messages/s, far beyond any broker link
+MAX_ACCURACY = 0.5  # a meter rated worse than ±50 % is not measuring
+MAX_DENSITY = 25_000.0  # kg/m³: the densest element (osmium) is 22,590
+MAX_EXPANSION = 0.01  # 1/K: no liquid expands 1 % per kelvin
+MAX_SIGMA = 10.0
+MAX_KEEPALIVE = 65535.0  # s: MQTT's keep-alive is a 16-bit field
+MAX_CLIENT_ID = 128  # characters: AWS IoT's and Azure IoT Hub's limit, the strictest in use
+MAX_TOPIC_PREFIX = 128  # characters; with site and gateway names (64 each) a topic stays short
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path, less the NUL)
+RTU_UNIT_IDS = (1, 247)  # 0 is broadcast, which no slave answers; 248-255 are reserved
+TCP_UNIT_IDS = (0, 255)  # 255 (or 0) is what most Modbus TCP devices expect: "not used"
 
 __all__ = [
     "BrokerEndpoint",
@@ -333,11 +356,18 @@ def _build(raw: Any, path: Path) -> Config:
         candidate = Path(text(value)).expanduser()
         return candidate if candidate.is_absolute() else base / candidate
 
-    gateway = _gateway(root.section("gateway"), resolve)
-    lines = tuple(_line(s) for s in root.sections("lines"))
+    user = preflight.service_user(path)
+    gateway = _gateway(root.section("gateway"), resolve, user)
+    line_sections = root.sections("lines")
+    lines = tuple(_line(s) for s in line_sections)
     known_lines = {line.name: line for line in lines if line is not None}
+    # A line with an error of its own is reported there, not again at every device on it.
+    broken_lines = {
+        str(s.data.get("name")) for s, line in zip(line_sections, lines, strict=True) if not line
+    }
     devices = tuple(
-        _device(s, known_lines, resolve) for s in root.sections("devices", required=True)
+        _device(s, known_lines, broken_lines, resolve, user)
+        for s in root.sections("devices", required=True)
     )
     streams = tuple(_stream(s) for s in root.sections("streams"))
     inventories = tuple(_inventory(s) for s in root.sections("inventories"))
@@ -346,23 +376,31 @@ def _build(raw: Any, path: Path) -> Config:
     totals_interval = 60.0
     hourly_retention = 90 * 86400.0
     if (totals := root.section("totals", required=False)) is not None:
-        totals_interval = totals.take("interval", quantity(units.TIME, positive=True), 60.0)
+        totals_interval = totals.take(
+            "interval", quantity(units.TIME, minimum=1.0, maximum=DAY), 60.0
+        )
         hourly_retention = totals.take(
-            "hourly_retention", quantity(units.TIME, positive=True), hourly_retention
+            "hourly_retention",
+            quantity(units.TIME, minimum=3600.0, maximum=MAX_RETENTION),
+            hourly_retention,
         )
         totals.finish()
     balance_retention = 90 * 86400.0
     reconciliation = None
     if (balance := root.section("balance", required=False)) is not None:
         balance_retention = balance.take(
-            "retention", quantity(units.TIME, positive=True), balance_retention
+            "retention",
+            quantity(units.TIME, minimum=3600.0, maximum=MAX_RETENTION),
+            balance_retention,
         )
         if (rec := balance.section("reconciliation", required=False)) is not None:
             reconciliation = _reconciliation(rec)
         balance.finish()
     telemetry_interval = 10.0
     if (telemetry := root.section("telemetry", required=False)) is not None:
-        telemetry_interval = telemetry.take("interval", quantity(units.TIME, minimum=0.0), 10.0)
+        telemetry_interval = telemetry.take(
+            "interval", quantity(units.TIME, minimum=0.0, maximum=DAY), 10.0
+        )
         telemetry.finish()
 
     state_dir = gateway.state_dir if gateway is not None else base
@@ -372,7 +410,7 @@ def _build(raw: Any, path: Path) -> Config:
         drain_rate=DEFAULT_DRAIN_RATE,
     )
     if (outbox_section := root.section("outbox", required=False)) is not None:
-        outbox = _outbox(outbox_section, state_dir, resolve)
+        outbox = _outbox(outbox_section, state_dir, resolve, user)
 
     health = HealthConfig(socket=state_dir / STATUS_SOCKET)
     if (health_section := root.section("health", required=False)) is not None:
@@ -380,13 +418,23 @@ def _build(raw: Any, path: Path) -> Config:
             socket=health_section.take("socket", resolve, health.socket),
             metrics=health_section.take("metrics", _loopback_address, None),
         )
+        if health_section.has("socket"):
+            _check_socket(health_section, health.socket, user)
         health_section.finish()
+    elif gateway is not None and len(os.fsencode(health.socket)) > MAX_SOCKET_PATH:
+        root.fail(
+            "gateway",
+            f"the status socket {health.socket} would be longer than {MAX_SOCKET_PATH} bytes; "
+            "use a shorter state_dir or set health.socket",
+        )
 
     mqtt = None
     if (mqtt_section := root.section("mqtt", required=False)) is not None:
         default_id = f"massgate-{gateway.site}-{gateway.id}" if gateway else "massgate"
-        mqtt = _mqtt(mqtt_section, resolve, default_id)
-    root.finish()
+        mqtt = _mqtt(mqtt_section, resolve, default_id, user)
+    # Top-level keys starting with "x-" hold YAML anchors for `<<: *name` (a template for
+    # twenty similar meters); like docker-compose's extension fields, they are not read.
+    root.finish(extra_known=[key for key in root.data if key.startswith("x-")])
     report.raise_if_any()
 
     config = Config(
@@ -427,7 +475,7 @@ def _with_rollover(stream: StreamConfig, config: Config) -> StreamConfig:
     return replace(stream, rollover=span)
 
 
-def _gateway(s: Section | None, resolve: Any) -> GatewayConfig | None:
+def _gateway(s: Section | None, resolve: Any, user: Any) -> GatewayConfig | None:
     if s is None:
         return None
     result = GatewayConfig(
@@ -435,8 +483,50 @@ def _gateway(s: Section | None, resolve: Any) -> GatewayConfig | None:
         id=s.take("id", name),
         state_dir=s.take("state_dir", resolve),
     )
+    if result.state_dir is not None:
+        try:
+            preflight.writable_dir(result.state_dir, user=user)
+        except preflight.PreflightError as exc:
+            s.fail("state_dir", str(exc))
     s.finish()
     return result if s.ok else None
+
+
+def _check_socket(s: Section, socket: Path, user: Any) -> None:
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        s.fail("socket", f"{socket} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket path)")
+        return
+    try:
+        preflight.writable_dir(socket.parent, user=user)
+    except preflight.PreflightError as exc:
+        s.fail("socket", str(exc))
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _host(value: Any) -> str:
+    """A host name (RFC 1123, '_' tolerated), an IPv4 address or an IPv6 address."""
+    host = text(value)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise Invalid(f"'{host}' is not an IPv6 address") from None
+        return bare
+    labels = bare.removesuffix(".").split(".")
+    if labels[-1].isdigit():  # no top-level domain is numeric: this is meant as an IPv4 address
+        try:
+            ipaddress.IPv4Address(bare)
+        except ValueError:
+            raise Invalid(
+                f"'{host}' is not an IPv4 address (four numbers 0-255, like 192.0.2.10)"
+            ) from None
+        return bare
+    if len(bare) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise Invalid(f"'{host}' is not a host name or IP address")
+    return bare
 
 
 def _line(s: Section) -> SerialLink | None:
@@ -446,7 +536,7 @@ def _line(s: Section) -> SerialLink | None:
     parity = s.take("parity", choice(*PARITIES), "none")
     stopbits = s.take("stopbits", integer(1, 2), 1)
     bytesize = s.take("bytesize", integer(7, 8), 8)
-    delay = s.take("inter_frame_delay", quantity(units.TIME, minimum=0.0), None)
+    delay = s.take("inter_frame_delay", quantity(units.TIME, minimum=0.0, maximum=1.0), None)
     s.finish()
     if not s.ok:
         return None
@@ -462,37 +552,46 @@ def _line(s: Section) -> SerialLink | None:
 
 
 def _device(
-    s: Section, lines: dict[str, SerialLink], resolve: Any
+    s: Section, lines: dict[str, SerialLink], broken_lines: set[str], resolve: Any, user: Any
 ) -> ModbusDevice | OpcUaDevice | None:
     device_name = s.take("name", name)
     protocol = s.take("protocol", choice("modbus_tcp", "modbus_rtu", "opcua"))
     if protocol == "opcua":
-        return _opcua_device(s, device_name, resolve)
+        return _opcua_device(s, device_name, resolve, user)
     link: TcpLink | SerialLink | None = None
+    unit_ids = RTU_UNIT_IDS
     if protocol == "modbus_tcp":
-        host = s.take("host", text)
+        host = s.take("host", _host)
         port = s.take("port", integer(1, 65535), 502)
         framing = s.take("framing", choice("tcp", "rtu"), "tcp")
+        if framing == "tcp":  # RTU frames over TCP address slaves on a serial line behind it
+            unit_ids = TCP_UNIT_IDS
         if host is not None and port is not None and framing is not None:
             link = TcpLink(host=host, port=port, framing=framing)
     elif protocol == "modbus_rtu":
         line_name = s.take("line", name)
         if line_name is not None:
             link = lines.get(line_name)
-            if link is None:
+            if link is None and line_name in broken_lines:
+                s.ok = False  # the line's own problem is reported where the line is
+            elif link is None:
                 known = ", ".join(sorted(lines)) or "none are defined under 'lines'"
                 s.fail("line", f"no serial line named '{line_name}' (lines: {known})")
-    unit_id = s.take("unit_id", integer(0, 247), 1)
-    poll_interval = s.take("poll_interval", quantity(units.TIME, minimum=0.01), 1.0)
-    timeout = s.take("timeout", quantity(units.TIME, minimum=0.01), 1.0)
+    unit_id = s.take("unit_id", _unit_id(protocol, unit_ids), 1)
+    poll_interval = s.take(
+        "poll_interval", quantity(units.TIME, minimum=0.01, maximum=MAX_POLL_INTERVAL), 1.0
+    )
+    timeout = s.take("timeout", quantity(units.TIME, minimum=0.01, maximum=MAX_MODBUS_TIMEOUT), 1.0)
     retries = s.take("retries", integer(0, 10), 1)
     max_request = s.take(
         "max_request_registers", integer(1, MAX_READ_REGISTERS), MAX_READ_REGISTERS
     )
     gap_fill = s.take("gap_fill", integer(0, MAX_READ_REGISTERS), 8)
     degrade_after = s.take("degrade_after", integer(1, 1000), 3)
-    degraded_interval = s.take("degraded_interval", quantity(units.TIME, minimum=0.01), 10.0)
-    stale_after = s.take("stale_after", quantity(units.TIME, positive=True), None)
+    degraded_interval = s.take(
+        "degraded_interval", quantity(units.TIME, minimum=0.01, maximum=MAX_POLL_INTERVAL), 10.0
+    )
+    stale_after = s.take("stale_after", quantity(units.TIME, positive=True, maximum=DAY), None)
     profile_name = s.take("profile", text, None)
 
     points: dict[str, Point] = {}
@@ -533,6 +632,23 @@ def _device(
     )
 
 
+def _unit_id(protocol: str | None, bounds: tuple[int, int]) -> Any:
+    low, high = bounds
+
+    def convert(value: Any) -> int:
+        unit_id = integer(0, 255)(value)
+        if not low <= unit_id <= high:
+            why = (
+                "0 is broadcast, which no slave answers"
+                if unit_id == 0
+                else "248-255 are reserved on a serial line"
+            )
+            raise Invalid(f"{unit_id} is out of range {low}..{high} for RTU framing ({why})")
+        return unit_id
+
+    return convert
+
+
 def profile_point(pp: profiles.ProfilePoint, device_name: str) -> Point:
     """A profile's point on one device, with its scale and unit folded into SI factors."""
     unit = units.lookup(pp.unit)
@@ -549,20 +665,42 @@ def profile_point(pp: profiles.ProfilePoint, device_name: str) -> Point:
     )
 
 
-def _opcua_device(s: Section, device_name: str, resolve: Any) -> OpcUaDevice | None:
-    url = s.take("url", text)
-    if url is not None and not url.startswith("opc.tcp://"):
-        s.fail("url", f"'{url}' is not an OPC UA address; write opc.tcp://host:port[/path]")
+def _ua_url(value: Any) -> str:
+    url = text(value)
+    parts = urlsplit(url)
+    if parts.scheme != "opc.tcp" or not parts.hostname:
+        raise Invalid(f"'{url}' is not an OPC UA address; write opc.tcp://host:port[/path]")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not 0-65535
+    except ValueError:
+        raise Invalid(f"'{url}' has an invalid port (1-65535)") from None
+    _host(parts.hostname)
+    return url
+
+
+def _ua_time(low: float, high: float) -> Any:
+    return quantity(units.TIME, minimum=low, maximum=high)
+
+
+def _opcua_device(s: Section, device_name: str, resolve: Any, user: Any) -> OpcUaDevice | None:
+    url = s.take("url", _ua_url)
     mode = s.take("mode", choice("subscribe", "poll"), "subscribe")
-    publishing = s.take("publishing_interval", quantity(units.TIME, minimum=0.01), 0.5)
-    sampling = s.take("sampling_interval", quantity(units.TIME, minimum=0.0), 0.25)
+    publishing = s.take("publishing_interval", _ua_time(0.01, MAX_POLL_INTERVAL), 0.5)
+    sampling = s.take("sampling_interval", _ua_time(0.0, MAX_POLL_INTERVAL), 0.25)
     queue_size = s.take("queue_size", integer(0, 10_000), 10)
     deadband = s.take("deadband", number, None)
-    poll_interval = s.take("poll_interval", quantity(units.TIME, minimum=0.01), 1.0)
-    timeout = s.take("timeout", quantity(units.TIME, minimum=0.1), 4.0)
-    reconnect_max = s.take("reconnect_max", quantity(units.TIME, minimum=0.1), 30.0)
+    if deadband is not None and deadband < 0:
+        s.fail("deadband", "a deadband is 0 or more")
+    poll_interval = s.take("poll_interval", _ua_time(0.01, MAX_POLL_INTERVAL), 1.0)
+    timeout = s.take("timeout", _ua_time(0.1, MAX_UA_TIMEOUT), 4.0)
+    reconnect_max = s.take("reconnect_max", _ua_time(0.1, 3600.0), 30.0)
     username = s.take("username", text, None)
     password_file = s.take("password_file", resolve, None)
+    if password_file is not None:
+        try:
+            preflight.password_file(password_file, user=user)
+        except preflight.PreflightError as exc:
+            s.fail("password_file", str(exc))
     security = UaSecurity(
         policy="None", mode=None, certificate=None, private_key=None, server_certificate=None
     )
@@ -578,8 +716,11 @@ def _opcua_device(s: Section, device_name: str, resolve: Any) -> OpcUaDevice | N
             ("private_key", private_key),
             ("server_certificate", server_certificate),
         ):
-            if path is not None and not path.is_file():
-                sec.fail(key, f"no such file: {path}")
+            if path is not None:
+                try:
+                    preflight.readable_file(path, user=user)
+                except preflight.PreflightError as exc:
+                    sec.fail(key, str(exc))
         if sec.ok:
             security = UaSecurity(
                 policy=policy,
@@ -595,7 +736,7 @@ def _opcua_device(s: Section, device_name: str, resolve: Any) -> OpcUaDevice | N
         point_name = ns.take("name", name)
         node_id = ns.take("node", text)
         unit_symbol = ns.take("unit", _unit_symbol)
-        scale = ns.take("scale", number, 1.0)
+        scale = ns.take("scale", _scale, 1.0)
         offset = ns.take("offset", number, 0.0)
         ns.finish()
         if not ns.ok:
@@ -645,7 +786,7 @@ def _point(s: Section, device_name: str) -> Point | None:
     order = s.take("order", choice(*codec.ORDERS), "ABCD")
     flag = bit_table or s.has("bit") or type_name == "bool"
     unit_symbol = s.take("unit", _unit_symbol, "flag" if flag else REQUIRED)
-    scale = s.take("scale", number, 1.0)
+    scale = s.take("scale", _scale, 1.0)
     offset = s.take("offset", number, 0.0)
     s.finish()
     if not s.ok:
@@ -681,6 +822,13 @@ def _point(s: Section, device_name: str) -> Point | None:
     )
 
 
+def _scale(value: Any) -> float:
+    result = number(value)
+    if result == 0:
+        raise Invalid("a scale of 0 makes every value zero")
+    return result
+
+
 DENSITY_MODELS = ("constant", "linear", "quadratic", "water", "api", "gas")
 API_COMMODITIES = (
     "crude",
@@ -705,17 +853,17 @@ def _density(s: Section | None) -> DensityModel | None:
         common["pressure"] = s.take("pressure", _tag, None)
         common["pressure_absolute"] = s.take("pressure_absolute", boolean, False)
         common["atmosphere"] = s.take(
-            "atmosphere", quantity(units.PRESSURE, positive=True), 101325.0
+            "atmosphere", quantity(units.PRESSURE, minimum=50e3, maximum=120e3), 101325.0
         )
     if model in ("constant", "linear", "quadratic"):
-        common["reference"] = s.take("reference", quantity(units.DENSITY, positive=True))
+        common["reference"] = s.take("reference", _density_quantity)
         common["reference_temperature"] = 288.15
         common["expansion"] = 0.0
         if model != "constant":
-            common["reference_temperature"] = s.take(
-                "at", quantity(units.TEMPERATURE, positive=True)
+            common["reference_temperature"] = s.take("at", _temperature)
+            common["expansion"] = s.take(
+                "expansion", quantity(units.PER_KELVIN, minimum=0.0, maximum=MAX_EXPANSION)
             )
-            common["expansion"] = s.take("expansion", quantity(units.PER_KELVIN, minimum=0.0))
         if model == "quadratic":
             common["expansion2"] = s.take("expansion2", _coefficient)
         if model == "linear":
@@ -731,30 +879,31 @@ def _density(s: Section | None) -> DensityModel | None:
     elif model == "api":
         common["commodity"] = s.take("commodity", choice(*API_COMMODITIES), "crude")
         common["base"] = s.take("base", choice("60F", "15C"), "60F")
-        common["reference"] = s.take("base_density", quantity(units.DENSITY, positive=True))
+        common["reference"] = s.take("base_density", _density_quantity)
         common["reference_temperature"] = 288.15 if common["base"] == "15C" else 288.7055556
         common["expansion"] = 0.0
         if common["commodity"] == "special":
-            common["alpha60"] = s.take("alpha60", quantity(units.PER_KELVIN, positive=True))
+            common["alpha60"] = s.take(
+                "alpha60", quantity(units.PER_KELVIN, positive=True, maximum=MAX_EXPANSION)
+            )
             if common["alpha60"] is not None:
                 common["alpha60"] /= 1.8  # the standard's α60 is per °F
     else:  # gas
         common["molar_mass"] = s.take("molar_mass", _molar_mass)
-        common["z"] = s.take("z", number, None)
+        common["z"] = s.take("z", _compressibility_factor, None)
         if common["z"] is None:
+            # Helium's critical point is the lowest (5.2 K, 0.23 MPa) of any gas.
             common["critical_temperature"] = s.take(
-                "critical_temperature", quantity(units.TEMPERATURE, positive=True)
+                "critical_temperature", quantity(units.TEMPERATURE, minimum=5.0, maximum=2000.0)
             )
             common["critical_pressure"] = s.take(
-                "critical_pressure", quantity(units.PRESSURE, positive=True)
+                "critical_pressure", quantity(units.PRESSURE, minimum=1e5, maximum=1e9)
             )
-            common["acentric_factor"] = s.take("acentric_factor", number, 0.0)
+            common["acentric_factor"] = s.take("acentric_factor", _acentric_factor, 0.0)
         if (standard := s.section("standard", required=False)) is not None:
-            common["standard_temperature"] = standard.take(
-                "temperature", quantity(units.TEMPERATURE, positive=True), 288.15
-            )
+            common["standard_temperature"] = standard.take("temperature", _temperature, 288.15)
             common["standard_pressure"] = standard.take(
-                "pressure", quantity(units.PRESSURE, positive=True), 101325.0
+                "pressure", quantity(units.PRESSURE, minimum=1e3, maximum=1e7), 101325.0
             )
             standard.finish()
         common["reference_temperature"] = 288.15
@@ -769,13 +918,26 @@ def _density(s: Section | None) -> DensityModel | None:
     return DensityModel(**common)
 
 
+_density_quantity = quantity(units.DENSITY, positive=True, maximum=MAX_DENSITY)
+# Kelvin: from what cryogenic service needs to what no liquid or gas meter sees.
+_temperature = quantity(units.TEMPERATURE, minimum=1.0, maximum=2000.0)
+
+
+def _acentric_factor(value: Any) -> float:
+    omega = number(value)
+    if not -1.0 <= omega <= 2.0:
+        raise Invalid(f"an acentric factor lies between -1 and 2, got {omega}")
+    return omega
+
+
 def _coefficient(value: Any) -> float:
     """A plain number; YAML reads '1e-6' (no dot) as text, which an engineer means as 1e-6."""
     if isinstance(value, str):
         try:
-            return float(value)
+            result = float(value)
         except ValueError:
             raise Invalid(f"expected a number, got {value!r}") from None
+        return number(result)
     return number(value)
 
 
@@ -797,7 +959,7 @@ def _molar_mass(value: Any) -> float:
                 result = float(text_.removesuffix(suffix)) * factor
             except ValueError:
                 break
-            if result > 0:
+            if 0 < result < 1.0:  # kg/mol: the heaviest gas in use is far below 1 kg/mol
                 return result
     raise Invalid(f"expected a molar mass such as '16.04 g/mol', got {value!r}")
 
@@ -808,8 +970,8 @@ def _stream(s: Section) -> StreamConfig | None:
     volume_flow = s.take("volume_flow", _tag, None)
     mass_total = s.take("mass_total", _tag, None)
     density = _density(s.section("density", required=volume_flow is not None))
-    accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True))
-    max_gap = s.take("max_gap", quantity(units.TIME, positive=True), 5.0)
+    accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True, maximum=MAX_ACCURACY))
+    max_gap = s.take("max_gap", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
     dimension = units.MASS_FLOW if volume_flow is None else units.VOLUME_FLOW
     cutoff = s.take("low_flow_cutoff", quantity(dimension, minimum=0.0), 0.0)
     meter_factor = s.take("meter_factor", _meter_factor, 1.0)
@@ -858,6 +1020,13 @@ def _stream(s: Section) -> StreamConfig | None:
     )
 
 
+def _compressibility_factor(value: Any) -> float:
+    z = number(value)
+    if not 0.05 <= z <= 5.0:
+        raise Invalid(f"a compressibility factor Z lies between 0.05 and 5, got {z}")
+    return z
+
+
 def _meter_factor(value: Any) -> float:
     factor = number(value)
     if not 0.5 <= factor <= 2.0:
@@ -876,7 +1045,7 @@ def _inventory(s: Section) -> InventoryConfig | None:
         density = _density(s.section("density"))
     accuracy_unit = units.MASS if mass is not None else units.LENGTH
     accuracy = s.take("accuracy", quantity(accuracy_unit, positive=True))
-    max_age = s.take("max_age", quantity(units.TIME, positive=True), 5.0)
+    max_age = s.take("max_age", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
     if level is None and mass is None and s.ok:
         s.fail(None, "an inventory needs 'level' (a tank) or 'mass' (load cells)")
     if level is not None and mass is not None:
@@ -958,26 +1127,28 @@ def _node(s: Section) -> NodeConfig | None:
         if (ws := s.section("window")) is not None:
             window = _calendar_or_batch(ws)
     else:
-        window = {"window": s.take("window", quantity(units.TIME, positive=True))}
-    evaluate_every = s.take("evaluate_every", quantity(units.TIME, positive=True), None)
+        window = {"window": s.take("window", quantity(units.TIME, minimum=1.0, maximum=MAX_PERIOD))}
+    evaluate_every = s.take("evaluate_every", quantity(units.TIME, minimum=0.1, maximum=DAY), None)
     fixed, relative, sigma = 0.0, 0.01, 3.0
     if (tol := s.section("tolerance", required=False)) is not None:
         fixed = tol.take("fixed", quantity(units.MASS, minimum=0.0), 0.0)
-        relative = tol.take("relative", quantity(units.FRACTION, minimum=0.0), 0.0)
-        sigma = tol.take("sigma", number, 3.0)
+        relative = tol.take("relative", quantity(units.FRACTION, minimum=0.0, maximum=1.0), 0.0)
+        sigma = tol.take("sigma", _sigma, 3.0)
         tol.finish()
-    persistence = s.take("persistence", quantity(units.TIME, minimum=0.0))
-    clear_after = s.take("clear_after", quantity(units.TIME, minimum=0.0), 0.0)
-    min_coverage = s.take("min_coverage", quantity(units.FRACTION, minimum=0.0), 0.9)
-    deadband = s.take("deadband", quantity(units.FRACTION, minimum=0.0), 0.1)
-    re_alarm = s.take("re_alarm", quantity(units.TIME, minimum=0.0), 0.0)
+    period = quantity(units.TIME, minimum=0.0, maximum=MAX_PERIOD)
+    persistence = s.take("persistence", period)
+    clear_after = s.take("clear_after", period, 0.0)
+    fraction = quantity(units.FRACTION, minimum=0.0, maximum=1.0)
+    min_coverage = s.take("min_coverage", fraction, 0.9)
+    deadband = s.take("deadband", fraction, 0.1)
+    re_alarm = s.take("re_alarm", period, 0.0)
     drift_k, drift_h = 1.0, 8.0
     if s.data.get("drift") is False:
         s.take("drift", boolean)
         drift_h = 0.0
     elif (drift := s.section("drift", required=False)) is not None:
-        drift_k = drift.take("k", quantity(units.FRACTION, minimum=0.0), drift_k)
-        drift_h = drift.take("h", quantity(units.FRACTION, positive=True), drift_h)
+        drift_k = drift.take("k", quantity(units.FRACTION, minimum=0.0, maximum=100.0), drift_k)
+        drift_h = drift.take("h", quantity(units.FRACTION, positive=True, maximum=1000.0), drift_h)
         drift.finish()
     s.finish()
     if not s.ok or not window:
@@ -1020,6 +1191,15 @@ def _node(s: Section) -> NodeConfig | None:
         drift_h=drift_h,
         **window,
     )
+
+
+def _sigma(value: Any) -> float:
+    sigma = number(value)
+    if not 0 <= sigma <= MAX_SIGMA:
+        raise Invalid(
+            f"sigma is a coverage factor from 0 to {MAX_SIGMA:g} (3 is usual), got {sigma}"
+        )
+    return sigma
 
 
 def _clock_time(value: Any) -> tuple[int, int]:
@@ -1083,8 +1263,8 @@ def _timezone(value: Any) -> str:
 
 
 def _reconciliation(s: Section) -> ReconciliationConfig:
-    window = s.take("window", quantity(units.TIME, positive=True), 3600.0)
-    every = s.take("every", quantity(units.TIME, positive=True), 300.0)
+    window = s.take("window", quantity(units.TIME, minimum=60.0, maximum=MAX_PERIOD), 3600.0)
+    every = s.take("every", quantity(units.TIME, minimum=1.0, maximum=DAY), 300.0)
     alpha = s.take("alpha", quantity(units.FRACTION, positive=True), 0.05)
     confirm = s.take("confirm", integer(1, 1000), 3)
     s.finish()
@@ -1093,16 +1273,32 @@ def _reconciliation(s: Section) -> ReconciliationConfig:
     return ReconciliationConfig(window=window, every=every, alpha=alpha, confirm=confirm)
 
 
-def _outbox(s: Section, state_dir: Path, resolve: Any) -> OutboxConfig:
+def _outbox(s: Section, state_dir: Path, resolve: Any, user: Any) -> OutboxConfig:
     path = s.take("path", resolve, state_dir / "state.sqlite")
-    max_bytes = s.take("max_size", quantity(units.BYTES, minimum=1e5), DEFAULT_OUTBOX_BYTES)
+    if s.has("path") and path is not None:
+        try:
+            if os.path.isdir(path):
+                raise preflight.PreflightError(f"{path} is a directory; name the database file")
+            preflight.writable_dir(path.parent, user=user)
+        except preflight.PreflightError as exc:
+            s.fail("path", str(exc))
+    max_bytes = s.take(
+        "max_size",
+        quantity(units.BYTES, minimum=1e5, maximum=MAX_OUTBOX_BYTES),
+        DEFAULT_OUTBOX_BYTES,
+    )
     drain_rate = s.take("drain_rate", number, DEFAULT_DRAIN_RATE)
-    if drain_rate is not None and drain_rate < 0:
-        s.fail("drain_rate", "a rate in messages per second, or 0 for no limit")
+    if drain_rate is not None and not 0 <= drain_rate <= MAX_DRAIN_RATE:
+        s.fail(
+            "drain_rate",
+            f"a rate in messages per second up to {MAX_DRAIN_RATE:g}, or 0 for no limit",
+        )
     max_age: dict[str, float] = {}
     if (ages := s.section("max_age", required=False)) is not None:
         for priority in ("telemetry", "totals", "balance", "alarm"):
-            age = ages.take(priority, quantity(units.TIME, positive=True), None)
+            age = ages.take(
+                priority, quantity(units.TIME, positive=True, maximum=MAX_RETENTION), None
+            )
             if age is not None:
                 max_age[priority] = age
         ages.finish()
@@ -1143,11 +1339,45 @@ def _broker(value: Any) -> BrokerEndpoint:
         port = url.port
     except ValueError:
         raise Invalid(f"'{value}' has an invalid port") from None
+    if port == 0:
+        raise Invalid(f"'{value}' has an invalid port (1-65535)")
+    host = _host(url.hostname)
     tls = url.scheme == "mqtts"
-    return BrokerEndpoint(host=url.hostname, port=port or (8883 if tls else 1883), tls=tls)
+    return BrokerEndpoint(host=host, port=port or (8883 if tls else 1883), tls=tls)
 
 
-def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
+def _topic_prefix(value: Any) -> str:
+    prefix = text(value)
+    if len(prefix) > MAX_TOPIC_PREFIX:
+        raise Invalid(f"a topic prefix is at most {MAX_TOPIC_PREFIX} characters")
+    if any(c in prefix for c in "+#\x00") or prefix.startswith("/") or prefix.endswith("/"):
+        raise Invalid(
+            f"'{prefix}' is not a topic prefix: no '+', '#' (wildcards), and no '/' at either end"
+        )
+    if "//" in prefix:
+        raise Invalid(f"'{prefix}' has an empty topic level ('//')")
+    return prefix
+
+
+def _client_id(value: Any) -> str:
+    client_id = text(value)
+    if len(client_id) > MAX_CLIENT_ID:
+        raise Invalid(
+            f"a client id is at most {MAX_CLIENT_ID} characters; this one has {len(client_id)}"
+        )
+    if not client_id.isascii() or not client_id.isprintable() or " " in client_id:
+        raise Invalid(f"'{client_id}' may contain only printable ASCII without spaces")
+    return client_id
+
+
+def _env_name(value: Any) -> str:
+    result = text(value)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", result):
+        raise Invalid(f"'{result}' is not the name of an environment variable")
+    return result
+
+
+def _mqtt(s: Section, resolve: Any, default_client_id: str, user: Any) -> MqttConfig:
     brokers: tuple[BrokerEndpoint, ...] = ()
     raw_brokers = s.take("brokers", lambda v: v)
     if isinstance(raw_brokers, YamlSeq) and raw_brokers:
@@ -1174,15 +1404,38 @@ def _mqtt(s: Section, resolve: Any, default_client_id: str) -> MqttConfig:
         client_cert=s.take("client_cert", resolve, None),
         client_key=s.take("client_key", resolve, None),
         protocol=s.take("protocol", choice("5", "3.1.1"), "5"),
-        keepalive=s.take("keepalive", quantity(units.TIME, minimum=5.0), 30.0),
-        topic_prefix=s.take("topic_prefix", text, "massgate"),
+        keepalive=s.take(
+            "keepalive", quantity(units.TIME, minimum=5.0, maximum=MAX_KEEPALIVE), 30.0
+        ),
+        topic_prefix=s.take("topic_prefix", _topic_prefix, "massgate"),
         in_flight=s.take("in_flight", integer(1, 65535), 20),
         username=s.take("username", text, None),
         password_file=s.take("password_file", resolve, None),
-        password_env=s.take("password_env", text, None),
-        client_id=s.take("client_id", text, default_client_id),
-        status_interval=s.take("status_interval", quantity(units.TIME, minimum=1.0), 60.0),
+        password_env=s.take("password_env", _env_name, None),
+        client_id=s.take("client_id", _client_id, default_client_id),
+        status_interval=s.take(
+            "status_interval", quantity(units.TIME, minimum=1.0, maximum=DAY), 60.0
+        ),
     )
+    if not s.has("client_id") and len(default_client_id) > MAX_CLIENT_ID:
+        s.fail(
+            None,
+            f"the client id made from site and gateway id ({len(default_client_id)} characters) "
+            f"is longer than {MAX_CLIENT_ID}; set 'client_id'",
+        )
+    if any(b.tls for b in result.brokers) or result.client_cert or result.client_key:
+        for key, message in preflight.tls_problems(
+            ca_file=result.ca_file,
+            client_cert=result.client_cert,
+            client_key=result.client_key,
+            user=user,
+        ):
+            s.fail(key, message)
+    if result.password_file is not None:
+        try:
+            preflight.password_file(result.password_file, user=user)
+        except preflight.PreflightError as exc:
+            s.fail("password_file", str(exc))
     if (result.client_cert is None) != (result.client_key is None):
         s.fail("client_cert", "give both 'client_cert' and 'client_key', or neither")
     if result.password_file is not None and result.password_env is not None:
@@ -1322,8 +1575,9 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         return
     try:
         terms = node_terms(config.nodes)
-    except ValueError as exc:
-        report.add(*where("nodes", 0), str(exc))
+    except NodeCycle as exc:
+        index = next(i for i, n in enumerate(config.nodes) if n.name == exc.node)
+        report.add(*where("nodes", index, "nodes"), str(exc))
         return
     if config.reconciliation is not None:
         leaves = [n for n in config.nodes if not n.nodes]
@@ -1338,6 +1592,14 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         except ValueError as exc:
             line = root.data.key_lines.get("balance", 1)
             report.add(line, "balance.reconciliation", f"the nodes do not form a network: {exc}")
+
+
+class NodeCycle(ValueError):
+    """Nodes that contain each other; `node` is where the cycle was entered."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass(frozen=True, slots=True)
@@ -1362,7 +1624,8 @@ def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:
     def resolve(node: NodeConfig, path: tuple[str, ...]) -> NodeTerms:
         if node.name in path:
             cycle = " → ".join((*path[path.index(node.name) :], node.name))
-            raise ValueError(f"nodes contain each other: {cycle}")
+            # Reported at the node whose 'nodes' entry closes the circle.
+            raise NodeCycle(f"nodes contain each other: {cycle}", path[-1])
         if node.name in found:
             return found[node.name]
         parts = [resolve(by_name[c], (*path, node.name)) for c in node.nodes]

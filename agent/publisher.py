@@ -38,13 +38,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from . import preflight
 from .config import BrokerEndpoint, MqttConfig
 from .outbox import Message, Outbox
 from .records import topic, utc
@@ -59,18 +59,14 @@ ACK_POST = 200  # PUBACKs reported to the asyncio side at once...
 ACK_POST_DELAY = 0.02  # ... or after this many seconds
 ACK_FLUSH = 0.25  # s between deletions of acknowledged records
 ACK_BATCH = 2000  # ... or sooner when this many are waiting
-CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
 STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye)
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
-    """Server certificate and host name verified; TLS 1.2 at least."""
-    ca = str(config.ca_file) if config.ca_file else None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config.client_cert is not None and config.client_key is not None:
-        context.load_cert_chain(str(config.client_cert), str(config.client_key))
-    return context
+    """The context `massgate check` built from the same files (agent/preflight.py)."""
+    return preflight.tls_context(
+        ca_file=config.ca_file, client_cert=config.client_cert, client_key=config.client_key
+    )
 
 
 def read_password(config: MqttConfig) -> str | None:
@@ -87,16 +83,12 @@ def read_password(config: MqttConfig) -> str | None:
             )
         return value
     if config.password_file is not None:
-        path = config.password_file
-        raw = str(path)
-        if CREDENTIALS in raw:  # systemd's LoadCredential= directory, known only at run time
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if directory is None:
-                raise ValueError(
-                    f"mqtt.password_file names {CREDENTIALS}, which systemd sets only for a "
-                    "service with LoadCredential="
-                )
-            path = Path(directory) / raw.split(CREDENTIALS, 1)[1].lstrip("/")
+        path = preflight.credential_path(config.password_file)
+        if path is None:
+            raise ValueError(
+                f"mqtt.password_file names {preflight.CREDENTIALS}, which systemd sets only "
+                "for a service with LoadCredential="
+            )
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:

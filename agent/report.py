@@ -133,14 +133,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, now=now)
         until = parse_time(args.until, now=now) if args.until else math.inf
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
+    except (ValueError, OverflowError) as exc:
+        print(f"massgate report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    known = {n.name for n in config.nodes} | {"network"}
+    if until <= since:
+        print(
+            f"massgate report: error: --to {args.until} is not after --from {args.since}: "
+            "the range holds no time",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    known = {n.name for n in config.nodes}
+    # Reconciliation's gross-error alarms belong to the network of nodes, not to one node.
+    extra = {"network"} if config.reconciliation is not None else set()
     for node in args.node or ():
-        if node not in known:
-            print(f"no node named '{node}' (nodes: {', '.join(sorted(known))})", file=sys.stderr)
+        if node not in known | extra:
+            listed = ", ".join(sorted(known)) or "none are configured"
+            if extra:
+                listed += "; 'network' for reconciliation alarms"
+            print(
+                f"massgate report: error: no node named '{node}' (nodes: {listed})", file=sys.stderr
+            )
             return EXIT_BAD_INPUT
+    known |= extra
     try:
         found = read(config.outbox.path, ("balance", "alarm"), since, until)
     except FileNotFoundError as exc:

@@ -12,6 +12,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import socket
+import sqlite3
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +29,7 @@ from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_fo
 from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.poller import Poller
 
-from . import audit
+from . import audit, preflight
 from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from .config import Config, node_terms
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
@@ -35,6 +39,7 @@ from .reconciler import Reconciler, SuspectEvent, gross_error_body
 from .records import Record, num, utc
 from .samples import Batch, Quality
 from .sdnotify import Notifier
+from .statelock import StateLocks, lock_paths
 from .statusserver import StatusServer
 from .totalizer import InventoryGauge, StreamTotal
 from .yamlsource import ConfigError
@@ -44,6 +49,22 @@ log = logging.getLogger(__name__)
 TICK = 0.25  # s between processing cycles
 GRACEFUL_TIMEOUT = 10.0  # s for the publisher to drain at shutdown
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
+
+
+class StartError(Exception):
+    """The pipeline cannot be built (database, TLS, a port): one line saying what and why."""
+
+
+# What building a part of the pipeline raises when the machine refuses it, not our code.
+_REFUSALS = (OSError, sqlite3.Error, ssl.SSLError, ValueError)
+
+
+def locks_of(config: Config) -> list[Any]:
+    return lock_paths(
+        state_dir=config.gateway.state_dir,
+        outbox=config.outbox.path,
+        socket=config.health.socket,
+    )
 
 
 @dataclass(slots=True)
@@ -279,6 +300,7 @@ class Agent:
     started: float = field(default_factory=time.time)
     health: dict[str, Any] = field(default_factory=dict)  # the latest snapshot, replaced whole
     reload_error: str | None = None
+    locks: StateLocks | None = None
 
 
 async def run(
@@ -293,21 +315,72 @@ async def run(
     notifier: Notifier | None = None,
     started: float | None = None,
     carried: dict[str, DeviceHealth] | None = None,
+    locks: StateLocks | None = None,
+    refused: str | None = None,
 ) -> Config | None:
     """Run the agent until `shutdown` is set (forever if None).
 
-    When `reload` is set, `load()` reads the configuration again. A valid one ends this run
-    cleanly (totals saved, outbox flushed) and is returned, for the caller to run next; an
-    invalid one is refused with its problems in the log, and this run goes on unchanged.
+    When `reload` is set, `load()` reads the configuration again. A valid one that the
+    machine can also run (its database opens, its ports are free, see `_preflight`) ends this
+    run cleanly (totals saved, outbox flushed) and is returned, for the caller to run next;
+    any other is refused with its problems in the log, and this run goes on unchanged.
     `carried` keeps each device's health across such runs, so that a meter that was down
-    before a reload is not announced down again, and its counts go on.
+    before a reload is not announced down again, and its counts go on. `locks` are the
+    state locks the caller holds for the life of the process (taken here, and released at
+    the end, when not given); `refused` is a reload refusal to show from the start.
+
+    Raises AlreadyRunning when another agent holds the state, StartError when the pipeline
+    cannot be built.
     """
     shutdown = shutdown or asyncio.Event()
     notifier = notifier or Notifier("")
     started = started or time.time()
-    # First, before the outbox is touched: no other agent may be running on this state.
+    own_locks = locks is None
+    locks = locks or StateLocks()
+    try:
+        # First, before the outbox is touched: no other agent may be running on this state.
+        locks.hold(locks_of(config))
+        return await _serve(
+            config,
+            shutdown=shutdown,
+            on_cycle=on_cycle,
+            tick=tick,
+            graceful_timeout=graceful_timeout,
+            reload=reload,
+            load=load,
+            notifier=notifier,
+            started=started,
+            carried={} if carried is None else carried,
+            locks=locks,
+            refused=refused,
+        )
+    finally:
+        if own_locks:
+            locks.release()
+
+
+async def _serve(
+    config: Config,
+    *,
+    shutdown: asyncio.Event,
+    on_cycle: Callable[[Agent], None] | None,
+    tick: float,
+    graceful_timeout: float,
+    reload: asyncio.Event | None,
+    load: Callable[[], Config] | None,
+    notifier: Notifier,
+    started: float,
+    carried: dict[str, DeviceHealth],
+    locks: StateLocks,
+    refused: str | None,
+) -> Config | None:
     server = StatusServer(config.health.socket, dict)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        raise StartError(
+            f"cannot open the status socket {config.health.socket}: {exc.strerror or exc}"
+        ) from None
     try:
         return await _run(
             config,
@@ -320,7 +393,9 @@ async def run(
             notifier=notifier,
             started=started,
             server=server,
-            carried={} if carried is None else carried,
+            carried=carried,
+            locks=locks,
+            refused=refused,
         )
     finally:
         await server.close()
@@ -339,16 +414,21 @@ async def _run(
     started: float,
     server: StatusServer,
     carried: dict[str, DeviceHealth],
+    locks: StateLocks,
+    refused: str | None,
 ) -> Config | None:
     next_config: Config | None = None
-    outbox = Outbox(
-        config.outbox.path,
-        max_bytes=config.outbox.max_bytes,
-        site=config.gateway.site,
-        gateway=config.gateway.id,
-        topic_prefix=config.mqtt.topic_prefix if config.mqtt else "massgate",
-        max_age=config.outbox.max_age,
-    )
+    try:
+        outbox = Outbox(
+            config.outbox.path,
+            max_bytes=config.outbox.max_bytes,
+            site=config.gateway.site,
+            gateway=config.gateway.id,
+            topic_prefix=config.mqtt.topic_prefix if config.mqtt else "massgate",
+            max_age=config.outbox.max_age,
+        )
+    except _REFUSALS as exc:
+        raise StartError(f"cannot open the outbox {config.outbox.path}: {_why(exc)}") from None
     try:
         if outbox.moved_aside is not None:
             outbox_reset_record(outbox)
@@ -358,16 +438,21 @@ async def _run(
         _carry_health(pollers, carried)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
-            publisher = Publisher(
-                outbox,
-                config.mqtt,
-                config.gateway.site,
-                config.gateway.id,
-                drain_rate=config.outbox.drain_rate,
-            )
+            try:
+                publisher = Publisher(
+                    outbox,
+                    config.mqtt,
+                    config.gateway.site,
+                    config.gateway.id,
+                    drain_rate=config.outbox.drain_rate,
+                )
+            except _REFUSALS as exc:
+                raise StartError(f"cannot set up TLS for the broker: {_why(exc)}") from None
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
         agent = Agent(config, gateway, outbox, pollers, publisher, started=started)
+        agent.reload_error = refused
+        agent.locks = locks
         if publisher is not None:
             # The status topic carries the same health as `massgate status`.
             publisher.health = lambda: _topic_health(agent.health)
@@ -380,7 +465,13 @@ async def _run(
         agent.health = snapshot(agent, started=started)
         try:
             if metrics is not None:
-                metrics.start()
+                try:
+                    metrics.start()
+                except OSError as exc:
+                    host, port = config.health.metrics  # type: ignore[misc]
+                    raise StartError(
+                        f"cannot serve metrics on {host}:{port}: {_why(exc)}"
+                    ) from None
             next_config = await _pipeline(
                 agent,
                 batches,
@@ -500,10 +591,75 @@ def _reload(agent: Agent, load: Callable[[], Config] | None, notifier: Notifier)
         log.error("reload refused: %s; still running the configuration loaded before", exc)
         notifier.status(f"reload refused: {agent.reload_error}")
         return None
+    cannot = _preflight(agent, config)
+    if cannot is not None:
+        agent.reload_error = f"{config.source} is valid but cannot run here: {cannot}"
+        log.error(
+            "reload refused: %s; still running the configuration loaded before",
+            agent.reload_error,
+        )
+        notifier.status(f"reload refused: {agent.reload_error}")
+        return None
     agent.reload_error = None
     log.info("reload: %s is valid; the pipeline restarts with it (totals are kept)", source)
     notifier.reloading()
     return config
+
+
+def _preflight(agent: Agent, new: Config) -> str | None:
+    """What would stop `new` from starting, tried while the old pipeline still runs.
+
+    A valid file can still name what this machine will not give: a database that does not
+    open, a metrics port another program holds, a serial port that is not there, a state
+    directory another agent holds. Each is tried here, where only what `new` changes and
+    the running agent does not already hold is tried.
+    """
+    old = agent.config
+    try:
+        if agent.locks is not None:
+            agent.locks.hold(locks_of(new))
+        if new.mqtt is not None and any(b.tls for b in new.mqtt.brokers):
+            preflight.tls_context(
+                ca_file=new.mqtt.ca_file,
+                client_cert=new.mqtt.client_cert,
+                client_key=new.mqtt.client_key,
+            )
+        if new.outbox.path != old.outbox.path:
+            connection = sqlite3.connect(new.outbox.path, timeout=1.0)
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()
+            finally:
+                connection.close()
+        if new.health.metrics is not None and new.health.metrics != old.health.metrics:
+            _try_bind(*new.health.metrics)
+        old_ports = {line.port for line in old.lines}
+        for line in new.lines:
+            used = any(isinstance(d, ModbusDevice) and d.link == line for d in new.devices)
+            if used and line.port not in old_ports and not os.access(line.port, os.R_OK | os.W_OK):
+                what = "does not exist" if not os.path.exists(line.port) else "cannot be opened"
+                return f"serial port {line.port} (lines: {line.name}) {what}"
+    except _REFUSALS as exc:
+        return _why(exc)
+    except Exception as exc:  # AlreadyRunning and whatever a library raises: refuse, not die
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _try_bind(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics endpoint {host}:{port}: {exc.strerror}") from None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
 
 
 def _topic_health(snap: dict[str, Any]) -> dict[str, Any]:

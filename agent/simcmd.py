@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.ptypair import PtyPair, PtyPairError
 from massgate.drivers.sim.server import Meter, SerialSlaves, Served, SimulatedSite, meters_of
 
+from . import argtypes
 from .yamlsource import ConfigError, Problem
 
 RTU_BAUD = 115200
@@ -36,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument(
         "--base-port",
-        type=int,
+        type=argtypes.listen_port,
         default=5020,
         help="first Modbus TCP port; meter n uses base + n (default %(default)s; 0: any free)",
     )
@@ -47,15 +50,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "port; 'pty' makes a socat pseudo-terminal pair and prints the end to poll",
     )
     p.add_argument(
-        "--opcua", type=int, metavar="TCP_PORT", help="also serve every meter over OPC UA"
+        "--opcua",
+        type=argtypes.listen_port,
+        metavar="TCP_PORT",
+        help="also serve every meter over OPC UA",
     )
     p.add_argument("--seed", type=int, help="noise seed (default: the plant file's)")
     p.add_argument(
-        "--leak-at", type=float, metavar="SECONDS", help="open a leak this long after start"
+        "--leak-at",
+        type=argtypes.seconds(low=0.0, zero=True),
+        metavar="SECONDS",
+        help="open a leak this long after start",
     )
     p.add_argument(
         "--leak-rate",
-        type=float,
+        type=argtypes.rate,
         default=0.5,
         metavar="KG_PER_S",
         help="rate of that leak (default %(default)s)",
@@ -204,16 +213,67 @@ async def _until_stopped() -> None:
     await stop.wait()
 
 
+def _usage(message: str) -> int:
+    print(f"massgate sim: error: {message} (see massgate sim --help)", file=sys.stderr)
+    return 2
+
+
+def _port_problem(host: str, first: int, count: int) -> str | None:
+    """Why the ports first..first+count-1 cannot be served on `host`, tried before serving,
+    so that the message names the port instead of pymodbus's "could not start listen"."""
+    if first + count - 1 > 65535:
+        return (
+            f"--base-port {first} leaves no room for {count} meters (ports {first}-"
+            f"{first + count - 1}; the last port is 65535)"
+        )
+    for port in range(first, first + count):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                return (
+                    f"cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                    "--base-port, or --base-port 0 for free ports"
+                )
+    return None
+
+
+def _serial_problem(port: str) -> str | None:
+    if port == "pty":
+        return None
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"--rtu {port}: cannot open it ({exc.strerror}); or use --rtu pty"
+    try:
+        if not os.isatty(fd):
+            return f"--rtu {port} is not a serial port; name one like /dev/ttyUSB0, or pty"
+    finally:
+        os.close(fd)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        for found in exc.problems:
+            print(found, file=sys.stderr)
         return 2
+    if args.rtu and (problem := _serial_problem(args.rtu)) is not None:
+        return _usage(problem)
+    if args.base_port and (problem := _port_problem(args.host, args.base_port, len(spec.meters))):
+        return _usage(problem)
+    if args.opcua and (problem := _port_problem(args.host, args.opcua, 1)):
+        return _usage(problem.replace("--base-port", "--opcua"))
     try:
         asyncio.run(serve(args, spec))
-    except (OSError, PtyPairError) as exc:
+    except BrokenPipeError:
+        raise  # the reader of our output went away; the command line says nothing more
+    except (OSError, PtyPairError, RuntimeError) as exc:
+        # What the checks above cannot foresee (a port taken in between, a host not ours).
         print(f"massgate sim: cannot serve the plant: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -13,7 +13,7 @@ from massgate.drivers.modbus import codec
 from massgate.drivers.modbus.model import BIT_TABLES, PARITIES, TABLES, Point, SerialLink, TcpLink
 from massgate.drivers.modbus.probe import probe, scan
 
-from . import units
+from . import argtypes, units
 from .config import profile_point
 
 EXIT_OK = 0
@@ -25,21 +25,25 @@ def add_link_arguments(p: argparse.ArgumentParser, *, timeout: float) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--host", help="Modbus TCP device or serial-to-Ethernet converter")
     where.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0")
-    p.add_argument("--port", type=int, default=502, help="TCP port (default %(default)s)")
+    p.add_argument(
+        "--port", type=argtypes.tcp_port, default=502, help="TCP port (default %(default)s)"
+    )
     p.add_argument(
         "--framing",
         choices=("tcp", "rtu"),
         default="tcp",
         help="with --host: 'rtu' for RTU frames over TCP (default %(default)s)",
     )
-    p.add_argument("--baudrate", type=int, default=19200, help="(default %(default)s)")
+    p.add_argument(
+        "--baudrate", type=argtypes.baudrate, default=19200, help="(default %(default)s)"
+    )
     p.add_argument(
         "--parity", choices=tuple(PARITIES), default="none", help="(default %(default)s)"
     )
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="(default %(default)s)")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=argtypes.seconds(low=0.0, high=60.0),
         default=timeout,
         metavar="SECONDS",
         help="reply timeout (default %(default)s)",
@@ -90,15 +94,35 @@ def _quiet_pymodbus() -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
+def _usage(command: str, message: str) -> int:
+    print(f"massgate {command}: error: {message} (see massgate {command} --help)", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _unit_problem(args: argparse.Namespace, units: range) -> str | None:
+    """Unit ids a serial line can address: 0 is broadcast (nobody answers), 248-255 reserved."""
+    serial_rtu = args.serial or args.framing == "rtu"
+    if serial_rtu and (units.start < 1 or units.stop - 1 > 247):
+        return "on a serial line (or RTU framing) unit ids are 1-247: 0 is broadcast"
+    return None
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     _quiet_pymodbus()
     if not args.profile and args.register is None:
-        print("error: give --profile NAME or --register ADDRESS", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("probe", "give --profile NAME or --register ADDRESS")
     if args.profile and args.profile not in profiles.names():
         known = ", ".join(profiles.names())
-        print(f"error: no profile '{args.profile}' (known: {known})", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("probe", f"no profile '{args.profile}' (known: {known})")
+    if (problem := _unit_problem(args, range(args.unit, args.unit + 1))) is not None:
+        return _usage("probe", f"--unit {args.unit}: {problem}")
+    if args.register is not None and not args.profile:
+        width = 1 if args.table in BIT_TABLES else codec.width(args.type)
+        if args.register + args.count * width > 65536:
+            return _usage(
+                "probe",
+                f"--register {args.register} with --count {args.count} runs past register 65535",
+            )
     link = _link(args)
     points, factors = _points(args)
     try:
@@ -125,16 +149,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _unit_range(text: str) -> range:
+def unit_range(text: str) -> range:
     low, _, high = text.partition("-")
-    first, last = int(low), int(high or low)
-    if not 0 <= first <= last <= 247:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a range within 0-247, e.g. 1-247")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a unit id or a range like 1-247"
+        ) from None
+    if not 0 <= first <= last <= 255:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a range within 0-255, e.g. 1-247")
     return range(first, last + 1)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     _quiet_pymodbus()
+    if (problem := _unit_problem(args, args.units)) is not None:
+        return _usage("scan", f"--units {args.units.start}-{args.units.stop - 1}: {problem}")
     link = _link(args)
 
     def progress(unit_id: int) -> None:
@@ -181,16 +212,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "a reply, 1 when the device or port cannot be reached, 2 on a usage error.",
     )
     add_link_arguments(p, timeout=1.0)
-    p.add_argument("--unit", type=int, default=1, help="unit id (default %(default)s)")
+    p.add_argument(
+        "--unit",
+        type=argtypes.unit_id,
+        default=1,
+        help="unit id: 1-247 on a serial line, 0-255 over TCP (default %(default)s)",
+    )
     p.add_argument("--profile", help=f"device profile: {', '.join(profiles.names())}")
-    p.add_argument("--register", type=int, metavar="ADDRESS", help="first register to read")
+    p.add_argument(
+        "--register", type=argtypes.register, metavar="ADDRESS", help="first register to read"
+    )
     p.add_argument("--table", choices=TABLES, default="holding", help="(default %(default)s)")
     p.add_argument(
         "--type", choices=tuple(codec.TYPES), default="float32", help="(default %(default)s)"
     )
     p.add_argument("--order", choices=codec.ORDERS, default="ABCD", help="(default %(default)s)")
     p.add_argument(
-        "--count", type=int, default=1, help="values of --type to read (default %(default)s)"
+        "--count",
+        type=argtypes.whole(1, 125, what="count", note="a read is at most 125 registers"),
+        default=1,
+        help="values of --type to read (default %(default)s)",
     )
     p.set_defaults(func=cmd_probe)
 
@@ -204,11 +245,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add_link_arguments(p, timeout=0.2)
     p.add_argument(
         "--units",
-        type=_unit_range,
+        type=unit_range,
         default=range(1, 248),
         metavar="FIRST-LAST",
         help="unit ids to ask (default 1-247)",
     )
-    p.add_argument("--register", type=int, default=0, help="register to ask for (default 0)")
+    p.add_argument(
+        "--register",
+        type=argtypes.register,
+        default=0,
+        help="register to ask for (default 0)",
+    )
     p.add_argument("--table", choices=TABLES, default="holding", help="(default %(default)s)")
     p.set_defaults(func=cmd_scan)

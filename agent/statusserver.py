@@ -2,7 +2,8 @@
 
 A Unix socket rather than a state file: nothing is written to the SD card every second, the
 answer is live, and who may ask follows the file permissions of the state directory. It is
-also the lock that stops a second agent from running on the same state directory.
+not a lock: agent/statelock.py keeps a second agent off the state directory before this
+socket is opened, so a socket file found here was left by an agent that is gone.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from typing import Any
 
 # Path length limit of sun_path on Linux, less the NUL.
 MAX_PATH = 107
-
-
-class AlreadyRunning(RuntimeError):
-    """Another agent answers on the status socket: two agents must not share one outbox."""
 
 
 class StatusUnavailable(OSError):
@@ -76,16 +73,9 @@ class StatusServer:
                 f"status socket path {self.path} is longer than {MAX_PATH} bytes; "
                 "set health.socket to a shorter path"
             )
-        if self.path.exists() or self.path.is_symlink():
-            try:
-                other = await asyncio.to_thread(fetch, self.path, timeout=2.0)
-            except StatusUnavailable:
-                self.path.unlink()  # left behind by an agent that was killed
-            else:
-                raise AlreadyRunning(
-                    f"another massgate (pid {other.get('pid')}, config {other.get('config')}) "
-                    f"answers on {self.path}: two agents must not share one state directory"
-                )
+        # We hold the state lock: a socket file here was left by an agent that was killed.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         # The group (massgate) may read the status; others may not.

@@ -8,6 +8,7 @@ guess whether "2" means hours or seconds.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 
@@ -165,7 +166,30 @@ def parse_quantity(text: object, dimension: str) -> float:
             f"'{text}' has no unit; write the {dimension} with its unit, "
             f"e.g. '{number} {units_of(dimension)[0]}'"
         )
-    return lookup(symbol, dimension=dimension).to_si(float(number))
+    unit = lookup(symbol, dimension=dimension)
+    value = float(number)
+    result = unit.to_si(value)
+    if not math.isfinite(value) or not math.isfinite(result):
+        raise UnitError(f"'{text}' is not a finite {dimension}")
+    return result
+
+
+def describe(si: float, dimension: str) -> str:
+    """An SI bound in the unit a person would write it in ('10 min', '100 %', '60 s')."""
+    preferred = {
+        TIME: ("d", "h", "min", "s", "ms"),
+        FRACTION: ("%",),
+        BYTES: ("GiB", "MiB", "KiB", "B"),
+    }.get(dimension)
+    if preferred is None:
+        symbol = units_of(dimension)[0]
+        return f"{si / _UNITS[symbol].factor:g} {symbol}"
+    for symbol in preferred:
+        unit = _UNITS[symbol]
+        amount = (si - unit.offset) / unit.factor
+        if amount >= 1 and float(amount).is_integer():
+            return f"{amount:g} {symbol}"
+    return f"{si / _UNITS[preferred[-1]].factor:g} {preferred[-1]}"
 
 
 def _example(dimension: str) -> str:

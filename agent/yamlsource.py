@@ -9,6 +9,8 @@ who pasted a block twice deserves to hear about it.
 from __future__ import annotations
 
 import difflib
+import math
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,16 +53,63 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+# A configuration file is a few hundred lines; 4 MiB is far beyond any real one and keeps a
+# mistaken path (a log, a disk image) from being read into memory.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+# Real files nest five or six levels; a deeper file is a mistake or an attack, and PyYAML's
+# recursive composer would end in RecursionError instead of a message.
+MAX_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    problem=f"nested deeper than {MAX_DEPTH} levels",
+                    problem_mark=self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _merged(loader: _Loader, node: yaml.Node) -> list[YamlMap]:
+    """The mappings a merge key (`<<: *defaults` or `<<: [*a, *b]`) brings in, in order."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    result = []
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            raise yaml.MarkedYAMLError(
+                problem="'<<' merges a mapping (an anchor like *defaults) or a list of them",
+                problem_mark=source.start_mark,
+            )
+        result.append(loader.construct_object(source, deep=True))
+    return result
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> YamlMap:
-    loader.flatten_mapping(node)
     result = YamlMap()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    # YAML's merge key: the keys of the merged mappings are defaults (the first one that
+    # gives a key wins), and a key written in this mapping overrides them. Only keys
+    # written twice in this mapping itself are duplicates.
+    merged: dict[str, tuple[Any, int]] = {}
     for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            for source in _merged(loader, value_node):
+                for key, value in source.items():
+                    merged.setdefault(key, (value, source.key_lines[key]))
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             raise yaml.MarkedYAMLError(
@@ -75,6 +124,10 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> YamlMap:
             )
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+    for key, (value, line) in merged.items():
+        if key not in result:
+            result[key] = value
+            result.key_lines[key] = line
     return result
 
 
@@ -92,26 +145,63 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def load_text(text: str, *, filename: str) -> Any:
     """Parse YAML text; a syntax error becomes a ConfigError that names file and line."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(text.removeprefix("\ufeff"), Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else 0
+        line = mark.line + 1 if mark is not None else 1
         message = exc.problem or "invalid YAML"
         if exc.context:
             message = f"{message} ({exc.context})"
         raise ConfigError([Problem(filename, line, "", message)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(filename, 0, "", f"invalid YAML: {exc}")]) from None
+        raise ConfigError([Problem(filename, 1, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            [Problem(filename, 1, "", f"nested too deeply (at most {MAX_DEPTH} levels)")]
+        ) from None
 
 
 def load_file(path: Path) -> Any:
+    """Read and parse a configuration file: a regular file of UTF-8 text of bounded size."""
+    filename = str(path)
+
+    def refuse(message: str, line: int = 0) -> ConfigError:
+        return ConfigError([Problem(filename, line, "", message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        # Checked before opening: opening a FIFO would block, /dev/zero never ends.
+        info = path.stat()
     except FileNotFoundError:
-        raise ConfigError([Problem(str(path), 0, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
-    return load_text(text, filename=str(path))
+        raise refuse("no such file") from None
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise refuse("is a directory, not a configuration file")
+    if not stat.S_ISREG(info.st_mode):
+        raise refuse("is not a regular file (a device, FIFO or socket); name the YAML file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise refuse(
+            f"is {info.st_size} bytes; a configuration file is at most "
+            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB"
+        )
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise refuse(f"is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise refuse(
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {column} (save the file "
+            "as UTF-8)",
+            line,
+        ) from None
+    return load_text(text, filename=filename)
 
 
 @dataclass
@@ -240,12 +330,20 @@ def text(value: Any) -> str:
     return value.strip()
 
 
+# Names end up in topics, tags, journal fields and table columns. 64 characters is more than
+# any plant's naming scheme needs, and keeps a topic (prefix/site/gateway/kind) far inside
+# MQTT's 65,535 bytes.
+MAX_NAME = 64
+
+
 def name(value: Any) -> str:
-    """A name used in tags and topics: letters, digits, '_' and '-'."""
+    """A name used in tags and topics: letters, digits, '_' and '-', at most MAX_NAME long."""
     result = text(value)
-    bad = sorted({c for c in result if not (c.isalnum() or c in "_-")})
+    if len(result) > MAX_NAME:
+        raise Invalid(f"a name is at most {MAX_NAME} characters; this one has {len(result)}")
+    bad = sorted({c for c in result if not (c.isascii() and (c.isalnum() or c in "_-"))})
     if bad:
-        raise Invalid(f"'{result}' may contain only letters, digits, '_' and '-' (not {bad})")
+        raise Invalid(f"'{result}' may contain only ASCII letters, digits, '_' and '-' (not {bad})")
     return result
 
 
@@ -263,7 +361,13 @@ def integer(low: int, high: int) -> Callable[[Any], int]:
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid(f"expected a number, got {value!r}")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise Invalid(f"{value} is too large") from None
+    if not math.isfinite(result):
+        raise Invalid(f"expected a finite number, got {value!r}")
+    return result
 
 
 def boolean(value: Any) -> bool:
@@ -291,8 +395,14 @@ def names(value: Any) -> tuple[str, ...]:
     return tuple(name(v) for v in value)
 
 
-def quantity(dimension: str, *, positive: bool = False, minimum: float | None = None) -> Any:
-    """A converter for a quantity with its unit ("500ms"), into SI."""
+def quantity(
+    dimension: str,
+    *,
+    positive: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """A converter for a quantity with its unit ("500ms"), into SI, within its bounds."""
 
     def convert(value: Any) -> float:
         try:
@@ -302,7 +412,9 @@ def quantity(dimension: str, *, positive: bool = False, minimum: float | None = 
         if positive and not result > 0:
             raise Invalid(f"must be greater than zero, got {value!r}")
         if minimum is not None and result < minimum:
-            raise Invalid(f"must be at least {minimum} (SI), got {value!r}")
+            raise Invalid(f"must be at least {units.describe(minimum, dimension)}, got {value!r}")
+        if maximum is not None and result > maximum:
+            raise Invalid(f"must be at most {units.describe(maximum, dimension)}, got {value!r}")
         return result
 
     return convert

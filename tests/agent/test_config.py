@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import subprocess
@@ -21,8 +22,25 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES = sorted(p for p in (Path(__file__).parent.parent / "cases").iterdir() if p.is_dir())
 
 
-def test_example_validates_and_converts_units():
-    config = config_module.load(ROOT / "config.example.yaml")
+@pytest.fixture
+def example(pki, tmp_path: Path) -> Path:
+    """config.example.yaml as installed: its CA file and state directory exist.
+
+    `check` opens the files a configuration names, so the example is checked with a real CA
+    where it names /etc/massgate/ca.pem, and a temporary state directory.
+    """
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    assert "/etc/massgate/ca.pem" in text
+    assert "state_dir: /var/lib/massgate" in text
+    text = text.replace("/etc/massgate/ca.pem", str(pki.ca))
+    text = text.replace("state_dir: /var/lib/massgate", f"state_dir: {tmp_path / 'state'}")
+    path = tmp_path / "massgate.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_validates_and_converts_units(example: Path):
+    config = config_module.load(example)
     names = [d.name for d in config.devices]
     assert names == ["ft101", "ft102", "tt102", "lt100", "wt100", "ft103", "plc"]
     ft101 = config.devices[0]
@@ -59,17 +77,51 @@ def test_example_validates_and_converts_units():
     assert config.mqtt.brokers[0].port == 8883
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+BROKEN = [c for c in CASES if (c / "error.txt").exists()]
+VALID = [c for c in CASES if (c / "expected.json").exists()]
+
+
+def test_the_corpus_is_complete():
+    assert len(BROKEN) >= 60
+    assert sorted(BROKEN + VALID) == CASES, "each case has error.txt or expected.json"
+
+
+def _case_dir(case: Path, tmp_path: Path) -> Path:
+    """The case with the files beside it, as a user's directory: paths are relative to it."""
+    target = tmp_path / "c"  # short: the status socket's path has at most 107 bytes
+    shutil.copytree(case, target)
+    return target / "config.yaml"
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c.name for c in BROKEN])
 def test_broken_files_report_file_line_and_path(case: Path, tmp_path: Path):
-    target = tmp_path / "config.yaml"
-    shutil.copy(case / "config.yaml", target)
+    target = _case_dir(case, tmp_path)
     with pytest.raises(ConfigError) as info:
         config_module.load(target)
-    got = [str(p).replace(str(tmp_path) + "/", "") for p in info.value.problems]
-    expected = (case / "error.txt").read_text().strip().splitlines()
+    got = [str(p).replace(str(target.parent) + "/", "") for p in info.value.problems]
+    expected = (case / "error.txt").read_text(encoding="utf-8").strip().splitlines()
     for line in expected:
         assert any(g.startswith(line) for g in got), f"missing {line!r} in {got}"
     assert len(got) == len(expected), got
+
+
+def _attribute(config: object, path: str) -> object:
+    """`devices[1].link.port` of the loaded configuration."""
+    value = config
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        value = getattr(value, name)
+        if index:
+            value = value[int(index.rstrip("]"))]  # type: ignore[index]
+    return value
+
+
+@pytest.mark.parametrize("case", VALID, ids=[c.name for c in VALID])
+def test_valid_edge_cases_load(case: Path, tmp_path: Path):
+    config = config_module.load(_case_dir(case, tmp_path))
+    for path, wanted in json.loads((case / "expected.json").read_text()).items():
+        got = _attribute(config, path)
+        assert got == pytest.approx(wanted) if isinstance(wanted, float) else got == wanted, path
 
 
 def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,8 +134,8 @@ def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_command_accepts_the_example():
-    result = _massgate("check", str(ROOT / "config.example.yaml"))
+def test_check_command_accepts_the_example(example: Path):
+    result = _massgate("check", str(example))
     assert result.returncode == 0, result.stderr
     assert "OK: 7 devices" in result.stdout
 

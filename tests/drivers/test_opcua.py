@@ -321,7 +321,9 @@ def test_an_unreadable_password_file_is_a_fatal_error_naming_it(tmp_path: Path):
         server = _server(Plant(), free_port(), users={"massgate": "x"})
         await server.start()
         missing = tmp_path / "nope.password"
+        missing.write_text("x\n")  # `check` opens it; it goes away after the agent started
         device = _device(tmp_path, server, username="massgate", password_file=str(missing))
+        missing.unlink()
         poller = OpcUaPoller(device, emit=lambda _: None)
         try:
             with pytest.raises(FatalError, match=r"cannot read password_file .*nope.password"):
