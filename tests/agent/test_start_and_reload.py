@@ -157,7 +157,7 @@ def test_two_agents_in_one_process_are_refused_too(tmp_path: Path):
     locks.hold([config.gateway.state_dir / "massgate.lock"])
     try:
         with pytest.raises(AlreadyRunning, match=r"another massgate \(pid \d+\) holds"):
-            run_async(run(config, shutdown=asyncio.Event()))
+            run_async(asyncio.wait_for(run(config, shutdown=asyncio.Event()), timeout=30))
     finally:
         locks.release()
 
