@@ -331,7 +331,7 @@ class NodeBalance:
     def _batch_step(
         self, snap: Snapshot, value: float
     ) -> list[tuple[WindowResult, list[AlarmEvent]]]:
-        if math.isnan(value) or value == self._batch or (self._batch is None and value == 0):
+        if not math.isfinite(value) or value == self._batch or (self._batch is None and value == 0):
             return []  # an unreadable tag changes nothing: the batch runs on
         judged = []
         if self._batch is not None and self._open is not None:
@@ -518,4 +518,6 @@ class NodeBalance:
 
 
 def _label(value: float) -> str:
+    if not math.isfinite(value):  # never from a tag (bad readings are NaN), but never a crash
+        return repr(value)
     return str(int(value)) if value == int(value) else repr(value)

@@ -138,9 +138,21 @@ def setup(verbose: bool, *, journal_socket: str = JOURNAL_SOCKET) -> logging.Han
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # pymodbus logs every failed connect at WARNING; the driver already says it once, clearly.
-    logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    # pymodbus logs every failed connect, every unexpected frame (with a hex dump) and every
+    # timeout at WARNING or ERROR: with one misbehaving slave, hundreds of lines a minute. The
+    # driver says the same once per device, then a summary (drivers/health.py); -v brings
+    # pymodbus's detail back.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     # asyncua narrates every node it creates and every session at INFO: noise in the journal.
     if not verbose:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
+        logging.getLogger("asyncio").addFilter(_quiet_device_protocols)
     return handler
+
+
+def _quiet_device_protocols(record: logging.LogRecord) -> bool:
+    """asyncio reports an exception in a protocol's data_received with a traceback; from a
+    device's reply (garbage pymodbus could not frame) that is the device's fault, which the
+    driver reports once. Our own protocols' errors still reach the journal."""
+    message = record.getMessage()
+    return not (message.startswith("Fatal error: protocol") and "pymodbus" in message)

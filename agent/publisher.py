@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -53,6 +54,14 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 60.0
+# A session that ends sooner than this after CONNACK was not a good one: a broker that
+# accepts us and then drops us (an ACL, a duplicate client id from a cloned SD card, a
+# quota) is backed off from like one that refuses, instead of reconnected to at once.
+STABLE_SESSION = 10.0
+SUMMARY_EVERY = 600.0  # s between summaries of a connection failure that keeps repeating
+REFUSED_RETRY_FIRST = 5.0  # s before a record the broker refused is sent again; doubles
+REFUSED_RETRY_MAX = 60.0  # a fixed ACL is noticed within a minute
+REFUSED_LOG_EVERY = 60.0  # s: one log line per refusal reason at most this often
 PREFETCH = 1000  # messages taken from the outbox at once
 AHEAD = 500  # messages handed to the paho thread beyond the window, so it never waits for us
 ACK_POST = 200  # PUBACKs reported to the asyncio side at once...
@@ -60,6 +69,7 @@ ACK_POST_DELAY = 0.02  # ... or after this many seconds
 ACK_FLUSH = 0.25  # s between deletions of acknowledged records
 ACK_BATCH = 2000  # ... or sooner when this many are waiting
 STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye)
+NOT_SENT = "not sent"  # paho did not take the message: taken again at once, not refused
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -145,6 +155,7 @@ class LinkStatus:
     published: int = 0
     acked: int = 0
     window: int = 0  # messages in flight allowed on this connection
+    refused: dict[str, int] = field(default_factory=dict)  # PUBACK failure reason: count
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +171,36 @@ class _Events:
 
     on_connected: Callable[[int, str, int], None]
     on_disconnected: Callable[[int, str | None], None]
-    on_acks: Callable[[int, list[tuple[int, bool]]], None]
+    on_acks: Callable[[int, list[tuple[int, str | None]]], None]  # seq, failure reason
+
+
+class _Said:
+    """A reason that repeats is logged once, then summarized every SUMMARY_EVERY seconds."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.repeats = 0
+        self.summary_at = 0.0
+
+    def say(self, reason: str, *, extra: dict[str, str]) -> None:
+        now = time.monotonic()
+        if reason != self.reason:
+            if self.repeats:
+                self._summary(extra)
+            self.reason, self.repeats, self.summary_at = reason, 0, now + SUMMARY_EVERY
+            log.error("MQTT: %s; retrying with backoff", reason, extra=extra)
+            return
+        self.repeats += 1
+        if now >= self.summary_at:
+            self._summary(extra)
+            self.summary_at = now + SUMMARY_EVERY
+
+    def _summary(self, extra: dict[str, str]) -> None:
+        log.warning("MQTT: %d more times since: %s", self.repeats, self.reason, extra=extra)
+        self.repeats = 0
+
+    def clear(self) -> None:
+        self.reason, self.repeats = None, 0
 
 
 class BrokerLink(threading.Thread):
@@ -186,6 +226,9 @@ class BrokerLink(threading.Thread):
         self.outgoing: queue.SimpleQueue[list[_Outgoing] | None] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.generation = 0
+        self.session_seconds = 0.0  # how long the last session lasted after CONNACK
+        self.session_end: str | None = None  # why it ended, when the broker ended it
+        self.session_gone: str | None = None  # the reason code of the broker's DISCONNECT
         self.context = tls_context(config) if any(b.tls for b in config.brokers) else None
         self._goodbye: bytes | None = None
         self._receive_maximum: dict[str, int] = {}  # what each broker said in CONNACK
@@ -221,10 +264,13 @@ class BrokerLink(threading.Thread):
         backoff = BACKOFF_MIN
         brokers = list(self.config.brokers)
         index = 0
-        last_reason: str | None = None
+        said = _Said()
         while not self.stopping.is_set():
             endpoint = brokers[index % len(brokers)]
             self.generation += 1
+            self.session_seconds = 0.0
+            self.session_end = None
+            self.session_gone = None
             try:
                 reason = self._session(endpoint, self.generation)
             except Exception as exc:  # a bug here must not end publishing for good
@@ -232,23 +278,29 @@ class BrokerLink(threading.Thread):
                 reason = f"{endpoint}: unexpected error: {exc!r}"
             if self.stopping.is_set():
                 break
-            if reason is None:  # it was connected: start the backoff afresh, same broker
+            if reason is None and self.session_seconds >= STABLE_SESSION:
+                # A good session: start the backoff afresh, same broker.
                 backoff = BACKOFF_MIN
-                last_reason = None
+                if self.session_end is not None:
+                    log.warning("MQTT: %s", self.session_end, extra={"broker": str(endpoint)})
+                said.clear()
                 continue
-            index += 1  # fail over to the next broker in the list
-            self._post(self.events.on_disconnected, -1, reason)
-            if reason != last_reason:
-                log.error(
-                    "MQTT: %s; retrying with backoff", reason, extra={"broker": str(endpoint)}
+            if reason is None:
+                # One wording whatever paho saw of the close, so that it is said once.
+                said_by_broker = f" ({self.session_gone})" if self.session_gone else ""
+                reason = (
+                    f"{endpoint}: the broker ended the session{said_by_broker} within "
+                    f"{STABLE_SESSION:g} s of connecting (an ACL that denies our topics, "
+                    "another gateway with the same client id, a quota?)"
                 )
             else:
-                log.debug("MQTT: %s", reason)
-            last_reason = reason
+                index += 1  # fail over to the next broker in the list
+                self._post(self.events.on_disconnected, -1, reason)
+            said.say(reason, extra={"broker": str(endpoint)})
             # Capped exponential backoff with full jitter: a site's gateways that lost the
             # broker together do not all come back in the same second. The whole list is
-            # tried before the wait grows.
-            if index % len(brokers) == 0:
+            # tried before the wait grows; a broker that drops us at once is waited for.
+            if self.session_seconds > 0 or index % len(brokers) == 0:
                 self.stopping.wait(random.uniform(backoff / 2, backoff))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -279,7 +331,7 @@ class BrokerLink(threading.Thread):
             assert self.context is not None
             client.tls_set_context(self.context)
         mids: dict[int, int] = {}
-        acks: list[tuple[int, bool]] = []
+        acks: list[tuple[int, str | None]] = []
         window = min(self.config.in_flight, self._receive_maximum.get(str(endpoint), 65535))
         client.max_inflight_messages_set(window)
         state: dict[str, Any] = {"connack": None, "gone": None, "receive_maximum": None}
@@ -297,7 +349,7 @@ class BrokerLink(threading.Thread):
         def on_publish(c: mqtt.Client, u: Any, mid: int, rc: ReasonCode, p: Any) -> None:
             seq = mids.pop(mid, None)
             if seq is not None and seq != STATUS_SEQ:
-                acks.append((seq, not rc.is_failure))
+                acks.append((seq, rc.getName() if rc.is_failure else None))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -332,6 +384,7 @@ class BrokerLink(threading.Thread):
                 f"mqtt.in_flight ({self.config.in_flight}); reconnecting with {receive_maximum}"
             )
         log.info("MQTT: connected to %s", endpoint)
+        connected_at = time.monotonic()
         # The birth is the last health message the asyncio side made (the outbox is not this
         # thread's to read); a fresh one follows at once.
         mids[client.publish(self.status_topic, self.birth, qos=1, retain=True).mid] = STATUS_SEQ
@@ -362,9 +415,12 @@ class BrokerLink(threading.Thread):
         if state["gone"] is not None and reason is None and not self.stopping.is_set():
             reason = f"{endpoint}: disconnected by the broker ({state['gone']})"
         self._post(self.events.on_disconnected, generation, reason)
-        if reason is not None:
-            log.warning("MQTT: %s", reason)
-        return None  # it was connected: reconnect soon, not after a long backoff
+        # It was connected: run() decides by how long whether to reconnect soon or back off,
+        # and says why it ended.
+        self.session_seconds = time.monotonic() - connected_at
+        self.session_end = reason
+        self.session_gone = str(state["gone"]) if state["gone"] is not None else None
+        return None
 
     def _certificate_hint(self, endpoint: BrokerEndpoint) -> str:
         # Mosquitto with require_certificate ends a session without a client certificate
@@ -406,7 +462,7 @@ class BrokerLink(threading.Thread):
         client: mqtt.Client,
         generation: int,
         mids: dict[int, int],
-        acks: list[tuple[int, bool]],
+        acks: list[tuple[int, str | None]],
     ) -> None:
         while True:
             try:
@@ -423,7 +479,7 @@ class BrokerLink(threading.Thread):
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # Not sent; out of the window so that it is taken again from the outbox.
                     if message.seq != STATUS_SEQ:
-                        acks.append((message.seq, False))
+                        acks.append((message.seq, NOT_SENT))
                     continue
                 mids[info.mid] = message.seq
 
@@ -432,7 +488,7 @@ class BrokerLink(threading.Thread):
         client: mqtt.Client,
         generation: int,
         mids: dict[int, int],
-        acks: list[tuple[int, bool]],
+        acks: list[tuple[int, str | None]],
     ) -> None:
         """Wait briefly for PUBACKs still owed, publish 'offline' retained, disconnect."""
         deadline = time.monotonic() + 2.0
@@ -474,6 +530,11 @@ class Publisher:
     _tokens_at: float = 0.0
     _next_status: float = 0.0
     _link: BrokerLink | None = None
+    # Records the broker refused (PUBACK with a failure reason): seq -> (when to send again,
+    # how long the wait was). They stay in the outbox; nothing is deleted without success.
+    _refused: dict[int, tuple[float, float]] = field(default_factory=dict)
+    _refused_said: dict[str, float] = field(default_factory=dict)  # reason -> logged at
+    _dropped_seen: dict[str, int] | None = None
 
     def stalled(self, now: float, limit: float) -> str | None:
         """What is wrong with the MQTT thread, if anything (`now` is monotonic)."""
@@ -521,6 +582,7 @@ class Publisher:
                 "connects": self.status.connects,
                 "published": self.status.published,
                 "acked": self.status.acked,
+                "refused": dict(self.status.refused),
             }
             if self.health is not None:
                 body.update(self.health())
@@ -579,6 +641,21 @@ class Publisher:
             wait = min(wait, max(ACK_FLUSH - (now - self._acked_since), 0.01))
         if not self.status.connected:
             return wait
+        if self._refused:
+            due = [seq for seq, (at, _) in self._refused.items() if at <= now]
+            if due:
+                for seq in due:
+                    self._refused[seq] = (math.inf, self._refused[seq][1])  # may go again
+                self._stale = True
+            waiting = [at for at, _ in self._refused.values() if at > now and at != math.inf]
+            if waiting:
+                wait = min(wait, max(min(waiting) - now, 0.01))
+        dropped = self.outbox.dropped()
+        if dropped != self._dropped_seen:
+            # Drop counts are news for the consumer: the status goes out now, not at the
+            # next status_interval.
+            self._dropped_seen = dict(dropped)
+            self._next_status = 0.0
         if now >= self._next_status:
             self._publish_status(link, now)
         room = self.status.window + AHEAD - len(self._in_flight)
@@ -611,15 +688,16 @@ class Publisher:
         return wait
 
     def _refill(self) -> None:
+        # Refused records wait for their own retry time; the others go on meanwhile.
+        waiting = {seq for seq, (at, _) in self._refused.items() if at != math.inf}
+        exclude = self._in_flight | self._acked_set | waiting
         if self._stale or self._cursor is None:
-            taken = self.outbox.take(PREFETCH, exclude=self._in_flight | self._acked_set)
+            taken = self.outbox.take(PREFETCH, exclude=exclude)
         else:
             # Continuing from the cursor still skips what is in flight or acknowledged: a
             # retake for a higher priority can move the cursor past records of lower priority
             # that were already handed over.
-            taken = self.outbox.take(
-                PREFETCH, after=self._cursor, exclude=self._in_flight | self._acked_set
-            )
+            taken = self.outbox.take(PREFETCH, after=self._cursor, exclude=exclude)
         self._buffer = deque(taken)
         if taken:
             self._cursor = (taken[-1].priority, taken[-1].seq)
@@ -675,20 +753,38 @@ class Publisher:
         self._in_flight.clear()
         self._buffer.clear()
 
-    def _acks_in(self, generation: int, acks: list[tuple[int, bool]]) -> None:
+    def _acks_in(self, generation: int, acks: list[tuple[int, str | None]]) -> None:
         if generation != self._generation:
             return
         now = asyncio.get_running_loop().time()
-        for seq, ok in acks:
+        for seq, refusal in acks:
             self._in_flight.discard(seq)
-            if ok:
+            if refusal == NOT_SENT:
+                self._stale = True
+                continue
+            if refusal is None:
                 if not self._acked:
                     self._acked_since = now
                 self._acked.append(seq)
                 self._acked_set.add(seq)
-            else:
-                log.error("MQTT: the broker refused record %d; it stays in the outbox", seq)
-                self._stale = True
+                self._refused.pop(seq, None)
+                continue
+            # The broker said no ("Not authorized", "Quota exceeded", "Payload format
+            # invalid"): the record stays in the outbox and goes again after its own backoff,
+            # while the records behind it go on.
+            _, last_wait = self._refused.get(seq, (0.0, 0.0))
+            delay = min(max(last_wait * 2, REFUSED_RETRY_FIRST), REFUSED_RETRY_MAX)
+            self._refused[seq] = (now + delay, delay)
+            self.status.refused[refusal] = self.status.refused.get(refusal, 0) + 1
+            self._next_status = 0.0
+            if now - self._refused_said.get(refusal, -math.inf) >= REFUSED_LOG_EVERY:
+                self._refused_said[refusal] = now
+                log.error(
+                    "MQTT: the broker refused a record (%s; %d so far); refused records stay "
+                    "in the outbox and are sent again with backoff",
+                    refusal,
+                    self.status.refused[refusal],
+                )
         self._wake.set()
 
 

@@ -19,7 +19,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from massgate.drivers.errors import FatalError
@@ -124,6 +124,11 @@ class Gateway:
     def ingest(self, batch: Batch) -> None:
         self.batches += 1
         bad = batch.quality >= Quality.BAD
+        if not all(math.isfinite(v) for v in batch.values.values()):
+            # The drivers send NaN for what they could not read; whatever else slips through
+            # (±inf) is no reading either, and must not reach a total or a batch label.
+            values = {t: v if math.isfinite(v) else math.nan for t, v in batch.values.items()}
+            batch = replace(batch, values=values)
         for tag, value in batch.values.items():
             self.latest[tag] = Latest(value, batch.mono, batch.quality)
         for stream in self.streams.values():

@@ -17,6 +17,7 @@ import errno
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,10 @@ EXCEPTION_NAMES = {
 # pymodbus closes a TCP connection after this many unanswered requests in a row; one silent
 # unit behind a shared converter must not take the connection away from the others.
 _MAX_NO_RESPONSES = 1_000_000
+
+
+# The read function code of each table; massgate uses no other.
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
 class LinkDown(RetryableError):
@@ -133,7 +138,7 @@ class Bus:
                 self.stats.garbled += 1
                 raise Garbled(
                     f"garbled reply to {span} ({self._received} bytes, no valid frame: "
-                    "CRC or framing error; check wiring, termination and line settings)"
+                    f"{self._garbled_hint()})"
                 ) from exc
             self.stats.timeouts += 1
             raise NoReply(f"no reply to {span} within {reply_timeout:g} s") from exc
@@ -144,12 +149,49 @@ class Bus:
         if reply.isError():
             self.stats.exceptions += 1
             raise ExceptionReply(int(getattr(reply, "exception_code", 0)), span)
+        if (problem := self._mismatch(reply, table, count)) is not None:
+            self.stats.garbled += 1
+            raise Garbled(f"reply to {span} does not match the request: {problem}")
         self.stats.replies += 1
         values = reply.bits if table in BIT_TABLES else reply.registers
-        if len(values) < count:
-            self.stats.garbled += 1
-            raise Garbled(f"short reply to {span}: {len(values)} of {count}")
         return np.asarray(values[:count], dtype=np.uint16)
+
+    def _mismatch(self, reply: Any, table: str, count: int) -> str | None:
+        """Why a reply is not the answer to the request, or None.
+
+        A reply is good only if its function code, byte count and register (or bit) count
+        are exactly what was asked for, and the frame is exactly that long: pymodbus decodes
+        as many registers as a reply's byte count claims, so an oversized reply (126
+        registers for a 12-register read) would otherwise pass as good data.
+        """
+        if reply.function_code != FUNCTION_CODES[table]:
+            return f"function code {reply.function_code}, not {FUNCTION_CODES[table]}"
+        if table in BIT_TABLES:
+            data_bytes = (count + 7) // 8
+            got = len(reply.bits)
+            if got != 8 * data_bytes:
+                return f"{got} bits for {count} asked (at most {8 * data_bytes})"
+        else:
+            data_bytes = 2 * count
+            got = len(reply.registers)
+            if got != count:
+                return f"{got} registers for {count} asked"
+        # function code + byte count + data, in the framing's envelope.
+        rtu = isinstance(self.link, SerialLink) or self.link.framing == "rtu"
+        frame = 2 + data_bytes + (3 if rtu else 7)  # RTU: address + CRC; TCP: MBAP header
+        if self._received != frame:
+            return f"{self._received} bytes for a {frame}-byte reply"
+        return None
+
+    def _garbled_hint(self) -> str:
+        if isinstance(self.link, SerialLink):
+            return "CRC or framing error; check wiring, termination and line settings"
+        if self.link.framing == "rtu":
+            return "CRC or framing error; check the serial side of the gateway and its settings"
+        return (
+            "not a Modbus TCP answer; does something else listen on this port, or does the "
+            "device expect RTU framing over TCP (framing: rtu)?"
+        )
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:

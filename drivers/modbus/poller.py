@@ -105,7 +105,10 @@ class DevicePoller:
                 batch = await self.poll_once()
             except ExceptionReply as exc:
                 self.stats.exceptions += 1
-                if exc.code in _CONFIG_EXCEPTIONS:
+                # At start-up an illegal function or address is the register map's mistake.
+                # From a device that has answered this read before (a firmware update, a mode
+                # change) it is a device fault: degraded and retried, never given up on.
+                if exc.code in _CONFIG_EXCEPTIONS and self.stats.good == 0:
                     raise self._config_error(exc) from exc
                 error = exc
             except RetryableError as exc:
@@ -145,11 +148,18 @@ class DevicePoller:
         for request, block in zip(self.requests, blocks, strict=True):
             self._decode(request, block, values)
         quality = Quality.GOOD
-        if any(math.isnan(v) or math.isinf(v) for v in values.values()):
+        error = None
+        # A float register can hold ±inf or NaN (a meter's "no value", a failed sensor): such
+        # a point is a bad sample, NaN, and the rest of the reply stands.
+        unusable = [tag for tag, v in values.items() if not math.isfinite(v)]
+        if unusable:
             quality = Quality.UNCERTAIN
+            error = ", ".join(f"{tag} read {values[tag]}" for tag in unusable)
+            for tag in unusable:
+                values[tag] = math.nan
         if self._is_stale(blocks, mono):
             quality = Quality.STALE
-        return Batch(self.device.name, mono, wall, values, quality)
+        return Batch(self.device.name, mono, wall, values, quality, error)
 
     @staticmethod
     def _decode(request: Request, block: np.ndarray, values: dict[str, float]) -> None:

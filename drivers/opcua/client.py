@@ -318,9 +318,10 @@ def _si(point: UaPoint, value: Any, quality: Quality) -> float:
     if quality is Quality.BAD or value is None:
         return math.nan
     try:
-        return float(value) * point.factor + point.offset
-    except (TypeError, ValueError):
+        result = float(value) * point.factor + point.offset
+    except (TypeError, ValueError, OverflowError):
         return math.nan
+    return result if math.isfinite(result) else math.nan  # ±inf is no reading
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -194,3 +194,22 @@ def test_an_outer_node_sees_only_what_crosses_its_boundary(tmp_path: Path):
     config = config_module.loads(text, path=tmp_path / "c.yaml")
     terms = config_module.node_terms(config.nodes)
     assert terms["site"] == NodeTerms(("feed_a",), ("product",), (), (), ("t100",))
+
+
+def test_a_batch_tag_that_reads_non_finite_is_no_batch_change(tmp_path: Path):
+    """A float batch register reading ±inf or NaN (a PLC in fault) is no reading: the batch
+    runs on, nothing raises out of the cycle (int(inf) once ended the agent at batch end)."""
+    run = plantrun.start(tmp_path, _config(tmp_path, "{batch: plc.batch}"), plant_text=PLANT,
+                         period=2.0, step=0.5)  # fmt: skip
+    try:
+        for batch, minutes in ((101, 10), (math.inf, 5), (102, 10), (-math.inf, 3),
+                               (math.nan, 3), (0, 5)):  # fmt: skip
+            run.plc["batch"] = batch
+            run.run_for(minutes * 60)
+    finally:
+        run.close()
+    windows = run.of("balance")
+    assert [b["batch"] for b in windows] == ["101", "102"]
+    assert [b["status"] for b in windows] == ["ok", "ok"]
+    telemetry = run.of("telemetry")[-1]["points"]
+    assert telemetry["plc.batch"]["value"] == 0
