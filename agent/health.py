@@ -105,6 +105,7 @@ def snapshot(agent: Agent, *, started: float) -> dict[str, Any]:
         }
     if agent.reload_error is not None:
         body["reload_refused"] = agent.reload_error
+    body["restarts"] = dict(agent.restarts)
     return body
 
 

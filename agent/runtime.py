@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -306,6 +307,8 @@ class Agent:
     health: dict[str, Any] = field(default_factory=dict)  # the latest snapshot, replaced whole
     reload_error: str | None = None
     locks: StateLocks | None = None
+    # Restarts of supervised tasks after an unexpected exception, by task name.
+    restarts: dict[str, int] = field(default_factory=dict)
 
 
 async def run(
@@ -518,11 +521,25 @@ async def _pipeline(
 
     async with asyncio.TaskGroup() as group:
         poll_tasks = [
-            group.create_task(_poll(p, stop_polling), name=f"poll-{p.device.name}") for p in pollers
+            group.create_task(
+                _supervised(
+                    f"poll-{p.device.name}",
+                    functools.partial(_poll, p, stop_polling),
+                    agent,
+                    stop_polling,
+                ),
+                name=f"poll-{p.device.name}",
+            )
+            for p in pollers
         ]
         if publisher is not None:
             group.create_task(
-                publisher.run(stop_publishing, drain_timeout=graceful_timeout),
+                _supervised(
+                    "publisher",
+                    lambda: publisher.run(stop_publishing, drain_timeout=graceful_timeout),
+                    agent,
+                    stop_publishing,
+                ),
                 name="publisher",
             )
         log.info(
@@ -532,7 +549,7 @@ async def _pipeline(
             len(gateway.nodes),
         )
         while not shutdown.is_set():
-            _process(agent, batches, final=False)
+            _guarded_cycle(agent, batches)
             now = time.monotonic()
             if now >= next_health:
                 next_health = now + SNAPSHOT_EVERY
@@ -564,7 +581,13 @@ async def _pipeline(
         else:
             log.info("reloading: polling ends, totals and outbox are flushed")
         stop_polling.set()
-        await asyncio.gather(*poll_tasks)
+        # Bounded like the rest of shutdown: a poller stuck in a read is cancelled.
+        _, late = await asyncio.wait(poll_tasks, timeout=graceful_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("stopping: %d pollers did not stop in time and were cancelled", len(late))
+            await asyncio.gather(*late, return_exceptions=True)
         await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
         _process(agent, batches, final=True)
         if on_cycle is not None:
@@ -718,6 +741,58 @@ def _pollers(config: Config, emit: Callable[[Batch], None]) -> list[Poller]:
     return pollers
 
 
+RESTART_FIRST = 1.0  # s before a task that raised is started again; doubles ...
+RESTART_MAX = 60.0  # ... up to this; a task that then ran a minute starts from the first again
+
+
+async def _supervised(
+    name: str, start: Callable[[], Any], agent: Agent, stop: asyncio.Event
+) -> None:
+    """Run `start()` until it returns; restart it with backoff after an unexpected exception.
+
+    One bad device, record or broker must not end the process (DESIGN, "runtime"): the first
+    failure of a task is logged with its traceback, later ones in one line; every one is
+    counted in `agent.restarts` for `massgate status`.
+    """
+    delay = RESTART_FIRST
+    while True:
+        began = time.monotonic()
+        try:
+            await start()
+            return
+        except Exception as exc:
+            count = agent.restarts.get(name, 0) + 1
+            agent.restarts[name] = count
+            if time.monotonic() - began > RESTART_MAX:
+                delay = RESTART_FIRST
+            if count == 1:
+                log.exception("%s failed unexpectedly; restarting it in %g s", name, delay)
+            else:
+                log.error("%s failed again (%d restarts): %r; restarting in %g s",
+                          name, count, exc, delay)  # fmt: skip
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if stop.is_set():
+            return
+        delay = min(delay * 2, RESTART_MAX)
+
+
+def _guarded_cycle(agent: Agent, batches: asyncio.Queue[Batch]) -> None:
+    """One processing cycle; an unexpected exception is logged, counted and the next cycle
+    tries again (the records it made are kept for it, see _process)."""
+    try:
+        _process(agent, batches, final=False)
+    except Exception as exc:
+        count = agent.restarts.get("cycle", 0) + 1
+        agent.restarts["cycle"] = count
+        if count == 1:
+            log.exception("the processing cycle failed unexpectedly; the next one tries again")
+        elif count % 100 == 0:
+            log.error("the processing cycle failed again (%d times): %r", count, exc)
+
+
 async def _poll(poller: Poller, stop: asyncio.Event) -> None:
     try:
         await poller.run(stop)
@@ -736,7 +811,12 @@ def _process(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> Non
     agent.gateway.cycle(mono, time.time(), final=final)
     records, totals = agent.gateway.take_pending(mono)
     # Group commit: one transaction per cycle for its records and the totals they report.
-    agent.outbox.put(records, totals=totals)
+    try:
+        agent.outbox.put(records, totals=totals)
+    except BaseException:
+        # Not committed: the records go again with the next cycle, never lost on the way.
+        agent.gateway.pending[:0] = records
+        raise
     if any(r.kind == "hourly" for r in records):
         agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
         # Balance records are many (one per node a minute): pruned once an hour, like hourly.

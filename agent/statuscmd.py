@@ -114,6 +114,9 @@ def render(snap: dict[str, Any]) -> str:
     ]
     if "reload_refused" in snap:
         lines.append(f"  last reload refused: {snap['reload_refused']}")
+    if restarts := snap.get("restarts"):
+        listed = ", ".join(f"{name} {count}" for name, count in sorted(restarts.items()))
+        lines.append(f"  restarted after an unexpected error: {listed} (see the journal)")
     broker = snap["broker"]
     if broker is None:
         lines.append("broker: none configured; records stay in the outbox")

@@ -46,3 +46,46 @@ def test_a_broker_certificate_from_another_ca_is_refused(
     assert "certificate was rejected" in caplog.text  # one clear log line
     assert outbox.depth() == 1  # nothing lost
     outbox.close()
+
+
+def test_nothing_is_deleted_while_the_broker_does_not_acknowledge(broker: Broker):
+    """The broker stopped (SIGSTOP) with messages in flight: they were sent, but no PUBACK
+    came, so the outbox keeps every one; when the broker goes on, they are deleted."""
+    import asyncio
+    import os
+    import signal
+
+    from tests.conftest import run_async
+
+    outbox = Outbox(":memory:", max_bytes=10_000_000, site="s", gateway="g")
+    publisher = Publisher(outbox, _mqtt(broker, broker.pki.ca), "s", "g")
+    assert broker.process is not None
+    count = 20
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(publisher.run(stop))
+        try:
+            while not publisher.status.connected:
+                await asyncio.sleep(0.05)
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            seqs = outbox.put([Record("totals", {"i": i}, 1_800_000_000.0) for i in range(count)])
+            publisher.wake(1)
+            while publisher.status.published < count:  # handed to paho and written out
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # six ack flushes: a delete on send would have happened
+            assert outbox.depth() == count
+            assert publisher.status.acked == 0
+            assert sorted(m.seq for m in outbox.take(100)) == seqs
+            os.kill(broker.process.pid, signal.SIGCONT)
+            while outbox.depth() > 0:
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    try:
+        run_async(asyncio.wait_for(main(), 60))
+    finally:
+        outbox.close()

@@ -101,3 +101,81 @@ def test_an_ended_mqtt_thread_is_not_progress():
         link.close()
     finally:
         loop.close()
+
+
+def test_an_agent_whose_pipeline_stalls_stops_feeding_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The real run(): WATCHDOG=1 while polls finish; when every poll hangs, it stops."""
+    import socket
+
+    from massgate.agent.runtime import Agent, run
+    from massgate.agent.sdnotify import Notifier
+    from massgate.drivers.modbus.poller import DevicePoller
+    from tests.conftest import run_async
+
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
+        f"  - {{name: d, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
+        "profile: coriolis, poll_interval: 100ms, timeout: 50ms, degrade_after: 1000, "
+        "degraded_interval: 100ms}\n"  # the poller's own bound: 2 × 100 ms + 2 × 50 ms + 1 s
+    )
+    config = config_module.load(path)
+    hang = asyncio.Event()  # set: every poll from now on never finishes
+    real_poll = DevicePoller.poll
+
+    async def poll(self: DevicePoller):
+        if hang.is_set():
+            await asyncio.Event().wait()  # a driver stuck for good (cancelled at shutdown)
+        return await real_poll(self)
+
+    monkeypatch.setattr(DevicePoller, "poll", poll)
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.setblocking(False)
+    pets: list[float] = []
+    hung_at: list[float] = []
+    shutdown = asyncio.Event()
+
+    def on_cycle(agent: Agent) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                message = systemd.recv(65536).decode()
+            except BlockingIOError:
+                break
+            if "WATCHDOG=1" in message.splitlines():
+                pets.append(now)
+        if len(pets) >= 4 and not hang.is_set():
+            hang.set()
+            hung_at.append(now)
+        # Past the poller's bound and the watchdog's half-limit, and then 3 s more.
+        if hung_at and now - hung_at[0] > 6.0:
+            shutdown.set()
+
+    async def main() -> None:
+        notifier = Notifier(str(tmp_path / "notify"))
+        try:
+            await asyncio.wait_for(
+                run(
+                    config,
+                    shutdown=shutdown,
+                    on_cycle=on_cycle,
+                    notifier=notifier,
+                    graceful_timeout=1.0,
+                ),
+                timeout=60,
+            )
+        finally:
+            notifier.close()
+
+    try:
+        run_async(main())
+    finally:
+        systemd.close()
+    assert len(pets) >= 4
+    late = [t - hung_at[0] for t in pets if t - hung_at[0] > 3.0]
+    assert late == [], late  # fed while stuck: systemd would never restart a hung agent
