@@ -146,8 +146,25 @@ def setup(verbose: bool, *, journal_socket: str = JOURNAL_SOCKET) -> logging.Han
     # asyncua narrates every node it creates and every session at INFO: noise in the journal.
     if not verbose:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
+        logging.getLogger("asyncua").addFilter(_quiet_asyncua)
         logging.getLogger("asyncio").addFilter(_quiet_device_protocols)
     return handler
+
+
+# What asyncua warns about on every connect although nothing is wrong: a server may revise
+# the session timeout and the subscription's intervals, and says so in the values it returns.
+_ROUTINE = ("Requested session timeout", "Requested secure channel timeout", "Revised values")
+
+
+def _quiet_asyncua(record: logging.LogRecord) -> bool:
+    """asyncua's routine revisions are not warnings, and its tracebacks (a "Publish
+    iteration crashed" at every server restart) are detail for -v: the driver says what
+    happened to the device in one line."""
+    if record.levelno < logging.ERROR and str(record.msg).startswith(_ROUTINE):
+        return False
+    record.exc_info = None
+    record.exc_text = None
+    return True
 
 
 def _quiet_device_protocols(record: logging.LogRecord) -> bool:

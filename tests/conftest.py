@@ -278,3 +278,40 @@ def no_leaked_threads() -> Iterator[None]:
             return
         time.sleep(0.05)
     pytest.fail(f"threads leaked: {[t.name for t in leaked]}")
+
+
+@pytest.fixture(scope="session")
+def ua_certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A self-signed OPC UA server certificate and a client one, as asyncua makes them."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    base = tmp_path_factory.mktemp("ua-pki")
+    host = socket.gethostname()
+    paths = {
+        "server_cert": base / "server.der",
+        "server_key": base / "server.pem",
+        "client_cert": base / "client.der",
+        "client_key": base / "client.pem",
+    }
+
+    async def make() -> None:
+        await setup_self_signed_certificate(
+            paths["server_key"],
+            paths["server_cert"],
+            "urn:massgate:sim",
+            host,
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            {"commonName": "massgate sim"},
+        )
+        await setup_self_signed_certificate(
+            paths["client_key"],
+            paths["client_cert"],
+            "urn:massgate:test-gateway",
+            host,
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"commonName": "massgate gateway"},
+        )
+
+    asyncio.run(make())
+    return paths

@@ -24,7 +24,11 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.security_policies import (
+    SecurityPolicyAes128Sha256RsaOaep,
+    SecurityPolicyAes256Sha256RsaPss,
+    SecurityPolicyBasic256Sha256,
+)
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
@@ -50,6 +54,19 @@ _SIGN_IN_REFUSED = {
     StatusCodes.BadUserAccessDenied,
     StatusCodes.BadIdentityTokenRejected,
     StatusCodes.BadIdentityTokenInvalid,
+}
+_POLICY_CLASSES: dict[str, Any] = {
+    "Basic256Sha256": SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": SecurityPolicyAes256Sha256RsaPss,
+}
+# What a server answers when our application certificate is not (yet) in its trust list.
+_CERTIFICATE_REFUSED = {
+    StatusCodes.BadCertificateUntrusted,
+    StatusCodes.BadSecurityChecksFailed,
+    StatusCodes.BadCertificateInvalid,
+    StatusCodes.BadCertificateUriInvalid,
+    StatusCodes.BadCertificateUseNotAllowed,
 }
 
 
@@ -85,6 +102,12 @@ class OpcUaPoller:
         self.connected = False
         self._by_node = {_canonical(p.node_id): p for p in device.points}
         self._last: dict[str, tuple[float, Quality, float]] = {}  # tag: SI, quality, mono
+        # Points the server would not monitor (BadNodeIdUnknown after a PLC download, say):
+        # BAD with the server's reason and tried again every reconnect_max, while the others
+        # are read. A point is said once in the journal while it stays refused.
+        self._refused: dict[str, tuple[UaPoint, Node, str]] = {}
+        self._said_refused: set[str] = set()
+        self._subscription: Any = None  # asyncua's Subscription of the current session
 
     @property
     def polls(self) -> int:
@@ -109,7 +132,9 @@ class OpcUaPoller:
             except _LINK_ERRORS as exc:
                 self._lost(exc)
             except Exception as exc:  # asyncua raises more kinds than it documents
-                log.exception("%s: unexpected OPC UA error", self.device.name)
+                # The cause is said once by the device's health (then summarized); the
+                # traceback is detail for -v, not for the journal at every retry.
+                log.debug("%s: OPC UA error", self.device.name, exc_info=True)
                 self._lost(exc)
             if stop.is_set():
                 break
@@ -155,7 +180,7 @@ class OpcUaPoller:
                 raise FatalError(f"{device.name}: policy {security.policy} needs a certificate")
             client.application_uri = _application_uri(security.certificate, client.application_uri)
             await client.set_security(
-                SecurityPolicyBasic256Sha256,
+                _POLICY_CLASSES[security.policy],
                 str(security.certificate),
                 str(security.private_key),
                 server_certificate=(
@@ -198,16 +223,62 @@ class OpcUaPoller:
                 sampling_interval=ua.Duration(device.sampling_interval * 1000),
             )
         handles = results if isinstance(results, list) else [results]
-        refused = [
-            f"{p.tag} ({p.node_id}): {r.name}"
-            for p, r in zip(device.points, handles, strict=True)
-            if isinstance(r, ua.StatusCode) and not r.is_good()
-        ]
-        if refused:
-            raise FatalError(
-                f"{device.name}: the server refused to monitor {', '.join(refused)}; "
-                "check the node ids in the configuration"
+        self._subscription = subscription
+        self._refused = {}
+        for point, node, handle in zip(device.points, nodes, handles, strict=True):
+            if isinstance(handle, ua.StatusCode) and not handle.is_good():
+                self._refuse(point, node, handle.name)
+
+    def _refuse(self, point: UaPoint, node: Node, why: str) -> None:
+        self._refused[point.tag] = (point, node, why)
+        if point.tag not in self._said_refused:
+            self._said_refused.add(point.tag)
+            log.error(
+                "%s: the server refused to monitor %s (%s): %s; the point is BAD and tried "
+                "again every %g s, the other points are read (check the node id)",
+                self.device.name,
+                point.tag,
+                point.node_id,
+                why,
+                self.device.reconnect_max,
+                extra={"device": self.device.name},
             )
+        self.emit(
+            Batch(
+                self.device.name,
+                time.monotonic(),
+                time.time(),
+                {point.tag: math.nan},
+                Quality.BAD,
+                f"{point.tag}: {why}",
+            )
+        )
+
+    async def _retry_refused(self) -> None:
+        """Ask again for the points the server refused; the ones it now takes are read."""
+        pending = list(self._refused.values())
+        self._refused = {}
+        device = self.device
+        for point, node, _ in pending:
+            try:
+                handle = await self._subscription.subscribe_data_change(
+                    node,
+                    queuesize=device.queue_size,
+                    sampling_interval=ua.Duration(device.sampling_interval * 1000),
+                )
+            except UaStatusCodeError as exc:
+                self._refuse(point, node, ua.StatusCode(exc.code).name)
+                continue
+            if isinstance(handle, ua.StatusCode) and not handle.is_good():
+                self._refuse(point, node, handle.name)
+            elif point.tag in self._said_refused:
+                self._said_refused.discard(point.tag)
+                log.info(
+                    "%s: the server monitors %s again",
+                    device.name,
+                    point.tag,
+                    extra={"device": device.name},
+                )
 
     async def _hold(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
         """Repeat unchanged values once per publishing interval while the session lives.
@@ -217,12 +288,16 @@ class OpcUaPoller:
         long as the subscription is alive (asyncua's supervisor watches the session).
         """
         period = self.device.publishing_interval
+        retry_at = time.monotonic() + self.device.reconnect_max
         while not (stop.is_set() or lost.is_set()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop, lost), timeout=period)
             if stop.is_set() or lost.is_set():
                 return
             self.health.beat()
+            if self._refused and time.monotonic() >= retry_at:
+                retry_at = time.monotonic() + self.device.reconnect_max
+                await self._retry_refused()
             now = time.monotonic()
             held = {
                 tag: value
@@ -277,7 +352,16 @@ class OpcUaPoller:
         self.stats.losses += 1
         self._last.clear()
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, UaStatusCodeError) and exc.code in _SIGN_IN_REFUSED:
+        secured = self.device.security.policy != "None"
+        refused = isinstance(exc, UaStatusCodeError) and exc.code in _CERTIFICATE_REFUSED
+        if secured and (refused or isinstance(exc, AssertionError)):
+            # asyncua does not parse the server's error reply to OpenSecureChannel; what it
+            # raises there means the server did not accept our certificate.
+            message = (
+                "the server rejected our certificate: trust it on the server (e.g. move it "
+                "from its pki/rejected to pki/trusted folder), then it is used at the next try"
+            )
+        elif isinstance(exc, UaStatusCodeError) and exc.code in _SIGN_IN_REFUSED:
             # Retried (the server's user list may be fixed), but the cause is said plainly.
             who = f"user '{self.device.username}'" if self.device.username else "anonymous"
             message = (
@@ -303,7 +387,8 @@ class _Handler:
 
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         # The session supervisor reports the loss itself; this only leaves a trace.
-        log.info("%s: subscription status %s", self.poller.device.name, status.Status)
+        code = status.Status
+        log.info("%s: subscription status %s", self.poller.device.name, getattr(code, "name", code))
 
 
 def _canonical(node_id: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-POLICIES = ("None", "Basic256Sha256")
+# The current OPC UA security policies (Basic256Sha256 is the one most servers offer; the
+# two Aes policies are its successors, required by newer servers and profiles).
+POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 MODES = ("Sign", "SignAndEncrypt")
 
 
@@ -22,7 +24,7 @@ class UaPoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UaSecurity:
-    policy: str  # "None" or "Basic256Sha256"
+    policy: str  # one of POLICIES
     mode: str | None  # "Sign" or "SignAndEncrypt"; None with policy None
     certificate: Path | None  # the gateway's application certificate (DER or PEM)
     private_key: Path | None

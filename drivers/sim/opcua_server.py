@@ -16,6 +16,7 @@ from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
@@ -34,6 +35,10 @@ POLICIES = {
     "None": ua.SecurityPolicyType.NoSecurity,
     "Basic256Sha256/Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
     "Basic256Sha256/SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    "Aes128_Sha256_RsaOaep/SignAndEncrypt": (
+        ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt
+    ),
+    "Aes256_Sha256_RsaPss/SignAndEncrypt": ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
 }
 
 
@@ -55,6 +60,10 @@ class _Users(UserManager):
         return None  # asyncua answers BadUserAccessDenied
 
 
+async def _untrusted(certificate: Any, description: Any) -> None:
+    raise ServiceError(StatusCodes.BadCertificateUntrusted)
+
+
 class UaPlantServer:
     def __init__(
         self,
@@ -68,6 +77,7 @@ class UaPlantServer:
         private_key: Path | None = None,
         period: float = 0.1,
         users: dict[str, str] | None = None,
+        reject_certificates: bool = False,
     ) -> None:
         self.plant = plant
         self.meters = meters
@@ -77,6 +87,7 @@ class UaPlantServer:
         self.private_key = private_key
         self.period = period
         self.users = users
+        self.reject_certificates = reject_certificates  # as a server whose trust list is empty
         self.namespace_index = 0
         self.server: Server | None = None
         self._variables: dict[str, list[tuple[str, units.Unit, Node]]] = {}
@@ -96,6 +107,8 @@ class UaPlantServer:
         if self.certificate is not None and self.private_key is not None:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
+        if self.reject_certificates:
+            server.set_certificate_validator(_untrusted)
         self.namespace_index = await server.register_namespace(NAMESPACE)
         for meter in self.meters:
             folder = await server.nodes.objects.add_object(self.namespace_index, meter.name)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua.crypto.cert_gen import setup_self_signed_certificate
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from massgate.agent.samples import Batch, Quality
 from massgate.drivers.errors import FatalError
@@ -163,7 +161,12 @@ def test_dropout_is_stale_and_poll_mode_reads_status_codes(tmp_path: Path):
     run_async(main())
 
 
-def test_an_unknown_node_is_a_fatal_error_naming_it(tmp_path: Path):
+def test_an_unknown_node_is_bad_and_retried_while_the_others_are_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """BadNodeIdUnknown (a PLC download renamed a tag) makes that point BAD with the server's
+    reason, said once; the device's other points go on being read."""
+
     async def main() -> None:
         server = _server(Plant(), free_port())
         await server.start()
@@ -173,63 +176,56 @@ def test_an_unknown_node_is_a_fatal_error_naming_it(tmp_path: Path):
                     "name": "ua",
                     "protocol": "opcua",
                     "url": server.url,
-                    "nodes": [{"name": "x", "node": "ns=2;s=no.such.node", "unit": "kg/h"}],
+                    "publishing_interval": "100ms",
+                    "reconnect_max": "300ms",
+                    "nodes": [
+                        {"name": "x", "node": "ns=2;s=no.such.node", "unit": "kg/h"},
+                        {
+                            "name": "mass_flow",
+                            "node": server.node_id("ft101", "mass_flow"),
+                            "unit": "kg/h",
+                        },
+                    ],
                 }
             ],
             tmp_path,
         )
-        poller = OpcUaPoller(device, emit=lambda b: None)
+        batches: list[Batch] = []
+        poller = OpcUaPoller(device, emit=batches.append)
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
         try:
-            with pytest.raises(
-                FatalError, match=r"ua\.x \(ns=2;s=no\.such\.node\).*BadNodeIdUnknown"
-            ):
-                await poller.run(asyncio.Event())
-        finally:
-            await server.stop()
 
+            def refused_again() -> int:
+                return sum(1 for b in batches if "ua.x" in b.values)
+
+            assert await _wait(
+                lambda: len(_good(batches, "ua.mass_flow")) >= 5 and refused_again() >= 3, 30
+            )
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        bad = [b for b in batches if "ua.x" in b.values]
+        assert all(b.quality is Quality.BAD and math.isnan(b.values["ua.x"]) for b in bad)
+        assert "BadNodeIdUnknown" in (bad[0].error or "")
+        said = [r for r in caplog.records if "refused to monitor ua.x" in r.getMessage()]
+        assert len(said) == 1
+
+    caplog.set_level(logging.INFO)
     run_async(main())
 
 
-@pytest.fixture(scope="module")
-def ua_certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("ua-pki")
-    host = socket.gethostname()
-    paths = {
-        "server_cert": base / "server.der",
-        "server_key": base / "server.pem",
-        "client_cert": base / "client.der",
-        "client_key": base / "client.pem",
-    }
-
-    async def make() -> None:
-        await setup_self_signed_certificate(
-            paths["server_key"],
-            paths["server_cert"],
-            "urn:massgate:sim",
-            host,
-            [ExtendedKeyUsageOID.SERVER_AUTH],
-            {"commonName": "massgate sim"},
-        )
-        await setup_self_signed_certificate(
-            paths["client_key"],
-            paths["client_cert"],
-            "urn:massgate:test-gateway",
-            host,
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-            {"commonName": "massgate gateway"},
-        )
-
-    asyncio.run(make())
-    return paths
-
-
-def test_sign_and_encrypt_session(tmp_path: Path, ua_certificates: dict[str, Path]):
+@pytest.mark.parametrize(
+    "policy", ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+)
+def test_sign_and_encrypt_session(tmp_path: Path, ua_certificates: dict[str, Path], policy: str):
     async def main() -> None:
         plant = Plant()
         server = _server(
             plant,
             free_port(),
-            policies=("Basic256Sha256/SignAndEncrypt",),
+            policies=(f"{policy}/SignAndEncrypt",),
             certificate=ua_certificates["server_cert"],
             private_key=ua_certificates["server_key"],
         )
@@ -237,7 +233,7 @@ def test_sign_and_encrypt_session(tmp_path: Path, ua_certificates: dict[str, Pat
         secure: list[Batch] = []
         plain: list[Batch] = []
         security = {
-            "policy": "Basic256Sha256",
+            "policy": policy,
             "mode": "SignAndEncrypt",
             "certificate": str(ua_certificates["client_cert"]),
             "private_key": str(ua_certificates["client_key"]),
@@ -372,3 +368,49 @@ def _distinct(batches: list[Batch]) -> list[float]:
     """Successive different values of ua.mass_flow (held repeats collapsed)."""
     values = _good(batches, "ua.mass_flow")
     return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
+def test_a_server_that_rejects_our_certificate_is_said_in_one_line(
+    tmp_path: Path, ua_certificates: dict[str, Path], caplog: pytest.LogCaptureFixture
+):
+    """Not an AssertionError with two tracebacks per retry: what happened, what to do."""
+
+    async def main() -> None:
+        server = _server(
+            Plant(),
+            free_port(),
+            policies=("Basic256Sha256/SignAndEncrypt",),
+            certificate=ua_certificates["server_cert"],
+            private_key=ua_certificates["server_key"],
+            reject_certificates=True,
+        )
+        await server.start()
+        batches: list[Batch] = []
+        security = {
+            "policy": "Basic256Sha256",
+            "mode": "SignAndEncrypt",
+            "certificate": str(ua_certificates["client_cert"]),
+            "private_key": str(ua_certificates["client_key"]),
+        }
+        poller = OpcUaPoller(
+            _device(tmp_path, server, security=security, reconnect_max="200ms"),
+            emit=batches.append,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            assert await _wait(lambda: poller.stats.losses >= 3, 30)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        assert not _good(batches, "ua.mass_flow")
+        assert "the server rejected our certificate" in (batches[-1].error or "")
+        assert "pki/trusted" in (batches[-1].error or "")
+
+    caplog.set_level(logging.INFO)
+    run_async(main())
+    mine = [r for r in caplog.records if r.name.startswith("massgate")]
+    assert not any(r.exc_info for r in mine), [r.getMessage() for r in mine if r.exc_info]
+    said = [r for r in mine if "rejected our certificate" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in mine]
