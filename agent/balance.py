@@ -20,6 +20,7 @@ reading they share, and the CUSUM's run lengths hold.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +29,10 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .config import BATCH, CALENDAR, NodeConfig, NodeTerms
+from .records import utc
 from .totalizer import InventoryGauge, StreamTotal
+
+log = logging.getLogger(__name__)
 
 OK = "ok"
 WARNING = "warning"  # outside tolerance, not yet for the persistence time
@@ -369,6 +373,19 @@ class NodeBalance:
             complete = (end.complete - first.complete) / cycles
             span = data_end.mono - data_start.mono
             coverage = complete * (min(span / nominal, 1.0) if nominal > 0 else 1.0)
+            if cfg.window_kind == CALENDAR and span > nominal + max(60.0, 0.01 * nominal):
+                # The shift by the wall clock, longer by the monotonic one: the wall clock
+                # stepped back within it. Its kilograms are not the shift's: inconclusive.
+                log.warning(
+                    "node %s: the window ending %s ran %.0f s by the monotonic clock, %.0f s "
+                    "by the wall clock (it stepped back?): inconclusive",
+                    cfg.name,
+                    utc(end.wall),
+                    span,
+                    nominal,
+                    extra={"node": cfg.name},
+                )
+                coverage = 0.0
         else:
             terms, coverage = NO_TERMS, 0.0
         tolerance = (

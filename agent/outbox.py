@@ -42,6 +42,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.db import DescIndex
 
+from . import clock
 from .records import SCHEMA_VERSION, Priority, Record, topic, utc
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class Message:
     topic: str
     payload: bytes
 
+
+# A change of wall minus monotonic time beyond this is a step of the clock, not drift.
+CLOCK_STEP = 60.0
 
 # One index lookup per priority (outbox_age), not a scan of the backlog: min(created) over
 # the whole table cannot use an index that leads with priority.
@@ -128,6 +132,8 @@ class Outbox:
         self._dropped = self._load_dropped()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
         self._full_at = -math.inf  # monotonic time of the last disk-full error
+        self._offset: float | None = None  # wall minus monotonic time at the last put
+        self._stepped_at: float | None = None  # wall time when it last stepped forward
         self._disk_at = -math.inf
         self._held_logged_at = -math.inf
         self._held: list[Record] = []
@@ -282,6 +288,7 @@ class Outbox:
             return []
         self._limit = self._room(mono)
         now = time.time()
+        self._watch_clock(now, mono)
         if self.max_age and now - self._expired_at >= EXPIRE_EVERY:
             self._expired_at = now
             self._expire(now)
@@ -338,6 +345,8 @@ class Outbox:
         conn = self.conn
         with self._transaction():
             next_seq = int(self._meta("next_seq"))
+            # One look at the clock per commit: the records of a cycle share it.
+            synced = clock.synced()
             rows = []
             for offset, record in enumerate(records):
                 seq = next_seq + offset
@@ -349,6 +358,7 @@ class Outbox:
                     "epoch": self.epoch,
                     "seq": seq,
                     "created": utc(record.created),
+                    "clock_synced": synced,
                     **record.body,
                 }
                 payload = _encode(envelope).encode()
@@ -533,12 +543,31 @@ class Outbox:
         self._persist_dropped(dropped)
         return freed, dropped
 
+    def _watch_clock(self, now: float, mono: float) -> None:
+        """Notice the wall clock stepping forward (NTP's first sync on a gateway without RTC).
+
+        Records created before the step carry times of the old clock: by the new one they
+        look hours or years old, and max-age expiry would drop them all at once. Their ages
+        are counted from the step instead.
+        """
+        offset = now - mono
+        if self._offset is not None and offset - self._offset > CLOCK_STEP:
+            log.warning(
+                "the wall clock stepped forward by %.0f s; records made before count their "
+                "age (outbox.max_age) from now",
+                offset - self._offset,
+            )
+            self._stepped_at = now
+        self._offset = offset
+
     def _expire(self, now: float) -> None:
         """Drop records older than their priority's maximum age (counted as dropped)."""
         dropped: dict[int, int] = {}
         freed = 0
         with self._transaction():
             for priority, age in self.max_age.items():
+                if self._stepped_at is not None and now - age < self._stepped_at:
+                    continue  # every record is younger than `age` counted from the step
                 count, size = self.conn.execute(
                     "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
                     "WHERE priority = ? AND created < ?",

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import clock, kernels
 from . import density as density_models
-from . import kernels
 from .config import DensityModel, InventoryConfig, StreamConfig
 from .hourly import HOUR, OpenHour, hour_body, hour_index
 
@@ -129,6 +129,9 @@ class StreamTotal:
         self.first_wall: float | None = None  # first sample integrated by this process
         self.period_start_wall: float | None = None
         self._down_since: float | None = None  # wall time of the last sample before a restart
+        self._down_mono: float | None = None  # its monotonic time, when this is the same boot
+        self.last_mono: float | None = None
+        self._downtime_unknown = False  # the clock went back across a reboot: gap unknown
         self.hour: OpenHour | None = None
         self.closed_hours: list[dict[str, Any]] = []  # hourly records not yet taken
         if saved is not None:
@@ -144,6 +147,11 @@ class StreamTotal:
             self.reported = (float(reported[0]), float(reported[1]), float(reported[2]))
             down_since = saved.get("last_wall")
             self._down_since = float(down_since) if isinstance(down_since, float | int) else None
+            # Within one boot the monotonic clock goes on across a process restart and does
+            # not step with the wall clock: the downtime is measured by it.
+            down_mono = saved.get("last_mono")
+            if saved.get("boot_id") == clock.boot_id() and isinstance(down_mono, float | int):
+                self._down_mono = float(down_mono)
             hour = saved.get("hour")
             if isinstance(hour, dict):
                 self.hour = OpenHour.restore(hour)
@@ -288,7 +296,7 @@ class StreamTotal:
         assert self.hour is not None
         if averaged:
             self.hour.weigh(t, mass_flow, averaged, last_t)
-        self._note_walls(wall[good].tolist())
+        self._note_walls(wall[good].tolist(), t[good].tolist())
 
     def _count_flags(self, flags: list[str]) -> None:
         for flag in flags:
@@ -296,19 +304,36 @@ class StreamTotal:
                 log.warning("stream %s: %s", self.config.name, flag)
             self.density_flags[flag] = self.density_flags.get(flag, 0) + 1
 
-    def _note_walls(self, good_walls: list[float]) -> None:
+    def _note_walls(self, good_walls: list[float], good_monos: list[float]) -> None:
         if not good_walls:
             return
-        if self._down_since is not None:
-            # The downtime's quantity is unknown: flagged as gap time, measured by the wall
-            # clock because monotonic time does not survive a restart.
-            self.state[kernels.GAP_TIME] += max(good_walls[0] - self._down_since, 0.0)
-            self._down_since = None
+        if self._down_mono is not None:
+            # The downtime's quantity is unknown: flagged as gap time, measured by the
+            # monotonic clock within one boot ...
+            self.state[kernels.GAP_TIME] += max(good_monos[0] - self._down_mono, 0.0)
+        elif self._down_since is not None:
+            # ... and by the wall clock across a reboot. A wall clock earlier than before
+            # (a gateway without RTC that booted at an old time) cannot say how long the
+            # gateway was down: the gap is unknown, and the totals record says so (gap_s
+            # null) instead of claiming there was none.
+            downtime = good_walls[0] - self._down_since
+            if downtime < 0:
+                self._downtime_unknown = True
+                log.warning(
+                    "stream %s: the wall clock is %.0f s earlier than before the restart "
+                    "(no real-time clock?): the downtime is unknown; its totals say gap_s null",
+                    self.config.name,
+                    -downtime,
+                )
+            else:
+                self.state[kernels.GAP_TIME] += downtime
+        self._down_since = self._down_mono = None
         if self.first_wall is None:
             self.first_wall = good_walls[0]
         if self.period_start_wall is None:
             self.period_start_wall = self.last_wall or good_walls[0]
         self.last_wall = good_walls[-1]
+        self.last_mono = good_monos[-1]
 
     @property
     def forward(self) -> float:
@@ -358,8 +383,9 @@ class StreamTotal:
             start_wall=self.period_start_wall,
             end_wall=self.last_wall,
             estimated=estimated - self.reported[1],
-            gap_time=gap - self.reported[2],
+            gap_time=math.nan if self._downtime_unknown else gap - self.reported[2],
         )
+        self._downtime_unknown = False
         self.reported = (net, estimated, gap)
         self.period_start_wall = None
         return period
@@ -373,6 +399,8 @@ class StreamTotal:
             "state": self.state.tolist(),
             "reported": list(self.reported),
             "last_wall": self.last_wall if self.last_wall is not None else self._down_since,
+            "last_mono": self.last_mono if self.last_mono is not None else self._down_mono,
+            "boot_id": clock.boot_id(),
             "hour": self.hour.saved() if self.hour is not None else None,
         }
 

@@ -37,6 +37,8 @@ class PlantRun:
     records: list[Record] = field(default_factory=list)
     # Values of tags no plant meter has (a PLC's batch register): read as device "plc".
     plc: dict[str, float] = field(default_factory=dict)
+    # Added to the wall clock from now on: a step of the gateway's clock (NTP, no RTC).
+    wall_offset: float = 0.0
 
     def run_for(self, seconds: float, each: Callable[[PlantRun], None] | None = None) -> None:
         steps = round(seconds / self.period)
@@ -45,7 +47,7 @@ class PlantRun:
         for step in range(steps):
             self.now += self.period
             self.clock[0] = self.now
-            mono, wall = self.now, WALL0 + self.now
+            mono, wall = self.now, WALL0 + self.now + self.wall_offset
             t = self.plant.now()
             if self.plc:
                 tagged = {f"plc.{k}": v for k, v in self.plc.items()}

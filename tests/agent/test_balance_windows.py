@@ -213,3 +213,21 @@ def test_a_batch_tag_that_reads_non_finite_is_no_batch_change(tmp_path: Path):
     assert [b["status"] for b in windows] == ["ok", "ok"]
     telemetry = run.of("telemetry")[-1]["points"]
     assert telemetry["plc.batch"]["value"] == 0
+
+
+def test_a_shift_the_wall_clock_stepped_back_in_is_inconclusive(tmp_path: Path):
+    """NTP set the clock back an hour during the 14:00-22:00 shift: by the monotonic clock the
+    shift lasted 9 h. Its kilograms are not the shift's: inconclusive, never a wrong 'ok'.
+    The next shift is judged again."""
+    config = _config(tmp_path, '{calendar: ["06:00", "14:00", "22:00"], timezone: Europe/Berlin}')
+    run = plantrun.start(tmp_path, config, plant_text=PLANT, period=5.0, step=1.0)
+    try:
+        run.run_for(7 * HOUR)  # 08:00 to 15:00 UTC: the first shift closes at 13:00
+        run.wall_offset = -HOUR  # 15:00 becomes 14:00
+        run.run_for(7.1 * HOUR)  # to 21:06 by the wall clock: the second shift closes
+        run.run_for(8.1 * HOUR)  # the third shift, 21:00 to 05:00 UTC
+    finally:
+        run.close()
+    windows = run.of("balance")
+    assert [b["status"] for b in windows] == ["inconclusive", "inconclusive", "ok"]
+    assert windows[1]["coverage"] == 0.0

@@ -153,3 +153,41 @@ def test_what_runs_every_second_reads_an_index_not_the_backlog(tmp_path):
         assert outbox.oldest_age(now=1_800_000_100.0) == 100.0
     finally:
         outbox.close()
+
+
+def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A gateway without RTC booted at an old time, then NTP stepped the clock forward by
+    years: the records made before look years old. They count their age from the step."""
+    from types import SimpleNamespace
+
+    from massgate.agent import outbox as outbox_module
+
+    clock = {"wall": 1_500_000_000.0, "mono": 1000.0}
+    monkeypatch.setattr(
+        outbox_module,
+        "time",
+        SimpleNamespace(time=lambda: clock["wall"], monotonic=lambda: clock["mono"]),
+    )
+    outbox = Outbox(
+        tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g", max_age={"telemetry": 3600}
+    )
+    try:
+        outbox.put([Record("telemetry", {"i": i}, clock["wall"]) for i in range(10)])
+        clock["wall"] += 300_000_000.0  # NTP: from 2017 to 2026 in one step
+        clock["mono"] += 5.0
+        outbox.put([Record("telemetry", {"i": 10}, clock["wall"])])
+        assert outbox.depth() == 11
+        assert outbox.dropped() == {}
+        clock["wall"] += 1800.0  # half an hour later: still younger than an hour
+        clock["mono"] += 1800.0
+        outbox.put([Record("telemetry", {"i": 11}, clock["wall"])])
+        assert outbox.depth() == 12
+        clock["wall"] += 1900.0  # an hour after the step: the old records are due
+        clock["mono"] += 1900.0
+        outbox.put([Record("telemetry", {"i": 12}, clock["wall"])])
+        assert outbox.depth() == 2  # the one from half an hour ago and the new one
+        assert outbox.dropped() == {"telemetry": 11}
+    finally:
+        outbox.close()

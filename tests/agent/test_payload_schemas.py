@@ -96,6 +96,7 @@ def test_status_and_outbox_reset_payloads_match_their_schemas(tmp_path: Path):
         (lambda p: p.pop("imbalance_kg"), "'imbalance_kg' is a required property"),
         (lambda p: p.update(seq="12"), "is not of type 'integer'"),
         (lambda p: p.update(created="2027-01-15 08:00"), "does not match"),
+        (lambda p: p.pop("clock_synced"), "'clock_synced' is a required property"),
     ],
 )
 def test_the_schemas_refuse_what_the_agent_does_not_send(change: Any, expected: str):
@@ -107,6 +108,7 @@ def test_the_schemas_refuse_what_the_agent_does_not_send(change: Any, expected: 
         "epoch": "0123456789abcdef",
         "seq": 7,
         "created": "2027-01-15T08:00:00.000000Z",
+        "clock_synced": True,
         "node": "tank",
         "window": "rolling",
         "batch": None,

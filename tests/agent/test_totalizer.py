@@ -250,7 +250,7 @@ def test_an_hour_without_data_is_faulted_and_a_restart_continues_its_hour(tmp_pa
     again = StreamTotal(stream.config, saved=saved)
     for s in range(2400, 3 * 3600 + 1):  # back 10 min later; then an hour of silence
         if HOUR0 + s < HOUR0 + 2 * HOUR or HOUR0 + s >= HOUR0 + 3 * HOUR:
-            again.add(1e5 + s, HOUR0 + s, 0.001, 293.15)
+            again.add(float(s), HOUR0 + s, 0.001, 293.15)  # one boot: monotonic goes on
         if s % 300 == 0:
             again.integrate()
             again.roll_hour(HOUR0 + s)
@@ -266,6 +266,42 @@ def test_an_hour_without_data_is_faulted_and_a_restart_continues_its_hour(tmp_pa
     assert silent["quantity_kg"] == 0.0
     assert silent["faulted_s"] == 3600.0
     assert silent["faulted_share"] == 1.0
+
+
+def test_downtime_is_measured_by_the_monotonic_clock_within_one_boot(tmp_path: Path):
+    """The wall clock stepped back an hour while the agent was down for 600 s: the gap is
+    600 s by the monotonic clock, which does not step."""
+    stream = _volume_stream(tmp_path)
+    for s in range(0, 1801):
+        stream.add(float(s), HOUR0 + s, 0.001, 293.15)
+    stream.integrate()
+    stream.close_period()
+    again = StreamTotal(stream.config, saved=stream.saved())
+    for s in range(2400, 2461):
+        again.add(float(s), HOUR0 - 3600 + s, 0.001, 293.15)
+    again.integrate()
+    assert again.close_period().gap_time == pytest.approx(600.0)
+
+
+def test_a_wall_clock_earlier_after_a_reboot_makes_the_downtime_unknown_not_zero(
+    tmp_path: Path,
+):
+    """A Raspberry Pi without RTC boots at an old time: how long it was down is unknown, and
+    the totals record says gap_s null instead of a clamped 0 that hides the downtime."""
+    stream = _volume_stream(tmp_path)
+    for s in range(0, 1801):
+        stream.add(float(s), HOUR0 + s, 0.001, 293.15)
+    stream.integrate()
+    stream.close_period()
+    saved = {**stream.saved(), "boot_id": "another boot"}
+    again = StreamTotal(stream.config, saved=saved)
+    for s in range(0, 61):  # a new boot: monotonic from 0, the wall clock 20 min behind
+        again.add(float(s), HOUR0 + 600 + s, 0.001, 293.15)
+    again.integrate()
+    period = again.close_period()
+    assert math.isnan(period.gap_time)
+    assert period.mass == pytest.approx(60.0)
+    assert again.close_period().gap_time == 0.0  # the next period is known again
 
 
 # --- inventories --------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""Whether the wall clock can be believed, and which boot this is.
+
+A Raspberry Pi has no real-time clock: it boots at the time fake-hwclock saved at its last
+shutdown and steps forward when NTP answers. Records say whether the clock was synchronized
+when they were made (`clock_synced`), so a consumer knows which timestamps to doubt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+from pathlib import Path
+
+# systemd-timesyncd touches this file once the clock is synchronized (systemd ≥ 239).
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronized
+_STA_UNSYNC = 0x0040
+_STATUS_OFFSET = 40  # struct timex: int modes, long offset, freq, maxerror, esterror; int status
+_CHECK_EVERY = 10.0  # s: the state changes once per boot or so
+
+_cache: list[tuple[float, bool]] = []  # (monotonic time of the check, its answer)
+
+
+def _kernel_synced() -> bool | None:
+    """The kernel's view (set by chrony, ntpd and timesyncd alike), or None if unknown."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # modes = 0: read only
+        state = libc.adjtimex(timex)
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    status = int.from_bytes(timex.raw[_STATUS_OFFSET : _STATUS_OFFSET + 4], "little", signed=True)
+    return state != _TIME_ERROR and not status & _STA_UNSYNC
+
+
+def synced() -> bool:
+    """Whether the wall clock is synchronized to a time source (checked every 10 s)."""
+    now = time.monotonic()
+    if _cache and now - _cache[0][0] < _CHECK_EVERY:
+        return _cache[0][1]
+    result = TIMESYNC_FLAG.exists() or bool(_kernel_synced())
+    _cache[:] = [(now, result)]
+    return result
+
+
+def boot_id() -> str | None:
+    """This boot's id: monotonic times of one boot compare across process restarts."""
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
