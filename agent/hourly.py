@@ -71,6 +71,9 @@ class OpenHour:
         return cls(int(saved["index"]), opened, sums)
 
 
+CLOCK_SLACK = 60.0  # s an hour may be covered beyond 3600 s before it is a clock step
+
+
 def hour_body(
     stream: str,
     hour: OpenHour,
@@ -110,6 +113,9 @@ def hour_body(
         "estimated_share": num(estimated / moved if moved > 0.0 else 0.0),
         "faulted_s": num(faulted),
         "faulted_share": num(faulted / HOUR),
+        # Covered longer than the hour by the monotonic clock: the wall clock stepped back
+        # within it, and the quantity is more than this hour's.
+        "clock_stepped": covered > HOUR + CLOCK_SLACK,
         "register_faults": int(delta(kernels.FAULTS)),
         "temperature_K": num(hour.average("temperature")),
         "pressure_Pa": num(hour.average("pressure")),

@@ -426,3 +426,18 @@ def test_an_unwritable_numba_cache_is_said_at_start(tmp_path: Path, monkeypatch,
         cli._check_numba_cache()
     assert caplog.text == ""
     assert (tmp_path / "cache").is_dir()
+
+
+def test_an_hour_the_wall_clock_stepped_back_in_says_so(tmp_path: Path):
+    """The clock went back 20 min at half past: the open hour runs on for 80 min of flow,
+    and its record says clock_stepped rather than passing 80 min off as an hour."""
+    stream = _volume_stream(tmp_path)
+    for s in range(0, 3 * 3600 + 1):
+        wall = HOUR0 + s - (1200 if s >= 1800 else 0)
+        stream.add(float(s), wall, 0.001, 293.15)
+        if s % 300 == 0:
+            stream.integrate()
+            stream.roll_hour(wall)
+    hours = stream.take_hours()
+    assert [h["clock_stepped"] for h in hours[:2]] == [True, False]
+    assert hours[0]["quantity_kg"] == pytest.approx(4800.0, rel=1e-3)  # 80 min at 1 kg/s
