@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import threading
+
+import serial
 
 MODES = (
     "good",
@@ -130,3 +133,105 @@ class MisbehavingSlave:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
+
+
+# --- Modbus RTU on the far end of a serial line --------------------------------------------
+
+RTU_MODES = (
+    "good",
+    "oversized",
+    "byte_count_high",
+    "byte_count_low",
+    "wrong_function",
+    "wrong_unit",
+    "bad_crc",
+    "garbage",
+    "truncated",
+    "silence",
+    "exception_4",
+)
+
+
+def crc16(frame: bytes) -> bytes:
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return struct.pack("<H", crc)
+
+
+def rtu_reply(mode: str, request: bytes) -> bytes | None:
+    """The bytes a misbehaving RTU slave answers to one read request (8 bytes)."""
+    unit, function, _start, count = struct.unpack(">BBHH", request[:6])
+
+    def frame(body: bytes) -> bytes:
+        return body + crc16(body)
+
+    data = _registers(count, "good")
+    if mode == "good":
+        return frame(struct.pack(">BBB", unit, function, len(data)) + data)
+    if mode == "oversized":
+        data = _registers(126, "good")[:250]
+        return frame(struct.pack(">BBB", unit, function, len(data)) + data)
+    if mode == "byte_count_high":
+        data += b"\x00\x00"
+        return frame(struct.pack(">BBB", unit, function, len(data)) + data)
+    if mode == "byte_count_low":
+        data = data[:-2]
+        return frame(struct.pack(">BBB", unit, function, len(data)) + data)
+    if mode == "wrong_function":
+        return frame(struct.pack(">BBB", unit, 4 if function == 3 else 3, len(data)) + data)
+    if mode == "wrong_unit":
+        return frame(struct.pack(">BBB", unit + 1, function, len(data)) + data)
+    if mode == "bad_crc":
+        good = frame(struct.pack(">BBB", unit, function, len(data)) + data)
+        return good[:-2] + bytes([good[-2] ^ 0xFF, good[-1]])
+    if mode == "garbage":
+        return b"\x13\x37" * 9
+    if mode == "truncated":
+        whole = frame(struct.pack(">BBB", unit, function, len(data)) + data)
+        return whole[: len(whole) // 2]
+    if mode == "silence":
+        return None
+    if mode.startswith("exception_"):
+        return frame(struct.pack(">BBB", unit, function | 0x80, int(mode.split("_")[1])))
+    raise ValueError(mode)
+
+
+class RtuMisbehavingSlave:
+    """Answers on the slave end of a pseudo-terminal pair in one named wrong way."""
+
+    def __init__(self, port: str, mode: str, *, baudrate: int = 115200) -> None:
+        if mode not in RTU_MODES:
+            raise ValueError(mode)
+        self.port = port
+        self.mode = mode
+        self.baudrate = baudrate
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rtu-{mode}", daemon=True)
+
+    def start(self) -> None:
+        self._serial = serial.Serial(self.port, self.baudrate, timeout=0.05)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            buffer += self._serial.read(64)
+            while len(buffer) >= 8:
+                request, buffer = buffer[:8], buffer[8:]
+                if crc16(request[:6]) != request[6:8]:
+                    buffer = b""  # out of step: drop what is there and wait for silence
+                    break
+                self.requests += 1
+                answer = rtu_reply(self.mode, request)
+                if answer is not None:
+                    self._serial.write(answer)
+                    self._serial.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._serial.close()

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.samples import Quality
+from massgate.agent.samples import Batch, Quality
 from massgate.drivers.errors import FatalError
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
+from massgate.drivers.sim.ptypair import PtyPair
 from tests.conftest import run_async
-from tests.drivers.misbehaving import MODES, MisbehavingSlave
+from tests.drivers.misbehaving import MODES, RTU_MODES, MisbehavingSlave, RtuMisbehavingSlave
 from tests.drivers.test_modbus import devices_from
 
 POLLS = 3
@@ -115,3 +116,48 @@ def test_an_illegal_address_after_good_polls_is_a_device_fault_that_recovers(tmp
             await slave.stop()
 
     run_async(main())
+
+
+@pytest.mark.parametrize("mode", RTU_MODES)
+def test_no_wrong_rtu_reply_is_taken_as_good(mode: str, tmp_path: Path):
+    """The same over RS-485: a raw slave on the far end of a socat pseudo-terminal pair."""
+    with PtyPair() as (master, slave_end):
+        devices = devices_from(
+            [
+                {
+                    "name": "ft",
+                    "protocol": "modbus_rtu",
+                    "line": "rs485",
+                    "unit_id": 3,
+                    "timeout": "300ms",
+                    "retries": 0,
+                    "points": [
+                        {"name": "a", "address": 0, "type": "float32", "unit": "kg/s"},
+                        {"name": "b", "address": 2, "type": "float32", "unit": "kg/s"},
+                    ],
+                }
+            ],
+            tmp_path,
+            lines=[{"name": "rs485", "port": master, "baudrate": 115200}],
+        )
+        slave = RtuMisbehavingSlave(slave_end, mode)
+        slave.start()
+
+        async def main() -> list[Batch]:
+            (poller,) = pollers_for(devices, emit=lambda _: None)
+            try:
+                return [await poller.poll() for _ in range(POLLS)]
+            finally:
+                await close_buses([poller])
+
+        try:
+            batches = run_async(main())
+        finally:
+            slave.stop()
+    assert slave.requests >= 1
+    if mode == "good":
+        assert all(b.quality is Quality.GOOD for b in batches)
+        assert all(b.values == {"ft.a": 12.5, "ft.b": 12.5} for b in batches)
+        return
+    assert all(b.quality is Quality.BAD for b in batches), (mode, [b.error for b in batches])
+    assert all(math.isnan(v) for b in batches for v in b.values.values())

@@ -1,0 +1,119 @@
+"""One agent, two good simulated meters and every kind of misbehaving Modbus TCP slave.
+
+The agent stays up, the good meters keep their poll rate, no misbehaving slave ever counts
+a good poll, and the whole log stays within a few lines per bad device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.drivers.misbehaving import MODES, MisbehavingSlave
+from tests.test_sim_command import _start_sim
+
+SECONDS = 15.0
+BAD = [m for m in MODES if m not in ("good", "inf", "exception_1", "exception_2")]
+
+
+class SlaveThread:
+    """The misbehaving slaves on an event loop of their own, beside the sync test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.slaves = [MisbehavingSlave(m) for m in BAD]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> list[MisbehavingSlave]:
+        self.thread.start()
+
+        async def start() -> None:
+            for slave in self.slaves:
+                await slave.start()
+
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        return self.slaves
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            for slave in self.slaves:
+                await slave.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_misbehaving_slaves_do_not_disturb_the_good_meters(tmp_path: Path):
+    sim, _ = _start_sim(
+        ["--base-port", "0", "--config-out", str(tmp_path / "devices.yaml")], tmp_path / "sim.log"
+    )
+    try:
+        with SlaveThread() as slaves:
+            good = [
+                line.replace("poll_interval: 500ms", "poll_interval: 200ms")
+                for line in (tmp_path / "devices.yaml").read_text().splitlines()
+                if "{name: ft101," in line or "{name: ft102," in line
+            ]
+            bad = [
+                f"  - {{name: {s.mode}, protocol: modbus_tcp, host: 127.0.0.1, port: {s.port}, "
+                "poll_interval: 200ms, timeout: 200ms, points: ["
+                "{name: a, address: 0, type: float32, unit: kg/s}, "
+                "{name: b, address: 2, type: float32, unit: kg/s}]}"
+                for s in slaves
+            ]
+            config = tmp_path / "m.yaml"
+            config.write_text(
+                f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
+                + "\n".join(good + bad)
+                + "\n"
+            )
+            log = tmp_path / "agent.log"
+            with log.open("wb") as out:
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                time.sleep(SECONDS)
+                assert agent.poll() is None, log.read_text()
+                status = subprocess.run(
+                    [sys.executable, "-m", "massgate.agent.cli", "status", str(config), "--json"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert status.returncode == 0, status.stderr
+                devices = json.loads(status.stdout)["devices"]
+                agent.send_signal(signal.SIGTERM)
+                assert agent.wait(timeout=60) == 0, log.read_text()
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait()
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)
+        assert sim.stdout is not None
+        sim.stdout.close()
+    for name in ("ft101", "ft102"):
+        # 5 polls a second for 15 s, less start-up: at least half of that, whatever the load.
+        assert devices[name]["good_polls"] >= SECONDS * 5 / 2 - 5, devices[name]
+        assert devices[name]["failed_polls"] == 0, devices[name]
+    for mode in BAD:
+        assert devices[mode]["good_polls"] == 0, (mode, devices[mode])
+        assert devices[mode]["failed_polls"] >= 2, (mode, devices[mode])
+        assert not devices[mode]["up"]
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "Traceback" in line], lines
+    # One ERROR when a device goes down and one WARNING when it is degraded; no library noise.
+    assert len(lines) <= 3 * len(BAD) + 5, "\n".join(lines)
