@@ -27,6 +27,7 @@ first, counted) and written with the next put. Nothing raises to the agent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -34,10 +35,10 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils.db import DescIndex
@@ -84,6 +85,20 @@ class Message:
     payload: bytes
 
 
+QUICK_CHECK_SECONDS = 10.0  # the start-up integrity check's time budget
+SEQ_BLOCK = 10_000  # sequence numbers reserved at once: one fsync of the mark per block
+T = TypeVar("T")
+
+
+def damaged(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file itself is damaged, not the request."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
+        "malformed" in text or "not a database" in text or "integrity check failed" in text
+    )
+
+
 # A change of wall minus monotonic time beyond this is a step of the clock, not drift.
 CLOCK_STEP = 60.0
 
@@ -120,16 +135,17 @@ class Outbox:
         self.max_age = {Priority[k.upper()]: v for k, v in (max_age or {}).items()}
         self.moved_aside: str | None = None  # where an unreadable database was put
         self.moved_aside_reason: str | None = None
-        self.conn = self._open()
-        self.epoch = self._meta("epoch")
-        # Kept in memory so that a put does not scan a million-record backlog to learn its size.
-        size, count = self.conn.execute(
-            "SELECT coalesce(sum(size), 0), count(*) FROM outbox"
-        ).fetchone()
-        self._bytes, self._count = int(size), int(count)
+        # What the last reset of the database left behind, for the outbox_reset alarm: its
+        # cause (unreadable, damaged, rolled_back), the old epoch, its last seq, how many
+        # records were not sent (None where the old file could not tell).
+        self.reset: dict[str, Any] | None = None
+        self.on_reset: Callable[[], None] | None = None  # a reset while running: say so
+        self._created = False  # the database was made by this open
+        self._reserved = 0  # sequence numbers up to here may have been issued (the mark)
+        self._reserved_db = 0  # ... as the database itself last recorded it
         self._topics: dict[str, str] = {}
         self.evictions = 0  # goes up whenever records are dropped, so readers re-take
-        self._dropped = self._load_dropped()
+        self.conn = self._open()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
         self._full_at = -math.inf  # monotonic time of the last disk-full error
         self._offset: float | None = None  # wall minus monotonic time at the last put
@@ -146,27 +162,210 @@ class Outbox:
     # --- set-up ---------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
+        """Open the database, proven readable; a damaged one is quarantined, never a crash.
+
+        Everything a start reads is read here, under one guard: a damaged page behind the
+        totals or the outbox table would otherwise end every start (a restart loop under
+        systemd) although `SELECT count(*)`, answered from an index, passes.
+        """
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return self._connect()
+            conn = self._connect()
+            try:
+                self._probe(conn)
+                self._load_state(conn)
+            except BaseException:
+                conn.close()
+                raise
         except sqlite3.DatabaseError as exc:
             if self.path == ":memory:":
                 raise
-            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-            log.error(
-                "outbox %s is unreadable (%s); moved aside to %s and starting a new one",
+            self._set_aside(exc, cause="unreadable")
+            conn = self._connect()
+            self._load_state(conn)
+        return conn
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """PRAGMA quick_check, bounded in time (a 1 GB file on an SD card takes minutes):
+        what it has not reached by then is checked as it is used (see _guarded)."""
+        deadline = time.monotonic() + QUICK_CHECK_SECONDS
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            rows = conn.execute("PRAGMA quick_check(3)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                raise
+            log.info(
+                "outbox %s: the integrity check stopped after %g s; the rest is checked as "
+                "it is read",
                 self.path,
-                exc,
-                aside,
+                QUICK_CHECK_SECONDS,
             )
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(self.path + suffix)
-                if src.exists():
-                    src.rename(aside + suffix)
-            self.moved_aside = aside
-            self.moved_aside_reason = str(exc)
-            return self._connect()
+            rows = [("ok",)]
+        finally:
+            conn.set_progress_handler(None, 0)
+        if rows != [("ok",)]:
+            raise sqlite3.DatabaseError(f"integrity check failed: {rows[0][0]}")
+        conn.execute("SELECT stream, state FROM totals").fetchall()
+        conn.execute("SELECT key, value FROM meta").fetchall()
+
+    def _load_state(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.epoch = self._meta("epoch")
+        # Kept in memory so that a put does not scan a million-record backlog to learn its size.
+        size, count = conn.execute("SELECT coalesce(sum(size), 0), count(*) FROM outbox").fetchone()
+        self._bytes, self._count = int(size), int(count)
+        self._dropped = self._load_dropped()
+        self._reserved = self._reserved_db = int(self.meta("reserved") or 0)
+        self._check_mark()
+
+    # --- sequence numbers never go backwards ----------------------------------------------
+
+    def _check_mark(self) -> None:
+        """A database older than the numbers already issued starts a new epoch.
+
+        The mark file beside the database holds the epoch and the highest sequence number
+        reserved (in blocks, one fsync per block). A database restored from a backup or a VM
+        snapshot, or one that lost writes it had reported done, has not recorded the last
+        reservation: its next numbers may have been published with other records, and a
+        consumer that de-duplicates by (epoch, seq) would throw the new ones away.
+        """
+        mark = self._read_mark()
+        if mark is None or self._created:
+            return
+        epoch, reserved = mark
+        if epoch == self.epoch and self._reserved_db >= reserved:
+            return
+        next_seq = int(self._meta("next_seq"))
+        old_epoch, old_last = self.epoch, next_seq - 1
+        self.epoch = secrets.token_hex(8)
+        start = max(next_seq, reserved + 1)
+        with self._transaction():
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (self.epoch,))
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(start),))
+        self.reset = {
+            "cause": "rolled_back",
+            "old_epoch": old_epoch,
+            "old_last_seq": old_last,
+            "issued_up_to": reserved if epoch == old_epoch else None,
+            "unsent": self._count,
+        }
+        log.error(
+            "outbox %s is older than the sequence numbers already issued (epoch %s up to %d, "
+            "the file says %d): a restored backup or lost writes. New epoch %s from seq %d; "
+            "its %d unsent records are sent under it",
+            self.path,
+            old_epoch,
+            reserved,
+            old_last,
+            self.epoch,
+            start,
+            self._count,
+        )
+
+    def _mark_path(self) -> Path:
+        return Path(self.path + ".seq")
+
+    def _read_mark(self) -> tuple[str, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            data = json.loads(self._mark_path().read_text(encoding="utf-8"))
+            return str(data["epoch"]), int(data["reserved"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("outbox: the sequence mark %s is unreadable (%s)", self._mark_path(), exc)
+            return None
+
+    def _reserve(self, end: int) -> None:
+        """Record, durably and before they are used, that numbers below `end` may be issued."""
+        if end <= self._reserved:
+            return
+        reserved = end + SEQ_BLOCK
+        if self.path != ":memory:":
+            try:
+                self._write_mark(reserved)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # As a full disk for SQLite: the records are held until there is room.
+                    raise sqlite3.OperationalError(
+                        "database or disk is full (sequence mark)"
+                    ) from exc
+                log.warning(
+                    "outbox: cannot write the sequence mark %s (%s): a restored backup of the "
+                    "database would not be noticed",
+                    self._mark_path(),
+                    exc.strerror or exc,
+                )
+        self._reserved = reserved
+
+    def _write_mark(self, reserved: int) -> None:
+        path = self._mark_path()
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump({"epoch": self.epoch, "reserved": reserved}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    # --- damage found while running --------------------------------------------------------
+
+    def _set_aside(self, exc: BaseException, *, cause: str) -> None:
+        """Move the database (and its WAL) aside, noting what can still be read of it."""
+        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        old: dict[str, Any] = {"old_epoch": None, "old_last_seq": None, "unsent": None}
+        with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+                    rows = dict(probe.execute("SELECT key, value FROM meta").fetchall())
+                    old["old_epoch"] = rows.get("epoch")
+                    old["old_last_seq"] = int(rows["next_seq"]) - 1
+                with contextlib.suppress(sqlite3.Error):
+                    old["unsent"] = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            finally:
+                probe.close()
+        log.error(
+            "outbox %s is %s (%s); moved aside to %s and starting a new one",
+            self.path,
+            cause,
+            exc,
+            aside,
+        )
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(self.path + suffix)
+            if src.exists():
+                src.rename(aside + suffix)
+        self.moved_aside = aside
+        self.moved_aside_reason = str(exc)
+        self.reset = {"cause": cause, **old}
+
+    def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
+        """The file turned out damaged while running: a new database, and the agent goes on."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        self._set_aside(exc, cause="damaged")
+        self._load_state(self._connect())
+        self.evictions += 1  # whatever readers took from the old file is gone
+        if self.on_reset is not None:
+            self.on_reset()
+
+    def _guarded(self, action: Callable[[], T]) -> T:
+        """Run `action`; if SQLite says the file is damaged, quarantine it and run it again."""
+        try:
+            return action()
+        except sqlite3.DatabaseError as exc:
+            if self.path == ":memory:" or not damaged(exc):
+                raise
+            self._quarantine(exc)
+            return action()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -214,13 +413,13 @@ class Outbox:
             )
             conn.execute("BEGIN IMMEDIATE")
             start = str(first_seq())
-            conn.execute(
+            made = conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) "
                 "VALUES ('epoch', ?), ('next_seq', ?), ('first_seq', ?)",
                 (secrets.token_hex(8), start, start),
             )
+            self._created = made.rowcount > 0
             conn.execute("COMMIT")
-            conn.execute("SELECT count(*) FROM outbox").fetchone()  # proves the file is readable
         except sqlite3.DatabaseError:
             conn.close()
             raise
@@ -264,7 +463,7 @@ class Outbox:
         archive, where they stay after the broker has acknowledged them. When the disk is
         full and no room can be made, the records are held and [] is returned.
         """
-        return self._put_or_hold(records, totals, meta, force=False)
+        return self._guarded(lambda: self._put_or_hold(records, totals, meta, force=False))
 
     def _put_or_hold(
         self,
@@ -373,6 +572,15 @@ class Outbox:
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(next_seq + len(rows)),)
             )
+            # The mark file first (synced), then the database records the reservation in
+            # this same transaction; a database that lacks it is older than the mark.
+            self._reserve(next_seq + len(rows))
+            if self._reserved_db != self._reserved:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('reserved', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(self._reserved),),
+                )
             conn.executemany(
                 "INSERT INTO archive(seq, kind, created, payload) VALUES (?, ?, ?, ?)",
                 [(row[0], row[2], row[4], row[3]) for row in rows if row[2] in ARCHIVED],
@@ -393,6 +601,7 @@ class Outbox:
                 )
             added = sum(row[5] for row in rows)
             evicted, dropped = self._evict(self._bytes + added, self._limit)
+        self._reserved_db = self._reserved
         self._bytes += added - evicted
         self._count += len(rows) - sum(dropped.values())
         self._count_dropped(dropped)
@@ -450,6 +659,12 @@ class Outbox:
         `after` (priority, seq) continues from the last message taken, without reading
         again what was taken before it.
         """
+        exclude = list(exclude)
+        return self._guarded(lambda: self._take(n, exclude=exclude, after=after))
+
+    def _take(
+        self, n: int, *, exclude: Iterable[int], after: tuple[int, int] | None
+    ) -> list[Message]:
         skip = set(exclude)
         if after is None:
             rows = self.conn.execute(
@@ -491,6 +706,9 @@ class Outbox:
         full to record the deletion; the caller keeps the acknowledgements and tries again.
         """
         seqs = list(seqs)
+        return self._guarded(lambda: self._ack(seqs))
+
+    def _ack(self, seqs: list[int]) -> bool:
         if not seqs:
             return True
         freed = deleted = 0
@@ -652,7 +870,7 @@ class Outbox:
         return int(self._meta("next_seq")) - 1
 
     def oldest_age(self, now: float | None = None) -> float | None:
-        row = self.conn.execute(OLDEST).fetchone()
+        row = self._guarded(lambda: self.conn.execute(OLDEST).fetchone())
         if row[0] is None:
             return None
         return (now if now is not None else time.time()) - float(row[0])
@@ -666,22 +884,32 @@ class Outbox:
         self, kind: str, *, since: float = -math.inf, until: float = math.inf
     ) -> list[dict[str, Any]]:
         """Archived payloads of one kind created in [since, until), oldest first."""
-        rows = self.conn.execute(
-            "SELECT payload FROM archive WHERE kind = ? AND created >= ? AND created < ? "
-            "ORDER BY seq",
-            (kind, since, until),
-        )
-        return [json.loads(payload) for (payload,) in rows]
+
+        def read() -> list[dict[str, Any]]:
+            rows = self.conn.execute(
+                "SELECT payload FROM archive WHERE kind = ? AND created >= ? AND created < ? "
+                "ORDER BY seq",
+                (kind, since, until),
+            )
+            return [json.loads(payload) for (payload,) in rows]
+
+        return self._guarded(read)
 
     def prune_archive(self, kind: str, before: float) -> int:
         """Delete archived records of `kind` created before `before`; returns how many."""
-        cursor = self.conn.execute(
-            "DELETE FROM archive WHERE kind = ? AND created < ?", (kind, before)
-        )
-        return cursor.rowcount
+
+        def prune() -> int:
+            cursor = self.conn.execute(
+                "DELETE FROM archive WHERE kind = ? AND created < ?", (kind, before)
+            )
+            return cursor.rowcount
+
+        return self._guarded(prune)
 
     def load_totals(self) -> dict[str, dict[str, Any]]:
-        return {
-            stream: json.loads(state)
-            for stream, state in self.conn.execute("SELECT stream, state FROM totals")
-        }
+        return self._guarded(
+            lambda: {
+                stream: json.loads(state)
+                for stream, state in self.conn.execute("SELECT stream, state FROM totals")
+            }
+        )

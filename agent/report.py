@@ -49,7 +49,10 @@ def read(
 ) -> dict[str, list[dict[str, Any]]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no state database (has the agent run?)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise FileNotFoundError(f"{path}: cannot open the state database ({exc})") from None
     try:
         found: dict[str, list[dict[str, Any]]] = {}
         for kind in kinds:
@@ -62,6 +65,11 @@ def read(
         return found
     except sqlite3.OperationalError as exc:
         raise FileNotFoundError(f"{path}: not a massgate state database ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise FileNotFoundError(
+            f"{path}: the state database is damaged ({exc}); the agent moves it aside and "
+            "starts a new one when it meets the damage"
+        ) from None
     finally:
         conn.close()
 

@@ -100,6 +100,11 @@ class Gateway:
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
+        # The first totals after the database was reset at start say where they restart.
+        cause = (outbox.reset or {}).get("cause")
+        self.restarted = {"unreadable": "from_zero", "rolled_back": "from_older_state"}.get(
+            cause or ""
+        )
         self._audit(outbox)
 
     def _audit(self, outbox: Outbox) -> None:
@@ -245,7 +250,11 @@ class Gateway:
                     "gap_s": num(period.gap_time),
                 }
             )
-        return Record("totals", {"streams": streams}, wall)
+        body: dict[str, Any] = {"streams": streams}
+        if self.restarted is not None:
+            body["restarted"] = self.restarted
+            self.restarted = None
+        return Record("totals", body, wall)
 
     def _telemetry_record(self, wall: float) -> Record:
         points = {
@@ -438,8 +447,11 @@ async def _run(
     except _REFUSALS as exc:
         raise StartError(f"cannot open the outbox {config.outbox.path}: {_why(exc)}") from None
     try:
-        if outbox.moved_aside is not None:
+        if outbox.reset is not None:
             outbox_reset_record(outbox)
+        # Damage found while running: a new database, the alarm, and the pipeline goes on
+        # (the totals in memory are saved into the new file with the next cycle).
+        outbox.on_reset = lambda: outbox_reset_record(outbox)
         gateway = Gateway(config, outbox)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
         pollers = _pollers(config, batches.put_nowait)
@@ -710,21 +722,43 @@ def _carry_health(pollers: list[Poller], carried: dict[str, DeviceHealth]) -> No
 
 
 def outbox_reset_record(outbox: Outbox) -> None:
-    """The first record of a database that replaced an unreadable one says so, so that a
-    consumer seeing the epoch change knows why, and where the old file was kept."""
+    """The first record after a reset of the outbox says what a consumer needs: why the epoch
+    changed, the old epoch and its last seq (what to expect no more of), how many records
+    were left unsent, and where the old file was kept."""
+    reset = outbox.reset or {}
+    cause = reset.get("cause", "unreadable")
     now = time.time()
-    hint = (
-        f"the outbox database was unreadable ({outbox.moved_aside_reason}); it was moved "
-        f"aside to {outbox.moved_aside} and a new one started: records not yet sent from "
-        "it are not sent, and totals restart from zero"
-    )
+    unsent = reset.get("unsent")
+    left = f"{unsent} records not yet sent" if unsent is not None else "records not yet sent"
+    if cause == "rolled_back":
+        hint = (
+            f"the outbox database is older than the sequence numbers already issued (a "
+            f"restored backup or lost writes): epoch {reset.get('old_epoch')} ends, a new "
+            f"one starts above seq {reset.get('issued_up_to')}; its {left} are sent under "
+            "the new epoch, and totals go on from the state in that file"
+        )
+    else:
+        when = "while running" if cause == "damaged" else "at start"
+        hint = (
+            f"the outbox database was found {cause} {when} ({outbox.moved_aside_reason}); "
+            f"it was moved aside to {outbox.moved_aside} and a new one started: its {left} "
+            + (
+                "are not sent; totals go on from memory"
+                if cause == "damaged"
+                else "are not sent, and totals restart from zero"
+            )
+        )
     body = {
         "node": "gateway",
         "event": "outbox_reset",
         "since": utc(now),
         "at": utc(now),
         "hint": hint,
-        "aside": outbox.moved_aside,
+        "cause": cause,
+        "aside": outbox.moved_aside if cause != "rolled_back" else None,
+        "old_epoch": reset.get("old_epoch"),
+        "old_last_seq": reset.get("old_last_seq"),
+        "unsent": unsent,
     }
     outbox.put([Record("alarm", body, now)])
 

@@ -47,7 +47,7 @@ for i in range(0, 4000):
     cycle(i)
 phases["dropped_before_full"] = box.dropped()
 # 2: another program fills the disk: SQLite finds it full; records are held.
-with (disk / "ballast-2").open("wb") as f:
+with (disk / "ballast-2").open("wb", buffering=0) as f:  # nothing left to flush at close
     try:
         while True:
             f.write(b"\0" * 65536)
