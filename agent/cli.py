@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import argtypes
 from .yamlsource import ConfigError
@@ -112,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         notifier = Notifier()
         carried: dict[str, DeviceHealth] = {}
+        link: list[Any] = []  # the broker link's figures, kept across reloads
         previous: config_module.Config | None = None
         refused: str | None = None
         try:
@@ -128,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         carried=carried,
                         locks=locks,
                         refused=refused,
+                        link=link,
                     )
                 except (StartError, AlreadyRunning) as exc:
                     if previous is None:

@@ -53,7 +53,9 @@ from .records import topic, utc
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 60.0
+# Short enough that delivery resumes within seconds of a broker's return after an outage;
+# the jitter still spreads a site's gateways over that time.
+BACKOFF_MAX = 15.0
 # A session that ends sooner than this after CONNACK was not a good one: a broker that
 # accepts us and then drops us (an ACL, a duplicate client id from a cloned SD card, a
 # quota) is backed off from like one that refuses, instead of reconnected to at once.
@@ -535,6 +537,7 @@ class Publisher:
     _refused: dict[int, tuple[float, float]] = field(default_factory=dict)
     _refused_said: dict[str, float] = field(default_factory=dict)  # reason -> logged at
     _dropped_seen: dict[str, int] | None = None
+    skip_drain: bool = False  # stop without draining the outbox (a reload)
 
     def stalled(self, now: float, limit: float) -> str | None:
         """What is wrong with the MQTT thread, if anything (`now` is monotonic)."""
@@ -613,8 +616,8 @@ class Publisher:
                 )
                 stop_task.cancel()
                 wake_task.cancel()
-            # Drain what is already committed, within the graceful timeout.
-            deadline = loop.time() + drain_timeout
+            # Drain what is already committed, within the graceful timeout (not on a reload).
+            deadline = loop.time() + (0.0 if self.skip_drain else drain_timeout)
             while self.status.connected and loop.time() < deadline:
                 delay = self._pass(link, loop.time())
                 if (

@@ -35,7 +35,7 @@ from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from .config import Config, node_terms
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
 from .outbox import Outbox
-from .publisher import Publisher
+from .publisher import LinkStatus, Publisher
 from .reconciler import Reconciler, SuspectEvent, gross_error_body
 from .records import Record, num, utc
 from .samples import Batch, Quality
@@ -334,6 +334,7 @@ async def run(
     carried: dict[str, DeviceHealth] | None = None,
     locks: StateLocks | None = None,
     refused: str | None = None,
+    link: list[LinkStatus] | None = None,
 ) -> Config | None:
     """Run the agent until `shutdown` is set (forever if None).
 
@@ -344,7 +345,8 @@ async def run(
     `carried` keeps each device's health across such runs, so that a meter that was down
     before a reload is not announced down again, and its counts go on. `locks` are the
     state locks the caller holds for the life of the process (taken here, and released at
-    the end, when not given); `refused` is a reload refusal to show from the start.
+    the end, when not given); `refused` is a reload refusal to show from the start; `link`
+    keeps the broker link's figures (last publish, counts) across reloads the same way.
 
     Raises AlreadyRunning when another agent holds the state, StartError when the pipeline
     cannot be built.
@@ -370,6 +372,7 @@ async def run(
             carried={} if carried is None else carried,
             locks=locks,
             refused=refused,
+            link=[] if link is None else link,
         )
     finally:
         if own_locks:
@@ -390,6 +393,7 @@ async def _serve(
     carried: dict[str, DeviceHealth],
     locks: StateLocks,
     refused: str | None,
+    link: list[LinkStatus],
 ) -> Config | None:
     server = StatusServer(config.health.socket, dict)
     try:
@@ -413,6 +417,7 @@ async def _serve(
             carried=carried,
             locks=locks,
             refused=refused,
+            link=link,
         )
     finally:
         await server.close()
@@ -433,6 +438,7 @@ async def _run(
     carried: dict[str, DeviceHealth],
     locks: StateLocks,
     refused: str | None,
+    link: list[LinkStatus],
 ) -> Config | None:
     next_config: Config | None = None
     try:
@@ -468,6 +474,13 @@ async def _run(
                 )
             except _REFUSALS as exc:
                 raise StartError(f"cannot set up TLS for the broker: {_why(exc)}") from None
+            if link:  # the figures of the run before a reload go on
+                before = link[0]
+                publisher.status.last_publish = before.last_publish
+                publisher.status.published = before.published
+                publisher.status.acked = before.acked
+                publisher.status.connects = before.connects
+            link[:] = [publisher.status]
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
         agent = Agent(config, gateway, outbox, pollers, publisher, started=started)
@@ -604,6 +617,10 @@ async def _pipeline(
         _process(agent, batches, final=True)
         if on_cycle is not None:
             on_cycle(agent)
+        if publisher is not None and next_config is not None:
+            # A reload does not wait for the outbox to drain: the records stay committed and
+            # the next pipeline sends them; meanwhile its polling would be stopped.
+            publisher.skip_drain = True
         stop_publishing.set()
     return next_config
 

@@ -145,6 +145,10 @@ class StreamTotal:
             reported = saved["reported"]
             assert isinstance(reported, list)
             self.reported = (float(reported[0]), float(reported[1]), float(reported[2]))
+            # The mass reported next includes what was integrated before the restart since
+            # the last totals record: its period starts where that record ended.
+            start = saved.get("period_start")
+            self.period_start_wall = float(start) if isinstance(start, float | int) else None
             down_since = saved.get("last_wall")
             self._down_since = float(down_since) if isinstance(down_since, float | int) else None
             # Within one boot the monotonic clock goes on across a process restart and does
@@ -399,6 +403,9 @@ class StreamTotal:
             "state": self.state.tolist(),
             "reported": list(self.reported),
             "last_wall": self.last_wall if self.last_wall is not None else self._down_since,
+            "period_start": (
+                self.period_start_wall if self.period_start_wall is not None else self.last_wall
+            ),
             "last_mono": self.last_mono if self.last_mono is not None else self._down_mono,
             "boot_id": clock.boot_id(),
             "hour": self.hour.saved() if self.hour is not None else None,

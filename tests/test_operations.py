@@ -170,6 +170,7 @@ def test_agent_under_systemd_protocols(broker: Broker, subscriber: Subscriber, t
         after = _status(config)
         assert "reload_refused" not in after
         assert after["streams"]["feed"]["forward_kg"] >= before
+        assert after["broker"]["last_publish"] is not None  # not "never" after a reload
         # The audit re-ran on the new file: the changed accuracy is on record.
         assert subscriber.wait_for(
             lambda: any(

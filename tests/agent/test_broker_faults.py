@@ -41,18 +41,18 @@ def test_records_the_broker_refuses_stay_back_off_and_go_once_allowed(
     outbox, seqs = _outbox_with_records()
     try:
         publisher = Publisher(outbox, mqtt_config(broker.port, ca=pki.ca), "s", "g")
-        refused = publisher.status.refused
         # Mosquitto 2.0 answers "Not authorized" and then closes the connection: each record
         # is refused in turn, the session backed off from, the refused record kept back.
         # (Sometimes the close overtakes the PUBACK: the record was not acknowledged, it stays
         # and goes again.) Reconnecting at once made ~20 connections a second; with backoff
         # (0.5, 1, 2, 4, 8 s, jittered) there are a handful in 20 s.
+        # How many refusals paho reads before the close is a race; that none is lost is not.
         publish_until(publisher, lambda: False, limit=20)
-        assert refused.get("Not authorized", 0) >= 1, refused
+        assert publisher.status.published >= RECORDS, publisher.status
         assert 2 <= publisher.status.connects <= 8, publisher.status.connects
         assert outbox.depth() == RECORDS  # nothing deleted without a success PUBACK
         lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert sum("refused a record" in line for line in lines) == 1, lines
+        assert sum("refused a record" in line for line in lines) <= 1, lines
         assert len(lines) <= 4, lines
 
         # The ACL fixed (a broker restarted without it): everything is delivered.
@@ -103,3 +103,30 @@ def test_two_gateways_with_one_client_id_back_off_instead_of_storming(
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors) <= 6, [r.getMessage() for r in errors]
     assert any("same client id" in r.getMessage() for r in errors)
+
+
+def test_a_refused_record_waits_its_own_backoff_while_the_others_go():
+    """The asyncio side of a PUBACK with a failure reason, without a broker's timing."""
+    outbox, seqs = _outbox_with_records()
+    publisher = Publisher(outbox, mqtt_config(8883, ca=None), "s", "g")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        publisher._connected(1, "mqtts://broker", 20)
+        publisher._acks_in(1, [(seqs[0], "Not authorized"), (seqs[1], None)])
+        first_wait = publisher._refused[seqs[0]][0] - loop.time()
+        publisher._refill()
+        taken = [m.seq for m in publisher._buffer]
+        assert seqs[0] not in taken  # waits for its retry time
+        assert seqs[2] in taken  # the records behind it go on
+        publisher._acks_in(1, [(seqs[0], "Not authorized")])
+        second_wait = publisher._refused[seqs[0]][0] - loop.time()
+        assert 4.0 < first_wait <= 5.0
+        assert 9.0 < second_wait <= 10.0  # doubled
+        assert publisher.status.refused == {"Not authorized": 2}
+
+    try:
+        run_async(main())
+        assert outbox.depth() == RECORDS  # nothing deleted without a success PUBACK
+    finally:
+        outbox.close()

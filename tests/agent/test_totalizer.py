@@ -441,3 +441,24 @@ def test_an_hour_the_wall_clock_stepped_back_in_says_so(tmp_path: Path):
     hours = stream.take_hours()
     assert [h["clock_stepped"] for h in hours[:2]] == [True, False]
     assert hours[0]["quantity_kg"] == pytest.approx(4800.0, rel=1e-3)  # 80 min at 1 kg/s
+
+
+def test_the_first_totals_after_a_restart_cover_the_mass_they_carry(tmp_path: Path):
+    """50 kg integrated before a crash and 5 kg after: the period starts at the previous
+    totals record, not at the restart (55 kg over a stated 5 s read as 11 kg/s)."""
+    stream = _volume_stream(tmp_path)
+    for s in range(0, 51):
+        stream.add(float(s), HOUR0 + s, 0.001, 293.15)
+    stream.integrate()
+    assert stream.close_period().end_wall == HOUR0 + 50
+    for s in range(51, 101):
+        stream.add(float(s), HOUR0 + s, 0.001, 293.15)
+    stream.integrate()
+    again = StreamTotal(stream.config, saved=stream.saved())  # the crash: saved, not reported
+    for s in range(200, 206):
+        again.add(float(s), HOUR0 + s, 0.001, 293.15)
+    again.integrate()
+    period = again.close_period()
+    assert period.mass == pytest.approx(55.0)
+    assert period.start_wall == HOUR0 + 50
+    assert period.end_wall == HOUR0 + 205
