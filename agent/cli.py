@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import argtypes
 from .yamlsource import ConfigError
@@ -96,9 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_numba_cache()
     import time
 
-    from massgate.drivers.health import DeviceHealth
-
-    from .runtime import StartError, run
+    from .runtime import Carried, StartError, run
     from .sdnotify import Notifier
 
     started = time.time()
@@ -112,8 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         notifier = Notifier()
-        carried: dict[str, DeviceHealth] = {}
-        link: list[Any] = []  # the broker link's figures, kept across reloads
+        carried = Carried()
         previous: config_module.Config | None = None
         refused: str | None = None
         try:
@@ -130,7 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                         carried=carried,
                         locks=locks,
                         refused=refused,
-                        link=link,
                     )
                 except (StartError, AlreadyRunning) as exc:
                     if previous is None:

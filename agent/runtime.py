@@ -68,6 +68,15 @@ def locks_of(config: Config) -> list[Any]:
     )
 
 
+@dataclass
+class Carried:
+    """What a reload hands from one run to the next in the same process."""
+
+    devices: dict[str, DeviceHealth] = field(default_factory=dict)
+    streams: dict[str, StreamTotal] = field(default_factory=dict)
+    link: LinkStatus | None = None
+
+
 @dataclass(slots=True)
 class Latest:
     value: float
@@ -78,10 +87,25 @@ class Latest:
 class Gateway:
     """The pipeline's state between drivers and outbox; driven by the runtime's cycle."""
 
-    def __init__(self, config: Config, outbox: Outbox) -> None:
+    def __init__(
+        self, config: Config, outbox: Outbox, *, carried: dict[str, StreamTotal] | None = None
+    ) -> None:
         self.config = config
         saved = outbox.load_totals()
-        self.streams = {s.name: StreamTotal(s, saved=saved.get(s.name)) for s in config.streams}
+        carried = carried if carried is not None else {}
+        # A stream whose configuration a reload did not change goes on integrating in
+        # memory: the reload is a gap like any other, bridged up to max_gap. A changed or new
+        # one starts from the state saved in the outbox (as after a restart).
+        self.streams = {
+            s.name: (
+                carried[s.name]
+                if s.name in carried and carried[s.name].config == s
+                else StreamTotal(s, saved=saved.get(s.name))
+            )
+            for s in config.streams
+        }
+        carried.clear()
+        carried.update(self.streams)
         self.inventories = {v.name: InventoryGauge(v) for v in config.inventories}
         terms = node_terms(config.nodes)
         self.nodes = [
@@ -331,10 +355,9 @@ async def run(
     load: Callable[[], Config] | None = None,
     notifier: Notifier | None = None,
     started: float | None = None,
-    carried: dict[str, DeviceHealth] | None = None,
+    carried: Carried | None = None,
     locks: StateLocks | None = None,
     refused: str | None = None,
-    link: list[LinkStatus] | None = None,
 ) -> Config | None:
     """Run the agent until `shutdown` is set (forever if None).
 
@@ -342,11 +365,12 @@ async def run(
     machine can also run (its database opens, its ports are free, see `_preflight`) ends this
     run cleanly (totals saved, outbox flushed) and is returned, for the caller to run next;
     any other is refused with its problems in the log, and this run goes on unchanged.
-    `carried` keeps each device's health across such runs, so that a meter that was down
-    before a reload is not announced down again, and its counts go on. `locks` are the
+    `carried` keeps what goes on across such runs: each device's health (a meter that was
+    down before a reload is not announced down again, and its counts go on), the streams'
+    running totals (integration goes on across the reload like across any gap) and the broker
+    link's figures. `locks` are the
     state locks the caller holds for the life of the process (taken here, and released at
-    the end, when not given); `refused` is a reload refusal to show from the start; `link`
-    keeps the broker link's figures (last publish, counts) across reloads the same way.
+    the end, when not given); `refused` is a reload refusal to show from the start.
 
     Raises AlreadyRunning when another agent holds the state, StartError when the pipeline
     cannot be built.
@@ -369,10 +393,9 @@ async def run(
             load=load,
             notifier=notifier,
             started=started,
-            carried={} if carried is None else carried,
+            carried=Carried() if carried is None else carried,
             locks=locks,
             refused=refused,
-            link=[] if link is None else link,
         )
     finally:
         if own_locks:
@@ -390,10 +413,9 @@ async def _serve(
     load: Callable[[], Config] | None,
     notifier: Notifier,
     started: float,
-    carried: dict[str, DeviceHealth],
+    carried: Carried,
     locks: StateLocks,
     refused: str | None,
-    link: list[LinkStatus],
 ) -> Config | None:
     server = StatusServer(config.health.socket, dict)
     try:
@@ -417,7 +439,6 @@ async def _serve(
             carried=carried,
             locks=locks,
             refused=refused,
-            link=link,
         )
     finally:
         await server.close()
@@ -435,10 +456,9 @@ async def _run(
     notifier: Notifier,
     started: float,
     server: StatusServer,
-    carried: dict[str, DeviceHealth],
+    carried: Carried,
     locks: StateLocks,
     refused: str | None,
-    link: list[LinkStatus],
 ) -> Config | None:
     next_config: Config | None = None
     try:
@@ -458,10 +478,10 @@ async def _run(
         # Damage found while running: a new database, the alarm, and the pipeline goes on
         # (the totals in memory are saved into the new file with the next cycle).
         outbox.on_reset = lambda: outbox_reset_record(outbox)
-        gateway = Gateway(config, outbox)
+        gateway = Gateway(config, outbox, carried=carried.streams)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
         pollers = _pollers(config, batches.put_nowait)
-        _carry_health(pollers, carried)
+        _carry_health(pollers, carried.devices)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
             try:
@@ -474,13 +494,13 @@ async def _run(
                 )
             except _REFUSALS as exc:
                 raise StartError(f"cannot set up TLS for the broker: {_why(exc)}") from None
-            if link:  # the figures of the run before a reload go on
-                before = link[0]
+            if carried.link is not None:  # the figures of the run before a reload go on
+                before = carried.link
                 publisher.status.last_publish = before.last_publish
                 publisher.status.published = before.published
                 publisher.status.acked = before.acked
                 publisher.status.connects = before.connects
-            link[:] = [publisher.status]
+            carried.link = publisher.status
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
         agent = Agent(config, gateway, outbox, pollers, publisher, started=started)

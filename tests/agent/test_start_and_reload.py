@@ -24,6 +24,7 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.config import Config
+from massgate.agent.outbox import Outbox
 from massgate.agent.runtime import Agent, run
 from massgate.agent.statelock import AlreadyRunning, StateLocks
 from tests.conftest import free_port, run_async
@@ -223,3 +224,74 @@ def test_a_stopped_agent_still_keeps_a_second_one_out(tmp_path: Path):
             first.send_signal(signal.SIGCONT)
             first.kill()
             first.wait()
+
+
+def test_a_reload_keeps_integrating_the_streams_it_did_not_change(tmp_path: Path):
+    """A valid reload with a backlog: it does not wait for the outbox to drain, and the
+    streams it did not change go on integrating across it (no gap), so the kilograms agree
+    with the plant's truth across the reload."""
+    from massgate.agent.demo import site_config
+    from massgate.drivers.sim.plant import Plant
+    from massgate.drivers.sim.server import SimulatedSite
+
+    async def main() -> tuple[list[float], float, float, float]:
+        plant = Plant()
+        site = SimulatedSite(plant)
+        served = await site.start()
+        try:
+            text = site_config(served, state_dir=tmp_path / "state", max_gap="2s")
+            path = tmp_path / "m.yaml"
+            path.write_text(text)
+            first = config_module.load(path)
+            path.write_text(text.replace("tolerance: {fixed: 0.5 kg", "tolerance: {fixed: 0.6 kg"))
+            second = config_module.load(path)
+            shutdown = asyncio.Event()
+            reload = asyncio.Event()
+            runs: list[Agent] = []
+            started = time.monotonic()
+
+            asked: list[bool] = []
+
+            def on_cycle(agent: Agent) -> None:
+                if not runs or runs[-1] is not agent:
+                    runs.append(agent)
+                elapsed = time.monotonic() - started
+                if not asked and elapsed > 3.0:
+                    asked.append(True)
+                    reload.set()
+                if len(runs) == 2 and elapsed > 7.0:
+                    shutdown.set()
+
+            config: Config | None = first
+            reloads = 0
+            while config is not None:
+                config = await run(
+                    config,
+                    shutdown=shutdown,
+                    reload=reload,
+                    load=lambda: second,
+                    on_cycle=on_cycle,
+                    carried=carried,
+                )
+                reloads += config is not None
+            assert reloads == 1
+            feed = runs[-1].gateway.streams["feed"]
+            assert runs[0].gateway.streams["feed"] is feed  # the same running total
+            truth = plant.truth_between(feed.first_wall, feed.last_wall).lines["feed"]
+            return [], feed.net, truth, float(feed.state[0])
+        finally:
+            await site.stop()
+
+    from massgate.agent.runtime import Carried
+
+    carried = Carried()
+    _, total, truth, _ = run_async(asyncio.wait_for(main(), 90))
+    assert total == pytest.approx(truth, rel=0.005)
+    box = Outbox(tmp_path / "state" / "state.sqlite", max_bytes=10**9, site="s", gateway="g")
+    try:
+        totals = [json.loads(m.payload) for m in box.take(10**5) if m.topic.endswith("/totals")]
+    finally:
+        box.close()
+    gaps = [s["gap_s"] for t in totals for s in t["streams"]]
+    assert gaps, totals
+    assert all(g == 0 for g in gaps), gaps
