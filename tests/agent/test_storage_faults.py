@@ -234,3 +234,49 @@ def test_report_on_a_damaged_file_says_so_in_one_line(tmp_path: Path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "the state database is damaged" in result.stderr
+
+
+WRITER = r"""
+import json, os, sys
+from massgate.agent.outbox import SEQ_BLOCK, Outbox
+from massgate.agent.records import Record
+box = Outbox(sys.argv[1], max_bytes=10**9, site="s", gateway="g")
+box.put([Record("totals", {"i": i}, 1.8e9 + i) for i in range(10)])
+box.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+seqs = box.put([Record("totals", {"i": i}, 1.8e9 + i) for i in range(SEQ_BLOCK + 10)])
+print(json.dumps({"epoch": box.epoch, "last": seqs[-1]}), flush=True)
+os._exit(0)  # a power cut: nothing checkpointed, the WAL left as it is
+"""
+
+
+def test_a_damaged_wal_frame_drops_what_followed_and_never_reuses_a_seq(tmp_path: Path):
+    """SQLite ignores a WAL frame whose checksum fails and every frame after it: writes the
+    agent was told were done are gone. The sequence mark notices and starts a new epoch."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "state.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    issued = json.loads(done.stdout)
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 32 + 24
+    with wal.open("r+b") as f:
+        f.seek(32 + 24 + 100)  # inside the first frame's page: its checksum fails
+        f.write(os.urandom(64))
+    box = _open(path)
+    try:
+        assert box.reset is not None
+        assert box.reset["cause"] == "rolled_back"
+        assert box.reset["old_epoch"] == issued["epoch"]
+        assert box.epoch != issued["epoch"]
+        (seq,) = box.put(_records(1))
+        assert seq > issued["last"]
+    finally:
+        box.close()
