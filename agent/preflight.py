@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -212,3 +213,15 @@ def password_file(path: Path, *, user: pwd.struct_passwd | None = None) -> None:
     actual = credential_path(path)
     if actual is not None:  # a credential is checked by systemd when the service starts
         readable_file(actual, user=user)
+
+
+def bind_refused(host: str, port: int) -> OSError | None:
+    """Why a TCP port on `host` cannot be listened on (in use, not ours), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None

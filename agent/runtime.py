@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import os
-import socket
 import sqlite3
 import ssl
 import time
@@ -368,9 +367,9 @@ async def run(
     `carried` keeps what goes on across such runs: each device's health (a meter that was
     down before a reload is not announced down again, and its counts go on), the streams'
     running totals (integration goes on across the reload like across any gap) and the broker
-    link's figures. `locks` are the
-    state locks the caller holds for the life of the process (taken here, and released at
-    the end, when not given); `refused` is a reload refusal to show from the start.
+    link's figures. `locks` are the state locks the caller holds for the life of the process
+    (taken here, and released at the end, when not given); `refused` is a reload refusal to
+    show from the start.
 
     Raises AlreadyRunning when another agent holds the state, StartError when the pipeline
     cannot be built.
@@ -383,40 +382,31 @@ async def run(
     try:
         # First, before the outbox is touched: no other agent may be running on this state.
         locks.hold(locks_of(config))
-        return await _serve(
-            config,
-            shutdown=shutdown,
-            on_cycle=on_cycle,
-            tick=tick,
-            graceful_timeout=graceful_timeout,
-            reload=reload,
-            load=load,
-            notifier=notifier,
-            started=started,
-            carried=Carried() if carried is None else carried,
-            locks=locks,
-            refused=refused,
-        )
+        server = await _status_server(config)
+        try:
+            return await _run(
+                config,
+                shutdown=shutdown,
+                on_cycle=on_cycle,
+                tick=tick,
+                graceful_timeout=graceful_timeout,
+                reload=reload,
+                load=load,
+                notifier=notifier,
+                started=started,
+                server=server,
+                carried=Carried() if carried is None else carried,
+                locks=locks,
+                refused=refused,
+            )
+        finally:
+            await server.close()
     finally:
         if own_locks:
             locks.release()
 
 
-async def _serve(
-    config: Config,
-    *,
-    shutdown: asyncio.Event,
-    on_cycle: Callable[[Agent], None] | None,
-    tick: float,
-    graceful_timeout: float,
-    reload: asyncio.Event | None,
-    load: Callable[[], Config] | None,
-    notifier: Notifier,
-    started: float,
-    carried: Carried,
-    locks: StateLocks,
-    refused: str | None,
-) -> Config | None:
+async def _status_server(config: Config) -> StatusServer:
     server = StatusServer(config.health.socket, dict)
     try:
         await server.start()
@@ -424,24 +414,7 @@ async def _serve(
         raise StartError(
             f"cannot open the status socket {config.health.socket}: {exc.strerror or exc}"
         ) from None
-    try:
-        return await _run(
-            config,
-            shutdown=shutdown,
-            on_cycle=on_cycle,
-            tick=tick,
-            graceful_timeout=graceful_timeout,
-            reload=reload,
-            load=load,
-            notifier=notifier,
-            started=started,
-            server=server,
-            carried=carried,
-            locks=locks,
-            refused=refused,
-        )
-    finally:
-        await server.close()
+    return server
 
 
 async def _run(
@@ -723,13 +696,8 @@ def _preflight(agent: Agent, new: Config) -> str | None:
 
 
 def _try_bind(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise OSError(exc.errno, f"metrics endpoint {host}:{port}: {exc.strerror}") from None
+    if (exc := preflight.bind_refused(host, port)) is not None:
+        raise OSError(exc.errno, f"metrics endpoint {host}:{port}: {exc.strerror}")
 
 
 def _why(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.ptypair import PtyPair, PtyPairError
 from massgate.drivers.sim.server import Meter, SerialSlaves, Served, SimulatedSite, meters_of
 
-from . import argtypes
+from . import argtypes, preflight
 from .yamlsource import ConfigError, Problem
 
 RTU_BAUD = 115200
@@ -227,16 +226,11 @@ def _port_problem(host: str, first: int, count: int) -> str | None:
             f"{first + count - 1}; the last port is 65535)"
         )
     for port in range(first, first + count):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                return (
-                    f"cannot listen on {host}:{port} ({exc.strerror}); choose another "
-                    "--base-port, or --base-port 0 for free ports"
-                )
+        if (exc := preflight.bind_refused(host, port)) is not None:
+            return (
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                "--base-port, or --base-port 0 for free ports"
+            )
     return None
 
 
