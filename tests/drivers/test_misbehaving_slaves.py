@@ -22,6 +22,15 @@ from tests.drivers.misbehaving import MODES, RTU_MODES, MisbehavingSlave, RtuMis
 from tests.drivers.test_modbus import devices_from
 
 POLLS = 3
+# Two float32 values in registers 0..3, one try per poll: each poll is one request.
+DEVICE = {
+    "timeout": "300ms",
+    "retries": 0,
+    "points": [
+        {"name": "a", "address": 0, "type": "float32", "unit": "kg/s"},
+        {"name": "b", "address": 2, "type": "float32", "unit": "kg/s"},
+    ],
+}
 
 
 def _poller(tmp_path: Path, port: int) -> DevicePoller:
@@ -32,12 +41,7 @@ def _poller(tmp_path: Path, port: int) -> DevicePoller:
                 "protocol": "modbus_tcp",
                 "host": "127.0.0.1",
                 "port": port,
-                "timeout": "300ms",
-                "retries": 0,
-                "points": [
-                    {"name": "a", "address": 0, "type": "float32", "unit": "kg/s"},
-                    {"name": "b", "address": 2, "type": "float32", "unit": "kg/s"},
-                ],
+                **DEVICE,
             }
         ],
         tmp_path,
@@ -129,12 +133,7 @@ def test_no_wrong_rtu_reply_is_taken_as_good(mode: str, tmp_path: Path):
                     "protocol": "modbus_rtu",
                     "line": "rs485",
                     "unit_id": 3,
-                    "timeout": "300ms",
-                    "retries": 0,
-                    "points": [
-                        {"name": "a", "address": 0, "type": "float32", "unit": "kg/s"},
-                        {"name": "b", "address": 2, "type": "float32", "unit": "kg/s"},
-                    ],
+                    **DEVICE,
                 }
             ],
             tmp_path,
