@@ -607,7 +607,10 @@ async def _pipeline(
             log.warning("stopping: %d pollers did not stop in time and were cancelled", len(late))
             await asyncio.gather(*late, return_exceptions=True)
         await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
-        _process(agent, batches, final=True)
+        try:
+            _process(agent, batches, final=True)
+        except Exception:  # the last cycle too: logged, and the stop goes on
+            log.exception("the final processing cycle failed; what it made stays unsaved")
         if on_cycle is not None:
             on_cycle(agent)
         if publisher is not None and next_config is not None:
