@@ -253,8 +253,9 @@ class Outbox:
         }
         log.error(
             "outbox %s is older than the sequence numbers already issued (epoch %s up to %d, "
-            "the file says %d): a restored backup or lost writes. New epoch %s from seq %d; "
-            "its %d unsent records are sent under it",
+            "the file says %d): a restored backup or lost writes. New records take epoch %s "
+            "from seq %d; the file's %d unsent records go out as they were made (a consumer "
+            "may have them already: duplicates, never two records under one number)",
             self.path,
             old_epoch,
             reserved,

@@ -742,8 +742,8 @@ def outbox_reset_record(outbox: Outbox) -> None:
         hint = (
             f"the outbox database is older than the sequence numbers already issued (a "
             f"restored backup or lost writes): epoch {reset.get('old_epoch')} ends, a new "
-            f"one starts above seq {reset.get('issued_up_to')}; its {left} are sent under "
-            "the new epoch, and totals go on from the state in that file"
+            f"one starts above seq {reset.get('issued_up_to')}; its {left} go out as they "
+            "were made (possibly again), and totals go on from the state in that file"
         )
     else:
         when = "while running" if cause == "damaged" else "at start"
