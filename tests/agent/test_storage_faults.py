@@ -144,7 +144,7 @@ def test_a_restored_backup_starts_a_new_epoch_and_never_reuses_a_seq(tmp_path: P
         assert box.reset["cause"] == "rolled_back"
         assert box.reset["old_epoch"] == before_epoch
         assert box.epoch != before_epoch
-        assert box.depth() == 10  # its unsent records are sent, under the new epoch
+        assert box.depth() == 10  # its unsent records go out as they were made
         box.put(_records(5, start=99_999))
         assert box.last_seq() > last
         now = _issued(box)
