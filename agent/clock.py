@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def synced() -> bool:
     return result
 
 
+@functools.cache
 def boot_id() -> str | None:
-    """This boot's id: monotonic times of one boot compare across process restarts."""
+    """This boot's id: monotonic times of one boot compare across process restarts.
+    Read once: it is the same for the life of the process (totals are saved every second)."""
     try:
         return BOOT_ID.read_text(encoding="ascii").strip() or None
     except OSError:

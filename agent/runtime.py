@@ -153,7 +153,10 @@ class Gateway:
     def ingest(self, batch: Batch) -> None:
         self.batches += 1
         bad = batch.quality >= Quality.BAD
-        if not all(math.isfinite(v) for v in batch.values.values()):
+        # One sum decides for the whole batch (±inf or NaN anywhere makes it non-finite, as
+        # does an overflow, which the slow path below then leaves alone); this runs for
+        # every poll of every device.
+        if not math.isfinite(sum(batch.values.values())):
             # The drivers send NaN for what they could not read; whatever else slips through
             # (±inf) is no reading either, and must not reach a total or a batch label.
             values = {t: v if math.isfinite(v) else math.nan for t, v in batch.values.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.drivers.misbehaving import MODES, MisbehavingSlave
 from tests.test_sim_command import _start_sim
 
-SECONDS = 15.0
+SECONDS = 10.0
 BAD = [m for m in MODES if m not in ("good", "inf", "exception_1", "exception_2")]
 
 
@@ -106,7 +106,7 @@ def test_misbehaving_slaves_do_not_disturb_the_good_meters(tmp_path: Path):
         assert sim.stdout is not None
         sim.stdout.close()
     for name in ("ft101", "ft102"):
-        # 5 polls a second for 15 s, less start-up: at least half of that, whatever the load.
+        # 5 polls a second for SECONDS, less start-up: at least half of that, whatever the load.
         assert devices[name]["good_polls"] >= SECONDS * 5 / 2 - 5, devices[name]
         assert devices[name]["failed_polls"] == 0, devices[name]
     for mode in BAD:
