@@ -146,14 +146,29 @@ def setup(verbose: bool, *, journal_socket: str = JOURNAL_SOCKET) -> logging.Han
     # asyncua narrates every node it creates and every session at INFO: noise in the journal.
     if not verbose:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
-        logging.getLogger("asyncua").addFilter(_quiet_asyncua)
-        logging.getLogger("asyncio").addFilter(_quiet_device_protocols)
+        # On the handler: a logger's filters do not apply to what its children log, and
+        # asyncua logs from asyncua.client.ua_session and the like.
+        handler.addFilter(_quiet_libraries)
     return handler
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    if record.name.startswith("asyncua"):
+        return _quiet_asyncua(record)
+    if record.name == "asyncio":
+        return _quiet_device_protocols(record)
+    return True
 
 
 # What asyncua warns about on every connect although nothing is wrong: a server may revise
 # the session timeout and the subscription's intervals, and says so in the values it returns.
-_ROUTINE = ("Requested session timeout", "Requested secure channel timeout", "Revised values")
+_ROUTINE = (
+    "Requested session timeout",
+    "Requested secure channel timeout",
+    "Revised values",
+    "close_session was called but connection is closed",
+    "close_secure_channel was called but connection is closed",
+)
 
 
 def _quiet_asyncua(record: logging.LogRecord) -> bool:

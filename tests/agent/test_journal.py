@@ -85,3 +85,40 @@ def test_under_journal_only_when_stderr_is_the_journal_stream(
         assert not under_journal(other)  # stderr redirected elsewhere by hand
         monkeypatch.delenv("JOURNAL_STREAM")
         assert not under_journal(stream)
+
+
+def test_library_tracebacks_and_routine_warnings_stay_out_of_the_journal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """asyncua logs from child loggers (asyncua.client.ua_session...): the filter sits on the
+    handler, where a logger's own filters would miss them. An OPC UA server restart wrote 25
+    lines with a traceback; the driver's one line per event remains."""
+    import logging
+
+    from massgate.agent import journal
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        journal.setup(False)
+        session = logging.getLogger("asyncua.client.ua_session.UaSession")
+        try:
+            raise ConnectionError("Connection is closed")
+        except ConnectionError:
+            session.exception("Publish iteration crashed; retrying in 1s")
+        logging.getLogger("asyncua.client.client").warning(
+            "Requested session timeout to be %dms, got %dms instead", 3600000, 600000
+        )
+        logging.getLogger("massgate.drivers").error("ua: session lost")
+        err = capsys.readouterr().err
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    assert "Publish iteration crashed" in err
+    assert "Traceback" not in err
+    assert "Requested session timeout" not in err
+    assert "ua: session lost" in err
