@@ -36,6 +36,7 @@ from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
 
 from . import density as density_models
 from . import preflight, units
+from .statusserver import MAX_PATH  # bytes of a Unix socket path (sun_path, less the NUL)
 from .yamlsource import (
     REQUIRED,
     ConfigError,
@@ -74,7 +75,6 @@ MAX_SIGMA = 10.0
 MAX_KEEPALIVE = 65535.0  # s: MQTT's keep-alive is a 16-bit field
 MAX_CLIENT_ID = 128  # characters: AWS IoT's and Azure IoT Hub's limit, the strictest in use
 MAX_TOPIC_PREFIX = 128  # characters; with site and gateway names (64 each) a topic stays short
-MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path, less the NUL)
 RTU_UNIT_IDS = (1, 247)  # 0 is broadcast, which no slave answers; 248-255 are reserved
 TCP_UNIT_IDS = (0, 255)  # 255 (or 0) is what most Modbus TCP devices expect: "not used"
 
@@ -421,10 +421,10 @@ def _build(raw: Any, path: Path) -> Config:
         if health_section.has("socket"):
             _check_socket(health_section, health.socket, user)
         health_section.finish()
-    elif gateway is not None and len(os.fsencode(health.socket)) > MAX_SOCKET_PATH:
+    elif gateway is not None and len(os.fsencode(health.socket)) > MAX_PATH:
         root.fail(
             "gateway",
-            f"the status socket {health.socket} would be longer than {MAX_SOCKET_PATH} bytes; "
+            f"the status socket {health.socket} would be longer than {MAX_PATH} bytes; "
             "use a shorter state_dir or set health.socket",
         )
 
@@ -493,8 +493,8 @@ def _gateway(s: Section | None, resolve: Any, user: Any) -> GatewayConfig | None
 
 
 def _check_socket(s: Section, socket: Path, user: Any) -> None:
-    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-        s.fail("socket", f"{socket} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket path)")
+    if len(os.fsencode(socket)) > MAX_PATH:
+        s.fail("socket", f"{socket} is longer than {MAX_PATH} bytes (a Unix socket path)")
         return
     try:
         preflight.writable_dir(socket.parent, user=user)

@@ -62,24 +62,42 @@ def test_nothing_is_deleted_while_the_broker_does_not_acknowledge(broker: Broker
     assert broker.process is not None
     count = 20
 
+    # The publisher's passes (each deletes what was acknowledged, at least every ACK_FLUSH),
+    # counted, so that the test waits for passes to happen, not for a guessed time.
+    passes = [0]
+    real_pass = publisher._pass
+
+    def counted(link, now):
+        passes[0] += 1
+        return real_pass(link, now)
+
+    publisher._pass = counted
+
+    async def until(condition, limit: float = 30.0) -> None:
+        for _ in range(int(limit / 0.05)):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("not within the bound")
+
     async def main() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(publisher.run(stop))
         try:
-            while not publisher.status.connected:
-                await asyncio.sleep(0.05)
+            await until(lambda: publisher.status.connected)
             os.kill(broker.process.pid, signal.SIGSTOP)
             seqs = outbox.put([Record("totals", {"i": i}, 1_800_000_000.0) for i in range(count)])
             publisher.wake(1)
-            while publisher.status.published < count:  # handed to paho and written out
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.5)  # six ack flushes: a delete on send would have happened
+            await until(lambda: publisher.status.published >= count)  # handed to paho
+            # Four more passes (each at most 0.5 s apart): a delete on send, or one at the
+            # next ack flush, would have happened by now.
+            seen = passes[0]
+            await until(lambda: passes[0] >= seen + 4)
             assert outbox.depth() == count
             assert publisher.status.acked == 0
             assert sorted(m.seq for m in outbox.take(100)) == seqs
             os.kill(broker.process.pid, signal.SIGCONT)
-            while outbox.depth() > 0:
-                await asyncio.sleep(0.05)
+            await until(lambda: outbox.depth() == 0)
         finally:
             os.kill(broker.process.pid, signal.SIGCONT)
             stop.set()

@@ -10,9 +10,8 @@ from cryptography import x509
 
 from massgate.agent.samples import Batch
 from massgate.drivers.opcua.client import OpcUaPoller
-from massgate.drivers.sim.plant import Plant
-from tests.conftest import free_port, run_async
-from tests.drivers.test_opcua import _device, _good, _server, _wait
+from tests.conftest import run_async
+from tests.drivers.test_opcua import _device, _good, _secure_server, _security, _wait
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "make-opcua-cert.sh"
 
@@ -56,21 +55,10 @@ def test_the_certificate_carries_its_uri_and_opens_a_secure_session(
     assert x509.load_der_x509_certificate(cert_path.read_bytes()) == cert
 
     async def main() -> None:
-        server = _server(
-            Plant(),
-            free_port(),
-            policies=("Basic256Sha256/SignAndEncrypt",),
-            certificate=ua_certificates["server_cert"],
-            private_key=ua_certificates["server_key"],
-        )
+        server = _secure_server(ua_certificates)
         await server.start()
         batches: list[Batch] = []
-        security = {
-            "policy": "Basic256Sha256",
-            "mode": "SignAndEncrypt",
-            "certificate": str(cert_path),
-            "private_key": str(key_path),
-        }
+        security = _security(cert_path, key_path)
         poller = OpcUaPoller(_device(tmp_path, server, security=security), emit=batches.append)
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))

@@ -59,6 +59,30 @@ def _server(plant: Plant, port: int, **kwargs: Any) -> UaPlantServer:
     return UaPlantServer(plant, meters, port=port, period=0.05, **kwargs)
 
 
+def _secure_server(
+    certificates: dict[str, Path], policy: str = "Basic256Sha256", **kwargs: Any
+) -> UaPlantServer:
+    """The plant's server offering only `policy` with SignAndEncrypt."""
+    return _server(
+        Plant(),
+        free_port(),
+        policies=(f"{policy}/SignAndEncrypt",),
+        certificate=certificates["server_cert"],
+        private_key=certificates["server_key"],
+        **kwargs,
+    )
+
+
+def _security(certificate: Path, key: Path, policy: str = "Basic256Sha256") -> dict[str, str]:
+    """A device's `security:` section."""
+    return {
+        "policy": policy,
+        "mode": "SignAndEncrypt",
+        "certificate": str(certificate),
+        "private_key": str(key),
+    }
+
+
 async def _wait(predicate: Any, seconds: float) -> bool:
     for _ in range(int(seconds / 0.05)):
         if predicate():
@@ -221,23 +245,11 @@ def test_an_unknown_node_is_bad_and_retried_while_the_others_are_read(
 )
 def test_sign_and_encrypt_session(tmp_path: Path, ua_certificates: dict[str, Path], policy: str):
     async def main() -> None:
-        plant = Plant()
-        server = _server(
-            plant,
-            free_port(),
-            policies=(f"{policy}/SignAndEncrypt",),
-            certificate=ua_certificates["server_cert"],
-            private_key=ua_certificates["server_key"],
-        )
+        server = _secure_server(ua_certificates, policy)
         await server.start()
         secure: list[Batch] = []
         plain: list[Batch] = []
-        security = {
-            "policy": policy,
-            "mode": "SignAndEncrypt",
-            "certificate": str(ua_certificates["client_cert"]),
-            "private_key": str(ua_certificates["client_key"]),
-        }
+        security = _security(ua_certificates["client_cert"], ua_certificates["client_key"], policy)
         pollers = [
             OpcUaPoller(_device(tmp_path, server, security=security), emit=secure.append),
             OpcUaPoller(_device(tmp_path, server), emit=plain.append),
@@ -376,22 +388,10 @@ def test_a_server_that_rejects_our_certificate_is_said_in_one_line(
     """Not an AssertionError with two tracebacks per retry: what happened, what to do."""
 
     async def main() -> None:
-        server = _server(
-            Plant(),
-            free_port(),
-            policies=("Basic256Sha256/SignAndEncrypt",),
-            certificate=ua_certificates["server_cert"],
-            private_key=ua_certificates["server_key"],
-            reject_certificates=True,
-        )
+        server = _secure_server(ua_certificates, reject_certificates=True)
         await server.start()
         batches: list[Batch] = []
-        security = {
-            "policy": "Basic256Sha256",
-            "mode": "SignAndEncrypt",
-            "certificate": str(ua_certificates["client_cert"]),
-            "private_key": str(ua_certificates["client_key"]),
-        }
+        security = _security(ua_certificates["client_cert"], ua_certificates["client_key"])
         poller = OpcUaPoller(
             _device(tmp_path, server, security=security, reconnect_max="200ms"),
             emit=batches.append,
