@@ -174,7 +174,7 @@ install -m 0644 "$HERE/systemd/massgate.service" "$ROOT$UNIT"
 # start then loads them (a cold compile takes tens of seconds on a Raspberry Pi).
 if [ -z "$ROOT" ] && command -v runuser >/dev/null 2>&1; then
     if seconds="$(runuser -u "$USER_NAME" -- env NUMBA_CACHE_DIR="$CACHE_DIR/numba" \
-        "$PREFIX/bin/python" -c 'from massgate.agent.bench_totalizer import warm_cache; print(f"{warm_cache():.1f}")')"; then
+        "$PREFIX/bin/python" -c 'from massgate.agent.bench.totalizer import warm_cache; print(f"{warm_cache():.1f}")')"; then
         say "compiled the totalizer's kernels into $CACHE_DIR/numba ($seconds s)"
     else
         say "warning: could not compile the kernels ahead; the first start will"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from massgate.agent.bench import bench_drivers
+from massgate.agent.bench.drivers import bench_drivers
 
 
 def test_bench_drivers_compares_the_planner_with_one_request_per_point():
@@ -17,7 +17,7 @@ def test_bench_drivers_compares_the_planner_with_one_request_per_point():
 def test_numpy_equivalents_compute_what_the_kernels_compute():
     """The benchmark's numpy rows are only a fair comparison if they compute the same outputs:
     totals, estimated quantity, gap, covered and flow time, register faults, volumes."""
-    from massgate.agent.bench_totalizer import agree, np_flow, signal
+    from massgate.agent.bench.totalizer import agree, np_flow, signal
 
     assert agree(samples=50_000) == []
     outputs = np_flow(signal(50_000))
@@ -35,7 +35,7 @@ def test_bench_totalizer_prints_every_kernel_and_the_first_call_times():
         [
             sys.executable,
             "-m",
-            "massgate.agent.cli",
+            "massgate.agent.commands.cli",
             "bench",
             "totalizer",
             "--samples",
@@ -57,7 +57,7 @@ def test_bench_totalizer_prints_every_kernel_and_the_first_call_times():
 
 
 def test_bench_outbox_measures_enqueue_both_drains_and_a_backlog():
-    from massgate.agent.bench_outbox import bench_outbox
+    from massgate.agent.bench.outbox import bench_outbox
 
     f = bench_outbox(messages=600, backlog=2000, points=3, seconds=0.1, rounds=1)
     assert [e.batch for e in f.enqueue] == [1, 10, 100, 1000]
@@ -76,7 +76,7 @@ def test_bench_e2e_runs_a_small_site_through_the_whole_agent():
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", "bench", "e2e", "--json",
+        [sys.executable, "-m", "massgate.agent.commands.cli", "bench", "e2e", "--json",
          "--devices", "5", "--device-points", "4", "--e2e-seconds", "4"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
@@ -97,7 +97,7 @@ def test_bench_with_a_bad_choice_says_what_there_is():
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", "bench", "everything"],
+        [sys.executable, "-m", "massgate.agent.commands.cli", "bench", "everything"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2

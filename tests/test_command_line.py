@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.cli import main
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.commands.cli import main
+from massgate.agent.core.yamlsource import ConfigError
 
 
 def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -89,7 +89,7 @@ def test_a_closed_pipe_is_quiet(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "massgate.agent.cli",
+            "massgate.agent.commands.cli",
             "demo",
             "--plain",
             "--duration",
@@ -179,7 +179,7 @@ def test_the_first_demo_on_a_fresh_machine_agrees_with_the_plant_from_its_first_
         [
             sys.executable,
             "-m",
-            "massgate.agent.cli",
+            "massgate.agent.commands.cli",
             "demo",
             "--plain",
             "--duration",

@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 from massgate.agent import config as config_module
-from massgate.agent.demo import site_config
-from massgate.agent.runtime import Agent, run
+from massgate.agent.commands.demo import site_config
+from massgate.agent.runtime.pipeline import Agent, run
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.plantspec import builtin
 from massgate.drivers.sim.server import SimulatedSite

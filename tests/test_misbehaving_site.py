@@ -54,7 +54,7 @@ class SlaveThread:
 
 def _devices(config: Path) -> dict[str, Any]:
     status = subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", "status", str(config), "--json"],
+        [sys.executable, "-m", "massgate.agent.commands.cli", "status", str(config), "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -100,7 +100,7 @@ def test_misbehaving_slaves_do_not_disturb_the_good_meters(tmp_path: Path):
             log = tmp_path / "agent.log"
             with log.open("wb") as out:
                 agent = subprocess.Popen(
-                    [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+                    [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from massgate.agent.demo import site_config
+from massgate.agent.commands.demo import site_config
 from tests.conftest import Broker, Subscriber, free_port
 from tests.test_sim_command import _start_sim
 
@@ -57,7 +57,7 @@ class NotifySocket:
 
 def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", *args],
+        [sys.executable, "-m", "massgate.agent.commands.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,7 +96,7 @@ def test_agent_under_systemd_protocols(broker: Broker, subscriber: Subscriber, t
     env.update(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
     with log.open("wb") as out:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.runtime import _pollers
-from massgate.agent.samples import Batch, Quality
+from massgate.agent.core.samples import Batch, Quality
+from massgate.agent.runtime.pipeline import _pollers
 from massgate.drivers import profiles
 from massgate.drivers.modbus.poller import DevicePoller, close_buses
 from massgate.drivers.sim import plantspec
@@ -31,7 +31,7 @@ def _start_sim(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], lis
     # Its log goes to a file: a pipe nobody reads would stall it once full.
     with log.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.cli", "sim", *args],
+            [sys.executable, "-m", "massgate.agent.commands.cli", "sim", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
         )

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from massgate.agent.runtime import GRACEFUL_TIMEOUT
+from massgate.agent.runtime.pipeline import GRACEFUL_TIMEOUT
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "massgate.service"
 TARGET = 2.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from massgate.agent.samples import Batch, Quality
+from massgate.agent.core.samples import Batch, Quality
 
 from ..errors import FatalError, RetryableError
 from ..health import DeviceHealth

@@ -33,7 +33,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
-from massgate.agent.samples import Batch, Quality
+from massgate.agent.core.samples import Batch, Quality
 
 from ..errors import FatalError
 from ..health import DeviceHealth

@@ -22,7 +22,7 @@ from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
 
-from massgate.agent import units
+from massgate.agent.core import units
 
 from .. import profiles
 from .plant import Plant

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from massgate.agent import units
-from massgate.agent.yamlsource import (
+from massgate.agent.core import units
+from massgate.agent.core.yamlsource import (
     Invalid,
     Report,
     Section,

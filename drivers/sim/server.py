@@ -23,7 +23,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from massgate.agent import units
+from massgate.agent.core import units
 
 from .. import profiles
 from ..modbus import codec

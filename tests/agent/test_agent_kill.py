@@ -12,9 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from massgate.agent.outbox import Outbox
-from massgate.agent.publisher import ACK_BATCH, ACK_POST, AHEAD
-from massgate.agent.records import Record
+from massgate.agent.core.records import Record
+from massgate.agent.publish.publisher import ACK_BATCH, ACK_POST, AHEAD
+from massgate.agent.store.outbox import Outbox
 from tests.conftest import Broker, Subscriber, free_port
 
 BACKLOG = 20_000
@@ -43,7 +43,7 @@ mqtt:
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -244,7 +244,7 @@ def test_a_three_sigma_bias_is_named_by_the_measurement_test(tmp_path: Path):
 
 
 def test_report_prints_the_kept_windows_and_alarms_per_node(start, tmp_path: Path, capsys):
-    from massgate.agent.cli import main
+    from massgate.agent.commands.cli import main
 
     run = start()
     run.plant.faults.add(Fault(kind="leak", target="feed", start=1200, magnitude=0.04))

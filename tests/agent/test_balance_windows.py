@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent import balance
 from massgate.agent import config as config_module
+from massgate.agent.balance import nodes as balance
 from massgate.agent.config import NodeConfig, NodeTerms
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.core.yamlsource import ConfigError
 
 from . import plantrun
 from .test_balance_plant import DEVICES, PLANT

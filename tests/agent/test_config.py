@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.cli import build_parser
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.commands.cli import build_parser
+from massgate.agent.core.yamlsource import ConfigError
 from massgate.drivers.modbus.model import ModbusDevice, SerialLink, TcpLink
 from massgate.drivers.opcua.model import OpcUaDevice
 
@@ -126,7 +126,7 @@ def test_valid_edge_cases_load(case: Path, tmp_path: Path):
 
 def _massgate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", *args],
+        [sys.executable, "-m", "massgate.agent.commands.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from massgate.agent.config import MqttConfig
-from massgate.agent.outbox import Outbox
-from massgate.agent.publisher import Publisher
-from massgate.agent.records import Priority, Record
+from massgate.agent.core.records import Priority, Record
+from massgate.agent.publish.publisher import Publisher
+from massgate.agent.store.outbox import Outbox
 from tests.conftest import (
     LOOPBACK,
     Broker,
@@ -194,7 +194,7 @@ def test_fail_over_to_the_next_broker(broker: Broker, subscriber: Subscriber):
 
 def _refused(broker: Broker, config: MqttConfig, caplog: pytest.LogCaptureFixture) -> str:
     """Run a publisher against a broker that refuses it; returns its last error."""
-    caplog.set_level(logging.DEBUG, logger="massgate.agent.publisher")
+    caplog.set_level(logging.DEBUG, logger="massgate.agent.publish.publisher")
     outbox = Outbox(":memory:", max_bytes=10_000_000, site=SITE, gateway=GATEWAY)
     outbox.put([Record("alarm", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, config, SITE, GATEWAY)

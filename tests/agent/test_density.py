@@ -13,7 +13,7 @@ from CoolProp.CoolProp import PropsSI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massgate.agent import density
+from massgate.agent.totalize import density
 
 BAR = 1e5
 
@@ -130,7 +130,7 @@ D = Decimal
 
 
 def _reference_ctl_cpl(rho60: float, t_f: float, p_psig: float, k: tuple[float, ...]) -> tuple:
-    """The standard's steps written out in decimal, independent of agent/density.py."""
+    """The standard's steps written out in decimal, independent of agent/totalize/density.py."""
     k0, k1, k2 = (D(repr(x)) for x in k)
     rho = D(repr(rho60))
     # ITS-90 → IPTS-68, explicit powers of τ.

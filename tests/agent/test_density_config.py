@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent import density
-from massgate.agent.totalizer import StreamTotal
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.core.yamlsource import ConfigError
+from massgate.agent.totalize import density
+from massgate.agent.totalize.totalizer import StreamTotal
 
 HEAD = """\
 gateway: {site: a, id: b, state_dir: state}

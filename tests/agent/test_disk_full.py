@@ -20,8 +20,8 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 disk = Path(sys.argv[1])
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
-from massgate.agent.outbox import Outbox
-from massgate.agent.records import Record
+from massgate.agent.store.outbox import Outbox
+from massgate.agent.core.records import Record
 
 def free():
     st = os.statvfs(disk)

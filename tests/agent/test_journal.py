@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.journal import JournalHandler, PrefixHandler, under_journal
+from massgate.agent.runtime.journal import JournalHandler, PrefixHandler, under_journal
 
 
 def parse_native(data: bytes) -> dict[str, str]:
@@ -95,7 +95,7 @@ def test_library_tracebacks_and_routine_warnings_stay_out_of_the_journal(
     lines with a traceback; the driver's one line per event remains."""
     import logging
 
-    from massgate.agent import journal
+    from massgate.agent.runtime import journal
 
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     root = logging.getLogger()

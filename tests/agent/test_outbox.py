@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.outbox import Outbox
-from massgate.agent.records import Record
+from massgate.agent.core.records import Record
+from massgate.agent.store.outbox import Outbox
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -129,7 +129,7 @@ def test_take_continues_after_a_key_and_skips_what_is_out(outbox: Outbox):
 def test_what_runs_every_second_reads_an_index_not_the_backlog(tmp_path):
     """oldest_age (the status, every second) and max-age expiry run on the event loop; a
     scan of the outbox there took 210-407 ms at 300 k records. The plans must use indexes."""
-    from massgate.agent.outbox import OLDEST
+    from massgate.agent.store.outbox import OLDEST
 
     outbox = Outbox(tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g")
     try:
@@ -162,7 +162,7 @@ def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
     years: the records made before look years old. They count their age from the step."""
     from types import SimpleNamespace
 
-    from massgate.agent import outbox as outbox_module
+    from massgate.agent.store import outbox as outbox_module
 
     clock = {"wall": 1_500_000_000.0, "mono": 1000.0}
     monkeypatch.setattr(

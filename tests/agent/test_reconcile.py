@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massgate.agent import reconcile as rc
-from massgate.agent.reconcile import Network, Stream
+from massgate.agent.balance import reconcile as rc
+from massgate.agent.balance.reconcile import Network, Stream
 
 # Narasimhan & Jordache, "Data Reconciliation and Gross Error Detection" (Gulf, 2000), the
 # heat exchanger with bypass of chapter 1: a splitter, the exchanger, the bypass valve and a

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.cli import main
+from massgate.agent.commands.cli import main
 
 CASES = Path(__file__).parent.parent / "examples" / "reconcile"
 NET = str(CASES / "heat_exchanger.yaml")

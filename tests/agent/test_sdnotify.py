@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.sdnotify import Notifier, watchdog_interval
+from massgate.agent.runtime.sdnotify import Notifier, watchdog_interval
 
 
 def _receive(sock: socket.socket) -> dict[str, str]:

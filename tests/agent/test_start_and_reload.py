@@ -24,9 +24,9 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.config import Config
-from massgate.agent.outbox import Outbox
-from massgate.agent.runtime import Agent, run
-from massgate.agent.statelock import AlreadyRunning, StateLocks
+from massgate.agent.runtime.pipeline import Agent, run
+from massgate.agent.runtime.statelock import AlreadyRunning, StateLocks
+from massgate.agent.store.outbox import Outbox
 from tests.conftest import free_port, run_async
 
 
@@ -165,7 +165,7 @@ def test_two_agents_in_one_process_are_refused_too(tmp_path: Path):
 
 def _massgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", *args],
+        [sys.executable, "-m", "massgate.agent.commands.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -197,7 +197,7 @@ def test_a_stopped_agent_still_keeps_a_second_one_out(tmp_path: Path):
     log = tmp_path / "first.log"
     with log.open("wb") as out:
         first = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -230,7 +230,7 @@ def test_a_reload_keeps_integrating_the_streams_it_did_not_change(tmp_path: Path
     """A valid reload with a backlog: it does not wait for the outbox to drain, and the
     streams it did not change go on integrating across it (no gap), so the kilograms agree
     with the plant's truth across the reload."""
-    from massgate.agent.demo import site_config
+    from massgate.agent.commands.demo import site_config
     from massgate.drivers.sim.plant import Plant
     from massgate.drivers.sim.server import SimulatedSite
 
@@ -282,7 +282,7 @@ def test_a_reload_keeps_integrating_the_streams_it_did_not_change(tmp_path: Path
         finally:
             await site.stop()
 
-    from massgate.agent.runtime import Carried
+    from massgate.agent.runtime.pipeline import Carried
 
     carried = Carried()
     _, total, truth, _ = run_async(asyncio.wait_for(main(), 90))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.outbox import SEQ_BLOCK, Outbox
-from massgate.agent.records import Record
-from massgate.agent.runtime import Agent, outbox_reset_record, run
+from massgate.agent.core.records import Record
+from massgate.agent.runtime.pipeline import Agent, outbox_reset_record, run
+from massgate.agent.store.outbox import SEQ_BLOCK, Outbox
 from tests.conftest import free_port, run_async
 
 WALL = 1_800_000_000.0
@@ -224,7 +224,15 @@ def test_report_on_a_damaged_file_says_so_in_one_line(tmp_path: Path):
     box.close()
     _garbage_over_root_page(path, "archive")
     result = subprocess.run(
-        [sys.executable, "-m", "massgate.agent.cli", "report", str(config), "--from", "100000d"],
+        [
+            sys.executable,
+            "-m",
+            "massgate.agent.commands.cli",
+            "report",
+            str(config),
+            "--from",
+            "100000d",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -238,8 +246,8 @@ def test_report_on_a_damaged_file_says_so_in_one_line(tmp_path: Path):
 
 WRITER = r"""
 import json, os, sys
-from massgate.agent.outbox import SEQ_BLOCK, Outbox
-from massgate.agent.records import Record
+from massgate.agent.store.outbox import SEQ_BLOCK, Outbox
+from massgate.agent.core.records import Record
 box = Outbox(sys.argv[1], max_bytes=10**9, site="s", gateway="g")
 box.put([Record("totals", {"i": i}, 1.8e9 + i) for i in range(10)])
 box.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.runtime import Agent, run
+from massgate.agent.runtime.pipeline import Agent, run
 from massgate.drivers.modbus.poller import DevicePoller
 from tests.conftest import free_port, run_async
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent import kernels
-from massgate.agent.hourly import HOUR
-from massgate.agent.outbox import Outbox
-from massgate.agent.runtime import Gateway
-from massgate.agent.totalizer import InventoryGauge, StreamTotal
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.core.yamlsource import ConfigError
+from massgate.agent.runtime.pipeline import Gateway
+from massgate.agent.store.outbox import Outbox
+from massgate.agent.totalize import kernels
+from massgate.agent.totalize.hourly import HOUR
+from massgate.agent.totalize.totalizer import InventoryGauge, StreamTotal
 
 DEVICES = """\
 gateway: {site: a, id: b, state_dir: state}
@@ -387,7 +387,7 @@ def test_hourly_records_reach_the_outbox_and_stay_in_the_archive(tmp_path: Path)
 
 
 def test_a_gas_stream_states_its_hour_in_standard_volume(tmp_path: Path):
-    from massgate.agent import density
+    from massgate.agent.totalize import density
 
     stream = _stream(
         tmp_path,
@@ -412,7 +412,7 @@ def test_a_gas_stream_states_its_hour_in_standard_volume(tmp_path: Path):
 
 
 def test_an_unwritable_numba_cache_is_said_at_start(tmp_path: Path, monkeypatch, caplog):
-    from massgate.agent import cli
+    from massgate.agent.commands import cli
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.health import Progress
-from massgate.agent.outbox import Outbox
-from massgate.agent.publisher import BrokerLink, Publisher, _Events
-from massgate.agent.runtime import _pollers
+from massgate.agent.publish.publisher import BrokerLink, Publisher, _Events
+from massgate.agent.runtime.health import Progress
+from massgate.agent.runtime.pipeline import _pollers
+from massgate.agent.store.outbox import Outbox
 from tests.conftest import free_port, mqtt_config
 
 LIMIT = 20.0
@@ -109,8 +109,8 @@ def test_an_agent_whose_pipeline_stalls_stops_feeding_the_watchdog(
     """The real run(): WATCHDOG=1 while polls finish; when every poll hangs, it stops."""
     import socket
 
-    from massgate.agent.runtime import Agent, run
-    from massgate.agent.sdnotify import Notifier
+    from massgate.agent.runtime.pipeline import Agent, run
+    from massgate.agent.runtime.sdnotify import Notifier
     from massgate.drivers.modbus.poller import DevicePoller
     from tests.conftest import run_async
 

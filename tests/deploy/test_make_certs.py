@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.outbox import Outbox
-from massgate.agent.publisher import Publisher
-from massgate.agent.records import Record
+from massgate.agent.core.records import Record
+from massgate.agent.publish.publisher import Publisher
+from massgate.agent.store.outbox import Outbox
 from tests.conftest import Broker, mqtt_config, publish_until
 from tests.tlsfixtures import Pki
 

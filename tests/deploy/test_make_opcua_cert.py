@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from massgate.agent.samples import Batch
+from massgate.agent.core.samples import Batch
 from massgate.drivers.opcua.client import OpcUaPoller
 from tests.conftest import run_async
 from tests.drivers.test_opcua import _device, _good, _secure_server, _security, _wait

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.samples import Batch, Quality
+from massgate.agent.core.samples import Batch, Quality
 from massgate.drivers.errors import FatalError
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 from massgate.drivers.sim.ptypair import PtyPair

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from massgate.agent import config as cfg
-from massgate.agent.samples import Quality
+from massgate.agent.core.samples import Quality
 from massgate.drivers import profiles
 from massgate.drivers.errors import FatalError
 from massgate.drivers.modbus import codec

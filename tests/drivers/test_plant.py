@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.yamlsource import ConfigError
+from massgate.agent.core.yamlsource import ConfigError
 from massgate.drivers.sim import plantspec
 from massgate.drivers.sim.plant import Plant
 

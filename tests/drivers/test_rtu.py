@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from massgate.agent.samples import Batch, Quality
+from massgate.agent.core.samples import Batch, Quality
 from massgate.drivers.modbus.poller import close_buses, pollers_for
 from massgate.drivers.sim.faults import Fault
 from massgate.drivers.sim.plant import Plant

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import serial
 
-from massgate.agent.cli import main
+from massgate.agent.commands.cli import main
 from massgate.drivers.modbus.model import SerialLink, TcpLink
 from massgate.drivers.modbus.probe import probe, scan
 from massgate.drivers.sim.plant import Plant
@@ -43,7 +43,7 @@ def test_probe_decodes_a_load_cell_as_the_device_states_it():
         served = await site.start()
         try:
             s = next(x for x in served if x.meter.name == "wt100")
-            from massgate.agent.sitetools import _points
+            from massgate.agent.commands.sitetools import _points
 
             class Args:
                 profile = "load_cell"

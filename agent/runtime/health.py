@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from massgate.drivers.poller import Poller
 
-from .records import num, utc
+from ..core.records import num, utc
 
 if TYPE_CHECKING:
-    from .runtime import Agent
+    from .pipeline import Agent
 
 log = logging.getLogger(__name__)
 

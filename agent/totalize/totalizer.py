@@ -1,7 +1,7 @@
 """Samples to kilograms: stream totals and inventory masses.
 
-The arithmetic runs in the numba kernels (agent/kernels.py); this module buffers the samples
-of one cycle into arrays, hands them over in one call, and keeps what a restart must keep.
+The arithmetic runs in the numba kernels (agent/totalize/kernels.py); this module buffers the
+samples of one cycle into arrays, hands them over in one call, and keeps what a restart must keep.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import clock, kernels
+from ..config import DensityModel, InventoryConfig, StreamConfig
+from ..core import clock
 from . import density as density_models
-from .config import DensityModel, InventoryConfig, StreamConfig
+from . import kernels
 from .hourly import HOUR, OpenHour, hour_body, hour_index
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..core.records import num, utc
 from . import kernels
-from .records import num, utc
 
 HOUR = 3600.0
 AVERAGED = ("temperature", "pressure", "density")

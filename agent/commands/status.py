@@ -12,11 +12,11 @@ from typing import Any
 
 import yaml
 
-from . import config as config_module
-from .config import STATUS_SOCKET
-from .health import age_text
-from .statusserver import StatusUnavailable, fetch
-from .yamlsource import ConfigError
+from .. import config as config_module
+from ..config import STATUS_SOCKET
+from ..core.yamlsource import ConfigError
+from ..runtime.health import age_text
+from ..runtime.statusserver import StatusUnavailable, fetch
 
 DEFAULT_CONFIG = "/etc/massgate/massgate.yaml"
 EXIT_OK = 0

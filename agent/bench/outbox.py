@@ -20,11 +20,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .config import DEFAULT_DRAIN_RATE, BrokerEndpoint, MqttConfig
+from ..config import DEFAULT_DRAIN_RATE, BrokerEndpoint, MqttConfig
+from ..core.records import Record
+from ..publish.publisher import Publisher
+from ..store.outbox import Outbox
 from .localbroker import LOOPBACK, BrokerUnavailable, LocalBroker
-from .outbox import Outbox
-from .publisher import Publisher
-from .records import Record
 
 BIG = 4 << 30  # an outbox bound the benchmark never reaches (4 GiB)
 

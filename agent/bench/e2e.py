@@ -33,9 +33,9 @@ from typing import Any
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import Meter, MeterSlave
 
-from .bench import bench_profile
+from ..runtime.statusserver import StatusUnavailable, fetch
+from .drivers import bench_profile
 from .localbroker import LocalBroker
-from .statusserver import StatusUnavailable, fetch
 
 NODE_SIZE = 5  # streams per balance node
 UNITS = {"v000": "kg/s"}  # the stream's mass flow; the other points are plain numbers
@@ -181,7 +181,7 @@ def run_agent(
     started_wall = time.time()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.cli", "run", str(config)],
+            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -244,7 +244,7 @@ def warm_numba(cache: Path) -> float:
         [
             sys.executable,
             "-c",
-            "from massgate.agent.bench_totalizer import warm_cache; print(warm_cache())",
+            "from massgate.agent.bench.totalizer import warm_cache; print(warm_cache())",
         ],
         env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
         capture_output=True,

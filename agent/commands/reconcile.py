@@ -22,9 +22,9 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from . import reconcile as rc
-from . import units
-from .yamlsource import (
+from ..balance import reconcile as rc
+from ..core import units
+from ..core.yamlsource import (
     ConfigError,
     Invalid,
     Problem,

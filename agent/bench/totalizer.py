@@ -5,7 +5,7 @@ too). Each row integrates the same synthetic signal: a flow with noise, 1 % bad 
 a temperature and a pressure. The numpy equivalents compute the same outputs vectorized
 (totals, estimated quantity, gap, covered and flow time; np.sum's pairwise summation stands in
 for the compensated sum), and `agree` checks they do; the pure-Python references are
-agent/reference.py, timed on a slice and scaled.
+agent/totalize/reference.py, timed on a slice and scaled.
 
 The first-call rows run a fresh interpreter twice with one NUMBA_CACHE_DIR: the first finds
 it empty and compiles, the second loads what the first wrote, as a gateway's second start
@@ -146,7 +146,7 @@ def np_strapping(s: dict[str, Any]) -> Array:
 
 def _calls(module: Any, lists: bool) -> dict[str, Callable[[dict[str, Any]], object]]:
     """The four kernels of `module` (agent.kernels or agent.reference) as calls on a signal."""
-    from . import kernels  # noqa: PLC0415  # numba is imported only when measured
+    from ..totalize import kernels  # noqa: PLC0415  # numba is imported only when measured
 
     levels, volumes = (LEVELS.tolist(), VOLUMES.tolist()) if lists else (LEVELS, VOLUMES)
 
@@ -177,7 +177,7 @@ def _calls(module: Any, lists: bool) -> dict[str, Callable[[dict[str, Any]], obj
 
 
 def _numba_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
-    from . import kernels  # noqa: PLC0415
+    from ..totalize import kernels  # noqa: PLC0415
 
     return _calls(kernels, lists=False)
 
@@ -196,7 +196,7 @@ def warm_cache() -> float:
 
 
 def _python_calls() -> dict[str, Callable[[dict[str, Any]], object]]:
-    from . import reference  # noqa: PLC0415
+    from ..totalize import reference  # noqa: PLC0415
 
     return _calls(reference, lists=True)
 
@@ -212,7 +212,7 @@ NUMPY_CALLS: dict[str, Callable[[dict[str, Any]], object]] = {
 def agree(samples: int = 100_000, tolerance: float = 1e-9) -> list[str]:
     """Where the numpy equivalents and the kernels disagree (nothing, if the rows compare
     like with like)."""
-    from . import kernels  # noqa: PLC0415
+    from ..totalize import kernels  # noqa: PLC0415
 
     s = signal(samples)
     calls = _numba_calls()
@@ -282,7 +282,8 @@ import json, time
 t0 = time.perf_counter()
 import numba  # noqa: F401
 t1 = time.perf_counter()
-from massgate.agent import bench_totalizer, kernels
+from massgate.agent.bench import totalizer as bench_totalizer
+from massgate.agent.totalize import kernels
 s = bench_totalizer.signal(16)
 calls = bench_totalizer._numba_calls()
 t2 = time.perf_counter()

@@ -13,8 +13,9 @@ from massgate.drivers.modbus import codec
 from massgate.drivers.modbus.model import BIT_TABLES, PARITIES, TABLES, Point, SerialLink, TcpLink
 from massgate.drivers.modbus.probe import probe, scan
 
-from . import argtypes, units
-from .config import profile_point
+from ..config import profile_point
+from ..core import units
+from . import argtypes
 
 EXIT_OK = 0
 EXIT_NO_REPLY = 1

@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 import sqlite_utils
 from sqlite_utils.db import DescIndex
 
-from . import clock
-from .records import SCHEMA_VERSION, Priority, Record, topic, utc
+from ..core import clock
+from ..core.records import SCHEMA_VERSION, Priority, Record, topic, utc
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from massgate.drivers.sim.faults import Fault
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import Served, SimulatedSite
 
-from . import config as config_module
-from .runtime import Agent, run
-from .simcmd import tcp_devices
-from .yamlsource import ConfigError
+from .. import config as config_module
+from ..core.yamlsource import ConfigError
+from ..runtime.pipeline import Agent, run
+from .sim import tcp_devices
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     # totalizer's kernels at their first call, seconds in which the plant would move mass
     # that the agent could not integrate: compile them first.
     print("preparing the totalizer (compiled once, then cached) ...", flush=True)
-    from .bench_totalizer import warm_cache  # noqa: PLC0415  # numba only when it runs
+    from ..bench.totalizer import warm_cache  # noqa: PLC0415  # numba only when it runs
 
     compiled = await asyncio.to_thread(warm_cache)
     if compiled > 1.0:

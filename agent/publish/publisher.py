@@ -45,10 +45,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from . import preflight
-from .config import BrokerEndpoint, MqttConfig
-from .outbox import Message, Outbox
-from .records import topic, utc
+from ..config import BrokerEndpoint, MqttConfig, preflight
+from ..core.records import topic, utc
+from ..store.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ NOT_SENT = "not sent"  # paho did not take the message: taken again at once, not
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
-    """The context `massgate check` built from the same files (agent/preflight.py)."""
+    """The context `massgate check` built from the same files (agent/config/preflight.py)."""
     return preflight.tls_context(
         ca_file=config.ca_file, client_cert=config.client_cert, client_key=config.client_key
     )

@@ -1,7 +1,7 @@
 """Reconciliation of the node network while the agent runs.
 
 Every `every` seconds, the masses each stream moved over the last `window` are reconciled
-across the innermost nodes (agent/reconcile.py does the mathematics). Each node that holds
+across the innermost nodes (agent/balance/reconcile.py does the mathematics). Each node that holds
 inventory gets an accumulation stream, measured as its Δinventory; generation and
 consumption are streams into and out of their node. A stream whose data is missing at either
 end of the window is unmeasured for that window, and is estimated if the balances allow.
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from ..config import NodeConfig, NodeTerms, ReconciliationConfig
+from ..core.records import num, utc
+from ..totalize.totalizer import InventoryGauge, StreamTotal
 from . import reconcile as rc
-from .config import NodeConfig, NodeTerms, ReconciliationConfig
-from .records import num, utc
-from .totalizer import InventoryGauge, StreamTotal
 
 log = logging.getLogger(__name__)
 

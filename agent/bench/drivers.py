@@ -140,14 +140,14 @@ def bench_drivers(points: int, seconds: float) -> list[Result]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench_all  # noqa: PLC0415
+    from . import suite as bench_all  # noqa: PLC0415
 
     if args.what == "all":
         return bench_all.run(list(bench_all.BENCHES), args)
     if args.json:
         return bench_all.run([args.what], args)
     if args.what == "e2e":
-        from . import bench_e2e  # noqa: PLC0415
+        from . import e2e as bench_e2e  # noqa: PLC0415
 
         print(
             bench_e2e.render(
@@ -158,11 +158,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     if args.what == "outbox":
-        from . import bench_outbox  # noqa: PLC0415
+        from . import outbox as bench_outbox  # noqa: PLC0415
 
         return bench_outbox.cmd_bench_outbox(args)
     if args.what == "totalizer":
-        from . import bench_totalizer  # noqa: PLC0415  # imports numba
+        from . import totalizer as bench_totalizer  # noqa: PLC0415  # imports numba
 
         print(bench_totalizer.report(args.samples, args.python_samples))
         return 0
@@ -256,7 +256,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=200_000,
         help="totalizer: samples for the pure-Python reference (default %(default)s)",
     )
-    from .bench_outbox import add_arguments  # noqa: PLC0415
+    from .outbox import add_arguments  # noqa: PLC0415
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench)

@@ -1,6 +1,6 @@
 """Plain-Python references of the numba kernels: slow, obvious, and the definition of right.
 
-The tests hold each kernel in agent/kernels.py to its twin here, bit for bit, and
+The tests hold each kernel in agent/totalize/kernels.py to its twin here, bit for bit, and
 `massgate bench totalizer` measures both. Each works on a plain list in the kernels' state
 layout.
 """

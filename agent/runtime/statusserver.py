@@ -2,7 +2,7 @@
 
 A Unix socket rather than a state file: nothing is written to the SD card every second, the
 answer is live, and who may ask follows the file permissions of the state directory. It is
-not a lock: agent/statelock.py keeps a second agent off the state directory before this
+not a lock: agent/runtime/statelock.py keeps a second agent off the state directory before this
 socket is opened, so a socket file found here was left by an agent that is gone.
 """
 

@@ -34,10 +34,8 @@ from massgate.drivers.opcua.model import MODES as UA_MODES
 from massgate.drivers.opcua.model import POLICIES as UA_POLICIES
 from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
 
-from . import density as density_models
-from . import preflight, units
-from .statusserver import MAX_PATH  # bytes of a Unix socket path (sun_path, less the NUL)
-from .yamlsource import (
+from ..core import units
+from ..core.yamlsource import (
     REQUIRED,
     ConfigError,
     Invalid,
@@ -55,6 +53,9 @@ from .yamlsource import (
     quantity,
     text,
 )
+from ..runtime.statusserver import MAX_PATH  # bytes of a Unix socket path (sun_path, less the NUL)
+from ..totalize import density as density_models
+from . import preflight
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
 
@@ -105,7 +106,7 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DensityModel:
-    """How a volume becomes a mass: one of the models of agent/density.py.
+    """How a volume becomes a mass: one of the models of agent/totalize/density.py.
 
     `reference` is the nominal density (kg/m³) for tolerances and cut-offs whatever the model:
     ρ_ref of constant/linear/quadratic, the base density of API 11.1, water at 20 °C and
@@ -1581,7 +1582,7 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
         return
     if config.reconciliation is not None:
         leaves = [n for n in config.nodes if not n.nodes]
-        from .reconcile import network_of  # noqa: PLC0415
+        from ..balance.reconcile import network_of  # noqa: PLC0415
 
         try:
             network_of(

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import units
-from .yamlsource import ConfigError
+from ..core import units
+from ..core.yamlsource import ConfigError
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -129,7 +129,7 @@ def add_command(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import config as config_module  # noqa: PLC0415  (not for every command's start)
+    from .. import config as config_module  # noqa: PLC0415  (not for every command's start)
 
     try:
         config = config_module.load(Path(args.config))

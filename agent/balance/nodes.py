@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .config import BATCH, CALENDAR, NodeConfig, NodeTerms
-from .records import utc
-from .totalizer import InventoryGauge, StreamTotal
+from ..config import BATCH, CALENDAR, NodeConfig, NodeTerms
+from ..core.records import utc
+from ..totalize.totalizer import InventoryGauge, StreamTotal
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ..core.yamlsource import ConfigError
 from . import argtypes
-from .yamlsource import ConfigError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -21,7 +21,7 @@ log = logging.getLogger("massgate")
 
 
 def _setup_logging(verbose: bool) -> None:
-    from . import journal
+    from ..runtime import journal
 
     journal.setup(verbose)
 
@@ -36,7 +36,7 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import config as config_module
+    from .. import config as config_module
 
     try:
         config = config_module.load(Path(args.config))
@@ -73,8 +73,8 @@ def _check_numba_cache() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import config as config_module
-    from .statelock import AlreadyRunning, StateLocks
+    from .. import config as config_module
+    from ..runtime.statelock import AlreadyRunning, StateLocks
 
     path = Path(args.config)
     try:
@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     # Before anything else is opened, and held until the process ends, reloads included.
     locks = StateLocks()
-    from .runtime import locks_of
+    from ..runtime.pipeline import locks_of
 
     try:
         locks.hold(locks_of(config))
@@ -95,8 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_numba_cache()
     import time
 
-    from .runtime import Carried, StartError, run
-    from .sdnotify import Notifier
+    from ..runtime.pipeline import Carried, StartError, run
+    from ..runtime.sdnotify import Notifier
 
     started = time.time()
 
@@ -169,7 +169,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    from . import simcmd
+    from . import sim as simcmd
 
     return simcmd.run(args)
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM: every meter as a Modbus TCP slave, and on request as RTU slaves on a serial "
         "line and over OPC UA. Prints an agent configuration that reads them all.",
     )
-    from . import simcmd
+    from . import sim as simcmd
 
     simcmd.add_arguments(p)
     p.set_defaults(func=cmd_sim)
@@ -269,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    from . import bench, reconcilecmd, report, sitetools, statuscmd
+    from ..bench import drivers as bench
+    from . import reconcile as reconcilecmd
+    from . import report, sitetools
+    from . import status as statuscmd
 
     statuscmd.add_command(sub)
     sitetools.add_commands(sub)

@@ -22,7 +22,7 @@ class Figure:
 
 
 def drivers(args: argparse.Namespace) -> list[Figure]:
-    from .bench import bench_drivers  # noqa: PLC0415
+    from .drivers import bench_drivers  # noqa: PLC0415
 
     planned, single = bench_drivers(args.points, args.seconds)
     return [
@@ -33,7 +33,7 @@ def drivers(args: argparse.Namespace) -> list[Figure]:
 
 
 def totalizer(args: argparse.Namespace) -> list[Figure]:
-    from . import bench_totalizer  # noqa: PLC0415  # imports numba
+    from . import totalizer as bench_totalizer  # noqa: PLC0415  # imports numba
 
     rows = bench_totalizer.measure(args.samples, args.python_samples)
     cold, warm = bench_totalizer.first_calls()
@@ -46,7 +46,7 @@ def totalizer(args: argparse.Namespace) -> list[Figure]:
 
 
 def outbox(args: argparse.Namespace) -> list[Figure]:
-    from .bench_outbox import figures_for  # noqa: PLC0415
+    from .outbox import figures_for  # noqa: PLC0415
 
     f = figures_for(args)
     figures = [
@@ -71,7 +71,7 @@ def outbox(args: argparse.Namespace) -> list[Figure]:
 
 
 def e2e(args: argparse.Namespace) -> list[Figure]:
-    from .bench_e2e import bench_e2e  # noqa: PLC0415
+    from .e2e import bench_e2e  # noqa: PLC0415
 
     f = bench_e2e(devices=args.devices, points=args.device_points, seconds=args.e2e_seconds)
     fast, slow = f.runs[0], f.runs[-1]

@@ -25,8 +25,9 @@ from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.ptypair import PtyPair, PtyPairError
 from massgate.drivers.sim.server import Meter, SerialSlaves, Served, SimulatedSite, meters_of
 
-from . import argtypes, preflight
-from .yamlsource import ConfigError, Problem
+from ..config import preflight
+from ..core.yamlsource import ConfigError, Problem
+from . import argtypes
 
 RTU_BAUD = 115200
 

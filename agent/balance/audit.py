@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 

@@ -29,20 +29,20 @@ from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_fo
 from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.poller import Poller
 
-from . import audit, preflight
-from .balance import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
-from .config import Config, node_terms
+from ..balance import audit
+from ..balance.nodes import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
+from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
+from ..config import Config, node_terms, preflight
+from ..core.records import Record, num, utc
+from ..core.samples import Batch, Quality
+from ..core.yamlsource import ConfigError
+from ..publish.publisher import LinkStatus, Publisher
+from ..store.outbox import Outbox
+from ..totalize.totalizer import InventoryGauge, StreamTotal
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
-from .outbox import Outbox
-from .publisher import LinkStatus, Publisher
-from .reconciler import Reconciler, SuspectEvent, gross_error_body
-from .records import Record, num, utc
-from .samples import Batch, Quality
 from .sdnotify import Notifier
 from .statelock import StateLocks, lock_paths
 from .statusserver import StatusServer
-from .totalizer import InventoryGauge, StreamTotal
-from .yamlsource import ConfigError
 
 log = logging.getLogger(__name__)
 
