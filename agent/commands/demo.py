@@ -1,4 +1,4 @@
-"""`massgate demo` and `massgate sim`: the built-in plant, with and without the agent."""
+"""`massgate demo`: the built-in plant and the agent in one process, with a live table."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from massgate.drivers.sim.server import Served, SimulatedSite
 from .. import config as config_module
 from ..core.yamlsource import ConfigError
 from ..runtime.pipeline import Agent, run
+from . import argtypes
+from .common import EXIT_OK
 from .sim import tcp_devices
 
 log = logging.getLogger(__name__)
@@ -253,3 +255,49 @@ async def run_demo(args: argparse.Namespace) -> int:
         await site.stop()
     print(f"the log, the configuration and the outbox are kept in {state_dir}")
     return 0
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Start the simulated plant and the agent in one process, show flows, "
+        "totals, inventory, the balance and the outbox live, open a leak part-way so the "
+        "alarm is seen to raise, and stop after --duration or Ctrl-C. Without --broker the "
+        "records stay in the outbox, where you can see them pile up."
+    )
+    p.add_argument(
+        "--duration",
+        type=argtypes.seconds(low=0.0),
+        default=60.0,
+        help="seconds to run (default %(default)s)",
+    )
+    p.add_argument(
+        "--leak-at",
+        type=argtypes.seconds(low=0.0, zero=True),
+        metavar="SECONDS",
+        help="when the leak opens (default: 40%% of the duration)",
+    )
+    p.add_argument(
+        "--leak-rate",
+        type=argtypes.rate,
+        default=0.5,
+        metavar="KG_PER_S",
+        help="(default %(default)s)",
+    )
+    p.add_argument("--broker", metavar="URL", help="publish to this broker, e.g. mqtts://host:8883")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate that signed the broker's")
+    p.add_argument("--client-cert", metavar="FILE", help="client certificate for mutual TLS")
+    p.add_argument("--client-key", metavar="FILE", help="key of the client certificate")
+    p.add_argument(
+        "--state-dir", metavar="DIR", help="where to keep the outbox (default: a temporary dir)"
+    )
+    p.add_argument(
+        "--plain", action="store_true", help="print the table as plain text instead of redrawing"
+    )
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        return EXIT_OK

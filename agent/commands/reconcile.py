@@ -271,19 +271,15 @@ def as_table(label: str, plain: rc.Reconciliation, final: rc.Reconciliation) -> 
     return "\n".join(lines)
 
 
-def add_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "reconcile",
-        help="reconcile a historian export against a node network, offline",
-        description=(
-            "Reconcile every row of DATA (a CSV, one column per stream) against the balances "
-            "of NETWORK (YAML: nodes, and streams with from/to and sigma or accuracy). "
-            "Prints reconciled values with confidence intervals, each stream's class "
-            "(redundant, non-redundant, observable, unobservable), the global chi-square "
-            "test, the measurement test, and the gross errors serial elimination finds (a "
-            "biased meter or a leaking node, with its size). Exit status: 0 when every row "
-            "passes the global test, 1 when a row fails it, 2 for a bad file."
-        ),
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Reconcile every row of DATA (a CSV, one column per stream) against the balances "
+        "of NETWORK (YAML: nodes, and streams with from/to and sigma or accuracy). "
+        "Prints reconciled values with confidence intervals, each stream's class "
+        "(redundant, non-redundant, observable, unobservable), the global chi-square "
+        "test, the measurement test, and the gross errors serial elimination finds (a "
+        "biased meter or a leaking node, with its size). Exit status: 0 when every row "
+        "passes the global test, 1 when a row fails it, 2 for a bad file."
     )
     p.add_argument("--network", required=True, metavar="NET.yaml", help="the node network")
     p.add_argument("--data", required=True, metavar="DATA.csv", help="the measurements")

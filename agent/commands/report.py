@@ -108,17 +108,13 @@ def table(balances: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
-def add_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "report",
-        help="print the kept balance windows and alarms per node for a time range",
-        description=(
-            "Print the balance windows and alarm events of CONFIG's gateway kept in its state "
-            "database (for balance.retention), per node, between --from and --to. Times are "
-            "ISO 8601 (UTC unless an offset is given) or durations ago like 24h. Runs beside "
-            "the agent: the database is opened read-only. Exit status 0 when something was "
-            "found, 1 when the range holds nothing, 2 for bad input."
-        ),
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Print the balance windows and alarm events of CONFIG's gateway kept in its state "
+        "database (for balance.retention), per node, between --from and --to. Times are "
+        "ISO 8601 (UTC unless an offset is given) or durations ago like 24h. Runs beside "
+        "the agent: the database is opened read-only. Exit status 0 when something was "
+        "found, 1 when the range holds nothing, 2 for bad input."
     )
     p.add_argument("config", metavar="CONFIG", help="the agent's YAML configuration file")
     p.add_argument("--from", dest="since", default="24h", help="start (default %(default)s ago)")

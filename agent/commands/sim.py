@@ -28,11 +28,20 @@ from massgate.drivers.sim.server import Meter, SerialSlaves, Served, SimulatedSi
 from ..config import preflight
 from ..core.yamlsource import ConfigError, Problem
 from . import argtypes
+from .common import setup_logging
 
 RTU_BAUD = 115200
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve the built-in plant (tank T-100 on load cells with a Coriolis meter "
+        "on its feed, radar and hydrostatic level; a magnetic meter, temperature and pressure "
+        "transmitters on its product line) or a plant file of your own until Ctrl-C or "
+        "SIGTERM: every meter as a Modbus TCP slave, and on request as RTU slaves on a serial "
+        "line and over OPC UA. Prints an agent configuration that reads them all."
+    )
+    p.set_defaults(func=main)
     p.add_argument(
         "--plant", metavar="FILE", help="plant file to serve (default: the built-in plant)"
     )
@@ -250,7 +259,8 @@ def _serial_problem(port: str) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
     try:
         spec = load_spec(args)
     except ConfigError as exc:

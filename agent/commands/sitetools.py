@@ -203,14 +203,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "probe",
-        help="read one device once and print its decoded values (wiring check)",
-        description="Read a Modbus device once, by profile or by register, and print the raw "
+def setup_probe(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read a Modbus device once, by profile or by register, and print the raw "
         "registers next to the decoded values, with the value in the other word orders for "
         "multi-register types. massgate only reads; it never writes to a device. Exits 0 on "
-        "a reply, 1 when the device or port cannot be reached, 2 on a usage error.",
+        "a reply, 1 when the device or port cannot be reached, 2 on a usage error."
     )
     add_link_arguments(p, timeout=1.0)
     p.add_argument(
@@ -236,12 +234,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser(
-        "scan",
-        help="find the unit ids that answer on an RS-485 line or behind a gateway",
-        description="Ask each unit id for one register and list those that answer, with "
+
+def setup_scan(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Ask each unit id for one register and list those that answer, with "
         "registers or with an exception (either way a slave is there). Read only. Exits 0 "
-        "when at least one unit answered, 1 when none did or the port cannot be opened.",
+        "when at least one unit answered, 1 when none did or the port cannot be opened."
     )
     add_link_arguments(p, timeout=0.2)
     p.add_argument(

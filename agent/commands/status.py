@@ -24,14 +24,12 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status` says of a unit that is not active
 EXIT_BAD_CONFIG = 2
 
 
-def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "status",
-        help="show the running agent's devices, totals, balances, outbox and broker",
-        description="Ask the running agent (over its local status socket) how it is: each "
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Ask the running agent (over its local status socket) how it is: each "
         "device up or down with its last good poll and error counts, stream totals, node "
         "balances and alarms, outbox depth, oldest record and drops, the broker connection. "
-        "Exits 0 when the agent answered, 3 when no agent is running.",
+        "Exits 0 when the agent answered, 3 when no agent is running."
     )
     p.add_argument(
         "config",

@@ -412,7 +412,7 @@ def test_a_gas_stream_states_its_hour_in_standard_volume(tmp_path: Path):
 
 
 def test_an_unwritable_numba_cache_is_said_at_start(tmp_path: Path, monkeypatch, caplog):
-    from massgate.agent.commands import cli
+    from massgate.agent.commands import run as cli
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -1,0 +1,26 @@
+"""What several commands share: exit statuses and how a bad configuration is printed."""
+
+from __future__ import annotations
+
+import sys
+
+from ..core.yamlsource import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+
+def print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    count = len(exc.problems)
+    print(
+        f"{count} problem{'s' if count != 1 else ''} found; nothing was started.", file=sys.stderr
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    from ..runtime import journal  # noqa: PLC0415  # only the commands that log need it
+
+    journal.setup(verbose)
