@@ -18,9 +18,9 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.core.samples import Batch, Quality
-from massgate.agent.runtime.pipeline import _pollers
+from massgate.agent.runtime.pipeline import _open_pollers
 from massgate.drivers import profiles
-from massgate.drivers.modbus.poller import DevicePoller, close_buses
+from massgate.drivers.modbus.model import ModbusDevice
 from massgate.drivers.sim import plantspec
 from tests.conftest import free_port, run_async
 
@@ -98,7 +98,11 @@ def test_sim_serves_a_plant_file_over_tcp_rtu_and_opcua(tmp_path: Path):
         radar = _last(batches, f"lt100{suffix}", "level")
         hydrostatic = _last(batches, f"lt101{suffix}", "level")
         assert radar / hydrostatic == pytest.approx(1 + BIAS, abs=0.01)
-    rtu_port = config.lines[0].port
+    rtu_port = next(
+        d.link.port
+        for d in config.devices
+        if isinstance(d, ModbusDevice) and d.name.endswith("_rtu")
+    )
     assert not Path(rtu_port).exists(), "the pty pair outlived massgate sim"
 
 
@@ -111,7 +115,8 @@ def _last(batches: list[Batch], device: str, point: str) -> float:
 
 async def _read_all(config: config_module.Config) -> list[Batch]:
     batches: list[Batch] = []
-    pollers = _pollers(config, batches.append)
+    opened = _open_pollers(config, batches.append)
+    pollers = [p for o in opened for p in o.pollers]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(p.run(stop)) for p in pollers]
 
@@ -130,5 +135,6 @@ async def _read_all(config: config_module.Config) -> list[Batch]:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
+        for o in opened:
+            await o.close()
     return batches

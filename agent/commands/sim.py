@@ -25,7 +25,7 @@ from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.ptypair import PtyPair, PtyPairError
 from massgate.drivers.sim.server import Meter, SerialSlaves, Served, SimulatedSite, meters_of
 
-from ..config import preflight
+from ..core import preflight
 from ..core.yamlsource import ConfigError, Problem
 from . import argtypes
 from .common import setup_logging

@@ -8,12 +8,12 @@ import logging
 import sys
 
 from massgate.drivers import profiles
-from massgate.drivers.errors import RetryableError
+from massgate.drivers.base import RetryableError
 from massgate.drivers.modbus import codec
+from massgate.drivers.modbus.config import profile_point
 from massgate.drivers.modbus.model import BIT_TABLES, PARITIES, TABLES, Point, SerialLink, TcpLink
 from massgate.drivers.modbus.probe import probe, scan
 
-from ..config import profile_point
 from ..core import units
 from . import argtypes
 

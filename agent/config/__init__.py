@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import itertools
 import math
 import os
 import re
@@ -18,25 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from massgate.drivers import profiles
-from massgate.drivers.modbus import codec
-from massgate.drivers.modbus.model import (
-    BIT_TABLES,
-    MAX_READ_REGISTERS,
-    PARITIES,
-    TABLES,
-    ModbusDevice,
-    Point,
-    SerialLink,
-    TcpLink,
-)
-from massgate.drivers.opcua.model import MODES as UA_MODES
-from massgate.drivers.opcua.model import POLICIES as UA_POLICIES
-from massgate.drivers.opcua.model import OpcUaDevice, UaPoint, UaSecurity
+from massgate.drivers import DRIVERS, PROTOCOLS, Driver
+from massgate.drivers.base import Device
 
-from ..core import units
+from ..core import preflight, units, values
+from ..core.values import DAY, YEAR, Files
 from ..core.yamlsource import (
-    REQUIRED,
     ConfigError,
     Invalid,
     Report,
@@ -55,16 +41,11 @@ from ..core.yamlsource import (
 )
 from ..runtime.statusserver import MAX_PATH  # bytes of a Unix socket path (sun_path, less the NUL)
 from ..totalize import density as density_models
-from . import preflight
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
 
 # Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
-DAY = 86400.0
-YEAR = 365 * DAY
-MAX_POLL_INTERVAL = 3600.0  # a meter read less than hourly is not a meter the balance can use
-MAX_MODBUS_TIMEOUT = 60.0  # no slave needs longer; a longer wait stalls every slave on its bus
-MAX_UA_TIMEOUT = 300.0
+# (The drivers' own bounds are in drivers/<protocol>/config.py.)
 MAX_RETENTION = 10 * YEAR  # kept windows and records; more is a database's job, not a gateway's
 MAX_PERIOD = 31 * DAY  # windows, persistence, reminders, ages: a month at most
 MAX_OUTBOX_BYTES = 1024.0**4  # 1 TiB
@@ -76,8 +57,6 @@ MAX_SIGMA = 10.0
 MAX_KEEPALIVE = 65535.0  # s: MQTT's keep-alive is a 16-bit field
 MAX_CLIENT_ID = 128  # characters: AWS IoT's and Azure IoT Hub's limit, the strictest in use
 MAX_TOPIC_PREFIX = 128  # characters; with site and gateway names (64 each) a topic stays short
-RTU_UNIT_IDS = (1, 247)  # 0 is broadcast, which no slave answers; 248-255 are reserved
-TCP_UNIT_IDS = (0, 255)  # 255 (or 0) is what most Modbus TCP devices expect: "not used"
 
 __all__ = [
     "BrokerEndpoint",
@@ -294,8 +273,7 @@ class HealthConfig:
 class Config:
     source: Path
     gateway: GatewayConfig
-    lines: tuple[SerialLink, ...]
-    devices: tuple[ModbusDevice | OpcUaDevice, ...]
+    devices: tuple[Device, ...]
     streams: tuple[StreamConfig, ...]
     inventories: tuple[InventoryConfig, ...]
     nodes: tuple[NodeConfig, ...]
@@ -307,13 +285,6 @@ class Config:
     outbox: OutboxConfig
     mqtt: MqttConfig | None
     health: HealthConfig
-
-    def tag_unit(self, tag: str) -> units.Unit:
-        for device in self.devices:
-            for point in device.points:
-                if point.tag == tag:
-                    return units.lookup(point.unit)
-        raise KeyError(tag)
 
 
 def load(path: Path) -> Config:
@@ -329,22 +300,6 @@ def loads(text_: str, *, path: Path) -> Config:
 # --- converters ---------------------------------------------------------------------------
 
 
-def _unit_symbol(value: Any) -> str:
-    symbol = text(value)
-    try:
-        units.lookup(symbol)
-    except units.UnitError as exc:
-        raise Invalid(str(exc)) from None
-    return symbol
-
-
-def _tag(value: Any) -> str:
-    result = text(value)
-    if result.count(".") != 1 or not all(part for part in result.split(".")):
-        raise Invalid(f"'{result}' is not a tag; tags are written <device>.<point>")
-    return result
-
-
 # --- sections -----------------------------------------------------------------------------
 
 
@@ -358,18 +313,10 @@ def _build(raw: Any, path: Path) -> Config:
         return candidate if candidate.is_absolute() else base / candidate
 
     user = preflight.service_user(path)
+    files = Files(base=base, user=user)
     gateway = _gateway(root.section("gateway"), resolve, user)
-    line_sections = root.sections("lines")
-    lines = tuple(_line(s) for s in line_sections)
-    known_lines = {line.name: line for line in lines if line is not None}
-    # A line with an error of its own is reported there, not again at every device on it.
-    broken_lines = {
-        str(s.data.get("name")) for s, line in zip(line_sections, lines, strict=True) if not line
-    }
-    devices = tuple(
-        _device(s, known_lines, broken_lines, resolve, user)
-        for s in root.sections("devices", required=True)
-    )
+    parsers = _DeviceParsers(root, files)
+    devices = tuple(parsers.device(s) for s in root.sections("devices", required=True))
     streams = tuple(_stream(s) for s in root.sections("streams"))
     inventories = tuple(_inventory(s) for s in root.sections("inventories"))
     nodes = tuple(_node(s) for s in root.sections("nodes"))
@@ -441,7 +388,6 @@ def _build(raw: Any, path: Path) -> Config:
     config = Config(
         source=path,
         gateway=gateway,  # type: ignore[arg-type]  # checked by raise_if_any
-        lines=lines,
         devices=devices,
         streams=streams,  # type: ignore[arg-type]
         inventories=inventories,  # type: ignore[arg-type]
@@ -455,7 +401,7 @@ def _build(raw: Any, path: Path) -> Config:
         mqtt=mqtt,
         health=health,
     )
-    _cross_check(config, root, report)
+    _cross_check(config, root, report, parsers)
     report.raise_if_any()
     return replace(
         config, streams=tuple(_with_rollover(stream, config) for stream in config.streams)
@@ -463,17 +409,45 @@ def _build(raw: Any, path: Path) -> Config:
 
 
 def _with_rollover(stream: StreamConfig, config: Config) -> StreamConfig:
-    """A register's rollover, unless given: an integer register wraps at 2^bits counts."""
+    """A total's rollover, unless given: where its point wraps (an integer register at
+    2^bits counts; a float is taken not to wrap)."""
     if stream.mass_total is None or not math.isnan(stream.rollover):
         return stream
-    span = math.inf  # a float register is taken not to wrap
-    for device in config.devices:
-        for point in device.points:
-            if point.tag != stream.mass_total or not isinstance(point, Point):
-                continue
-            if point.type.startswith(("int", "uint")):
-                span = 2.0 ** (16 * codec.width(point.type)) * abs(point.factor)
+    span = next(
+        (p.rollover for d in config.devices for p in d.points if p.tag == stream.mass_total),
+        math.inf,
+    )
     return replace(stream, rollover=span)
+
+
+class _DeviceParsers:
+    """Each driver's parser (drivers/__init__.py), made when the file names its protocol or
+    a section it owns: the agent parses no protocol's keys itself."""
+
+    def __init__(self, root: Section, files: Files) -> None:
+        self.root, self.files = root, files
+        self.parsers: dict[str, Any] = {}
+        for driver in DRIVERS:
+            if any(root.has(key) for key in driver.sections):
+                self._parser(driver)
+
+    def _parser(self, driver: Driver) -> Any:
+        if driver.package not in self.parsers:
+            self.parsers[driver.package] = driver.config().Parser(self.root, self.files)
+        return self.parsers[driver.package]
+
+    def device(self, s: Section) -> Any:
+        device_name = s.take("name", name)
+        protocol = s.take("protocol", choice(*PROTOCOLS))
+        # An unknown protocol is read as the first driver's, so that its keys are not all
+        # reported as unknown too.
+        driver = PROTOCOLS.get(protocol, DRIVERS[0])
+        return self._parser(driver).device(s, device_name, protocol)
+
+    def cross_check(self, devices: tuple[Device, ...], where: Any, report: Report) -> None:
+        for package, parser in self.parsers.items():
+            mine = [(i, d) for i, d in enumerate(devices) if d.driver == package]
+            parser.cross_check(mine, where, report)
 
 
 def _gateway(s: Section | None, resolve: Any, user: Any) -> GatewayConfig | None:
@@ -503,333 +477,6 @@ def _check_socket(s: Section, socket: Path, user: Any) -> None:
         s.fail("socket", str(exc))
 
 
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-def _host(value: Any) -> str:
-    """A host name (RFC 1123, '_' tolerated), an IPv4 address or an IPv6 address."""
-    host = text(value)
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if ":" in bare:
-        try:
-            ipaddress.IPv6Address(bare)
-        except ValueError:
-            raise Invalid(f"'{host}' is not an IPv6 address") from None
-        return bare
-    labels = bare.removesuffix(".").split(".")
-    if labels[-1].isdigit():  # no top-level domain is numeric: this is meant as an IPv4 address
-        try:
-            ipaddress.IPv4Address(bare)
-        except ValueError:
-            raise Invalid(
-                f"'{host}' is not an IPv4 address (four numbers 0-255, like 192.0.2.10)"
-            ) from None
-        return bare
-    if len(bare) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
-        raise Invalid(f"'{host}' is not a host name or IP address")
-    return bare
-
-
-def _line(s: Section) -> SerialLink | None:
-    line_name = s.take("name", name)
-    port = s.take("port", text)
-    baudrate = s.take("baudrate", integer(300, 4_000_000), 19200)
-    parity = s.take("parity", choice(*PARITIES), "none")
-    stopbits = s.take("stopbits", integer(1, 2), 1)
-    bytesize = s.take("bytesize", integer(7, 8), 8)
-    delay = s.take("inter_frame_delay", quantity(units.TIME, minimum=0.0, maximum=1.0), None)
-    s.finish()
-    if not s.ok:
-        return None
-    return SerialLink(
-        name=line_name,
-        port=port,
-        baudrate=baudrate,
-        parity=PARITIES[parity],
-        stopbits=stopbits,
-        bytesize=bytesize,
-        inter_frame_delay=delay,
-    )
-
-
-def _device(
-    s: Section, lines: dict[str, SerialLink], broken_lines: set[str], resolve: Any, user: Any
-) -> ModbusDevice | OpcUaDevice | None:
-    device_name = s.take("name", name)
-    protocol = s.take("protocol", choice("modbus_tcp", "modbus_rtu", "opcua"))
-    if protocol == "opcua":
-        return _opcua_device(s, device_name, resolve, user)
-    link: TcpLink | SerialLink | None = None
-    unit_ids = RTU_UNIT_IDS
-    if protocol == "modbus_tcp":
-        host = s.take("host", _host)
-        port = s.take("port", integer(1, 65535), 502)
-        framing = s.take("framing", choice("tcp", "rtu"), "tcp")
-        if framing == "tcp":  # RTU frames over TCP address slaves on a serial line behind it
-            unit_ids = TCP_UNIT_IDS
-        if host is not None and port is not None and framing is not None:
-            link = TcpLink(host=host, port=port, framing=framing)
-    elif protocol == "modbus_rtu":
-        line_name = s.take("line", name)
-        if line_name is not None:
-            link = lines.get(line_name)
-            if link is None and line_name in broken_lines:
-                s.ok = False  # the line's own problem is reported where the line is
-            elif link is None:
-                known = ", ".join(sorted(lines)) or "none are defined under 'lines'"
-                s.fail("line", f"no serial line named '{line_name}' (lines: {known})")
-    unit_id = s.take("unit_id", _unit_id(protocol, unit_ids), 1)
-    poll_interval = s.take(
-        "poll_interval", quantity(units.TIME, minimum=0.01, maximum=MAX_POLL_INTERVAL), 1.0
-    )
-    timeout = s.take("timeout", quantity(units.TIME, minimum=0.01, maximum=MAX_MODBUS_TIMEOUT), 1.0)
-    retries = s.take("retries", integer(0, 10), 1)
-    max_request = s.take(
-        "max_request_registers", integer(1, MAX_READ_REGISTERS), MAX_READ_REGISTERS
-    )
-    gap_fill = s.take("gap_fill", integer(0, MAX_READ_REGISTERS), 8)
-    degrade_after = s.take("degrade_after", integer(1, 1000), 3)
-    degraded_interval = s.take(
-        "degraded_interval", quantity(units.TIME, minimum=0.01, maximum=MAX_POLL_INTERVAL), 10.0
-    )
-    stale_after = s.take("stale_after", quantity(units.TIME, positive=True, maximum=DAY), None)
-    profile_name = s.take("profile", text, None)
-
-    points: dict[str, Point] = {}
-    if profile_name is not None:
-        try:
-            profile = profiles.load(profile_name)
-        except KeyError:
-            close = difflib.get_close_matches(profile_name, profiles.names(), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            s.fail("profile", f"no device profile '{profile_name}'.{hint}")
-        else:
-            for pp in profile.points:
-                points[pp.name] = profile_point(pp, device_name)
-    # An entry under `points` with the name of a profile point replaces it (a meter whose
-    # firmware puts one value elsewhere, or in other units).
-    for ps in s.sections("points"):
-        point = _point(ps, device_name)
-        if point is not None:
-            points[point.tag.split(".", 1)[1]] = point
-    s.finish()
-    if profile_name is None and not s.has("points"):
-        s.fail(None, "a device needs a 'profile' or at least one entry under 'points'")
-    if not s.ok or link is None:
-        return None
-    return ModbusDevice(
-        name=device_name,
-        link=link,
-        unit_id=unit_id,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        retries=retries,
-        points=tuple(points.values()),
-        max_request_registers=max_request,
-        gap_fill=gap_fill,
-        degrade_after=degrade_after,
-        degraded_interval=degraded_interval,
-        stale_after=stale_after,
-    )
-
-
-def _unit_id(protocol: str | None, bounds: tuple[int, int]) -> Any:
-    low, high = bounds
-
-    def convert(value: Any) -> int:
-        unit_id = integer(0, 255)(value)
-        if not low <= unit_id <= high:
-            why = (
-                "0 is broadcast, which no slave answers"
-                if unit_id == 0
-                else "248-255 are reserved on a serial line"
-            )
-            raise Invalid(f"{unit_id} is out of range {low}..{high} for RTU framing ({why})")
-        return unit_id
-
-    return convert
-
-
-def profile_point(pp: profiles.ProfilePoint, device_name: str) -> Point:
-    """A profile's point on one device, with its scale and unit folded into SI factors."""
-    unit = units.lookup(pp.unit)
-    return Point(
-        tag=f"{device_name}.{pp.name}",
-        table=pp.table,
-        address=pp.address,
-        type=pp.type,
-        order=pp.order,
-        factor=pp.scale * unit.factor,
-        offset=pp.offset * unit.factor + unit.offset,
-        unit=pp.unit,
-        bit=pp.bit,
-    )
-
-
-def _ua_url(value: Any) -> str:
-    url = text(value)
-    parts = urlsplit(url)
-    if parts.scheme != "opc.tcp" or not parts.hostname:
-        raise Invalid(f"'{url}' is not an OPC UA address; write opc.tcp://host:port[/path]")
-    try:
-        parts.port  # noqa: B018  # raises on a port that is not 0-65535
-    except ValueError:
-        raise Invalid(f"'{url}' has an invalid port (1-65535)") from None
-    _host(parts.hostname)
-    return url
-
-
-def _ua_time(low: float, high: float) -> Any:
-    return quantity(units.TIME, minimum=low, maximum=high)
-
-
-def _opcua_device(s: Section, device_name: str, resolve: Any, user: Any) -> OpcUaDevice | None:
-    url = s.take("url", _ua_url)
-    mode = s.take("mode", choice("subscribe", "poll"), "subscribe")
-    publishing = s.take("publishing_interval", _ua_time(0.01, MAX_POLL_INTERVAL), 0.5)
-    sampling = s.take("sampling_interval", _ua_time(0.0, MAX_POLL_INTERVAL), 0.25)
-    queue_size = s.take("queue_size", integer(0, 10_000), 10)
-    deadband = s.take("deadband", number, None)
-    if deadband is not None and deadband < 0:
-        s.fail("deadband", "a deadband is 0 or more")
-    poll_interval = s.take("poll_interval", _ua_time(0.01, MAX_POLL_INTERVAL), 1.0)
-    timeout = s.take("timeout", _ua_time(0.1, MAX_UA_TIMEOUT), 4.0)
-    reconnect_max = s.take("reconnect_max", _ua_time(0.1, 3600.0), 30.0)
-    username = s.take("username", text, None)
-    password_file = s.take("password_file", resolve, None)
-    if password_file is not None:
-        try:
-            preflight.password_file(password_file, user=user)
-        except preflight.PreflightError as exc:
-            s.fail("password_file", str(exc))
-    security = UaSecurity(
-        policy="None", mode=None, certificate=None, private_key=None, server_certificate=None
-    )
-    if (sec := s.section("security", required=False)) is not None:
-        policy = sec.take("policy", choice(*UA_POLICIES))
-        sec_mode = sec.take("mode", choice(*UA_MODES), None if policy == "None" else REQUIRED)
-        certificate = sec.take("certificate", resolve, None if policy == "None" else REQUIRED)
-        private_key = sec.take("private_key", resolve, None if policy == "None" else REQUIRED)
-        server_certificate = sec.take("server_certificate", resolve, None)
-        sec.finish()
-        for key, path in (
-            ("certificate", certificate),
-            ("private_key", private_key),
-            ("server_certificate", server_certificate),
-        ):
-            if path is not None:
-                try:
-                    preflight.readable_file(path, user=user)
-                except preflight.PreflightError as exc:
-                    sec.fail(key, str(exc))
-        if sec.ok:
-            security = UaSecurity(
-                policy=policy,
-                mode=sec_mode,
-                certificate=certificate,
-                private_key=private_key,
-                server_certificate=server_certificate,
-            )
-        else:
-            s.ok = False
-    points: list[UaPoint] = []
-    for ns in s.sections("nodes", required=True):
-        point_name = ns.take("name", name)
-        node_id = ns.take("node", text)
-        unit_symbol = ns.take("unit", _unit_symbol)
-        scale = ns.take("scale", _scale, 1.0)
-        offset = ns.take("offset", number, 0.0)
-        ns.finish()
-        if not ns.ok:
-            s.ok = False
-            continue
-        unit = units.lookup(unit_symbol)
-        points.append(
-            UaPoint(
-                tag=f"{device_name}.{point_name}",
-                node_id=node_id,
-                unit=unit_symbol,
-                factor=scale * unit.factor,
-                offset=offset * unit.factor + unit.offset,
-            )
-        )
-    s.finish()
-    if password_file is not None and username is None:
-        s.fail("password_file", "a password needs a 'username'")
-    if not s.ok:
-        return None
-    return OpcUaDevice(
-        name=device_name,
-        url=url,
-        points=tuple(points),
-        mode=mode,
-        publishing_interval=publishing,
-        sampling_interval=sampling,
-        queue_size=queue_size,
-        deadband=deadband,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        security=security,
-        username=username,
-        password_file=password_file,
-        reconnect_max=reconnect_max,
-    )
-
-
-def _point(s: Section, device_name: str) -> Point | None:
-    point_name = s.take("name", name)
-    table = s.take("table", choice(*TABLES), "holding")
-    address = s.take("address", integer(0, 65535))
-    bit_table = table in BIT_TABLES
-    bit = s.take("bit", integer(0, 15), None)
-    default_type = "bool" if bit_table else ("uint16" if bit is not None else "float32")
-    type_name = s.take("type", choice("bool", *codec.TYPES), default_type)
-    order = s.take("order", choice(*codec.ORDERS), "ABCD")
-    flag = bit_table or s.has("bit") or type_name == "bool"
-    unit_symbol = s.take("unit", _unit_symbol, "flag" if flag else REQUIRED)
-    scale = s.take("scale", _scale, 1.0)
-    offset = s.take("offset", number, 0.0)
-    s.finish()
-    if not s.ok:
-        return None
-    if bit_table and type_name != "bool":
-        s.fail("type", f"a {table} is one bit: its type is 'bool', not '{type_name}'")
-        return None
-    if not bit_table and type_name == "bool":
-        s.fail(
-            "type",
-            f"'bool' is for coil and discrete tables; in a {table} register "
-            "name the flag's 'bit' (0-15) instead",
-        )
-        return None
-    if bit is not None and (bit_table or codec.width(type_name) != 1):
-        s.fail("bit", "'bit' picks a flag out of one 16-bit register (type uint16 or int16)")
-        return None
-    if type_name != "bool" and address + codec.width(type_name) > 65536:
-        s.fail("address", f"{type_name} at {address} runs past register 65535")
-        return None
-    unit = units.lookup(unit_symbol)
-    # raw → (raw·scale + offset) in the device unit → SI, folded into one multiply-add.
-    return Point(
-        tag=f"{device_name}.{point_name}",
-        table=table,
-        address=address,
-        type=type_name,
-        order=order,
-        factor=scale * unit.factor,
-        offset=offset * unit.factor + unit.offset,
-        unit=unit_symbol,
-        bit=bit,
-    )
-
-
-def _scale(value: Any) -> float:
-    result = number(value)
-    if result == 0:
-        raise Invalid("a scale of 0 makes every value zero")
-    return result
-
-
 DENSITY_MODELS = ("constant", "linear", "quadratic", "water", "api", "gas")
 API_COMMODITIES = (
     "crude",
@@ -849,9 +496,9 @@ def _density(s: Section | None) -> DensityModel | None:
     model = s.take("model", choice(*DENSITY_MODELS), "linear")
     common: dict[str, Any] = {"model": model, "temperature": None}
     if model != "constant":
-        common["temperature"] = s.take("temperature", _tag)
+        common["temperature"] = s.take("temperature", values.tag)
     if model in ("linear", "water", "api", "gas"):
-        common["pressure"] = s.take("pressure", _tag, None)
+        common["pressure"] = s.take("pressure", values.tag, None)
         common["pressure_absolute"] = s.take("pressure_absolute", boolean, False)
         common["atmosphere"] = s.take(
             "atmosphere", quantity(units.PRESSURE, minimum=50e3, maximum=120e3), 101325.0
@@ -967,9 +614,9 @@ def _molar_mass(value: Any) -> float:
 
 def _stream(s: Section) -> StreamConfig | None:
     stream_name = s.take("name", name)
-    mass_flow = s.take("mass_flow", _tag, None)
-    volume_flow = s.take("volume_flow", _tag, None)
-    mass_total = s.take("mass_total", _tag, None)
+    mass_flow = s.take("mass_flow", values.tag, None)
+    volume_flow = s.take("volume_flow", values.tag, None)
+    mass_total = s.take("mass_total", values.tag, None)
     density = _density(s.section("density", required=volume_flow is not None))
     accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True, maximum=MAX_ACCURACY))
     max_gap = s.take("max_gap", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
@@ -1037,8 +684,8 @@ def _meter_factor(value: Any) -> float:
 
 def _inventory(s: Section) -> InventoryConfig | None:
     inventory_name = s.take("name", name)
-    level = s.take("level", _tag, None)
-    mass = s.take("mass", _tag, None)
+    level = s.take("level", values.tag, None)
+    mass = s.take("mass", values.tag, None)
     area = s.take("area", quantity(units.AREA, positive=True), None)
     strapping = _strapping(s.section("strapping", required=False))
     density = None
@@ -1222,7 +869,7 @@ def _calendar_or_batch(s: Section) -> dict[str, Any]:
         s.finish(("batch", "calendar", "timezone"))
         return {}
     if s.has("batch"):
-        tag = s.take("batch", _tag)
+        tag = s.take("batch", values.tag)
         s.finish()
         return {"window_kind": BATCH, "batch_tag": tag, "window": math.nan} if s.ok else {}
     times = s.take("calendar", _clock_times)
@@ -1342,7 +989,7 @@ def _broker(value: Any) -> BrokerEndpoint:
         raise Invalid(f"'{value}' has an invalid port") from None
     if port == 0:
         raise Invalid(f"'{value}' has an invalid port (1-65535)")
-    host = _host(url.hostname)
+    host = values.host(url.hostname)
     tls = url.scheme == "mqtts"
     return BrokerEndpoint(host=host, port=port or (8883 if tls else 1883), tls=tls)
 
@@ -1450,7 +1097,7 @@ def _mqtt(s: Section, resolve: Any, default_client_id: str, user: Any) -> MqttCo
 # --- cross-object checks ------------------------------------------------------------------
 
 
-def _cross_check(config: Config, root: Section, report: Report) -> None:
+def _cross_check(config: Config, root: Section, report: Report, parsers: _DeviceParsers) -> None:
     def where(section: str, index: int, key: str | None = None) -> tuple[int, str]:
         items = root.data.get(section)
         entry = items[index] if items is not None else None
@@ -1470,48 +1117,13 @@ def _cross_check(config: Config, root: Section, report: Report) -> None:
                 )
             seen.setdefault(item.name, i)
 
-    unique("lines", config.lines)
-    ports: dict[str, int] = {}
-    for i, line in enumerate(config.lines):
-        if line.port in ports:
-            report.add(
-                *where("lines", i, "port"),
-                f"{line.port} is already lines[{ports[line.port]}]; one port is one line",
-            )
-        ports.setdefault(line.port, i)
     unique("devices", config.devices)
     unique("streams", config.streams)
     unique("inventories", config.inventories)
     unique("nodes", config.nodes)
 
-    tags: dict[str, str] = {}
-    for i, device in enumerate(config.devices):
-        for point in device.points:
-            tags[point.tag] = point.unit
-        if isinstance(device, ModbusDevice):
-            _check_overlaps(device, *where("devices", i), report)
-    endpoints: dict[tuple[str, int], int] = {}
-    framings: dict[str, tuple[str, int]] = {}
-    for i, device in enumerate(config.devices):
-        if not isinstance(device, ModbusDevice):
-            continue
-        link = device.link
-        if isinstance(link, TcpLink):
-            framing, first = framings.setdefault(link.key, (link.framing, i))
-            if framing != link.framing:
-                report.add(
-                    *where("devices", i, "framing"),
-                    f"devices[{first}] reads {link.host}:{link.port} with '{framing}' framing; "
-                    "one endpoint speaks one framing",
-                )
-        endpoint = (link.key, device.unit_id)
-        if endpoint in endpoints:
-            report.add(
-                *where("devices", i, "unit_id"),
-                f"{device.endpoint} is already polled as devices[{endpoints[endpoint]}]; "
-                "put all its points in one device",
-            )
-        endpoints.setdefault(endpoint, i)
+    tags = {point.tag: point.unit for device in config.devices for point in device.points}
+    parsers.cross_check(config.devices, where, report)
 
     def check_tag(section: str, index: int, key: str, tag: str | None, dimension: str) -> None:
         if tag is None:
@@ -1653,31 +1265,3 @@ def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:
 
 def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(x for g in groups for x in g))
-
-
-def _check_overlaps(device: ModbusDevice, line: int, path: str, report: Report) -> None:
-    """Two values in the same registers are a typo, except flags picked out of a register."""
-    by_table: dict[str, list[Point]] = {}
-    flags: dict[tuple[str, int, int], Point] = {}
-    for point in device.points:
-        if point.bit is None:
-            by_table.setdefault(point.table, []).append(point)
-            continue
-        other = flags.setdefault((point.table, point.address, point.bit), point)
-        if other is not point:
-            report.add(
-                line,
-                path,
-                f"points '{other.tag}' and '{point.tag}' are both bit {point.bit} of "
-                f"{point.table} {point.address}",
-            )
-    for table, points in by_table.items():
-        points.sort(key=lambda p: p.address)
-        for a, b in itertools.pairwise(points):
-            if b.address < a.end:
-                report.add(
-                    line,
-                    path,
-                    f"points '{a.tag}' ({table} {a.address}..{a.end - 1}) and "
-                    f"'{b.tag}' ({table} {b.address}..{b.end - 1}) overlap",
-                )

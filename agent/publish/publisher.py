@@ -45,7 +45,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ..config import BrokerEndpoint, MqttConfig, preflight
+from ..config import BrokerEndpoint, MqttConfig
+from ..core import preflight
 from ..core.records import topic, utc
 from ..store.outbox import Message, Outbox
 
@@ -74,7 +75,7 @@ NOT_SENT = "not sent"  # paho did not take the message: taken again at once, not
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
-    """The context `massgate check` built from the same files (agent/config/preflight.py)."""
+    """The context `massgate check` built from the same files (agent/core/preflight.py)."""
     return preflight.tls_context(
         ca_file=config.ca_file, client_cert=config.client_cert, client_key=config.client_key
     )

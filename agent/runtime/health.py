@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from massgate.drivers.poller import Poller
+from massgate.drivers.base import Poller
 
 from ..core.records import num, utc
 

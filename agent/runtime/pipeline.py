@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import sqlite3
 import ssl
 import time
@@ -22,17 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from massgate.drivers.errors import FatalError
+from massgate.drivers import BY_PACKAGE
+from massgate.drivers.base import FatalError, Opened, Poller
 from massgate.drivers.health import DeviceHealth
-from massgate.drivers.modbus.model import ModbusDevice
-from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
-from massgate.drivers.opcua.model import OpcUaDevice
-from massgate.drivers.poller import Poller
 
 from ..balance import audit
 from ..balance.nodes import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
 from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
-from ..config import Config, node_terms, preflight
+from ..config import Config, node_terms
+from ..core import preflight
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..core.yamlsource import ConfigError
@@ -342,6 +339,7 @@ class Agent:
     health: dict[str, Any] = field(default_factory=dict)  # the latest snapshot, replaced whole
     reload_error: str | None = None
     locks: StateLocks | None = None
+    opened: list[Opened] = field(default_factory=list)  # by driver: what closes after polling
     # Restarts of supervised tasks after an unexpected exception, by task name.
     restarts: dict[str, int] = field(default_factory=dict)
 
@@ -456,7 +454,8 @@ async def _run(
         outbox.on_reset = lambda: outbox_reset_record(outbox)
         gateway = Gateway(config, outbox, carried=carried.streams)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
-        pollers = _pollers(config, batches.put_nowait)
+        opened = _open_pollers(config, batches.put_nowait)
+        pollers = [poller for o in opened for poller in o.pollers]
         _carry_health(pollers, carried.devices)
         publisher = None
         if config.mqtt is not None and config.mqtt.brokers:
@@ -479,7 +478,7 @@ async def _run(
             carried.link = publisher.status
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
-        agent = Agent(config, gateway, outbox, pollers, publisher, started=started)
+        agent = Agent(config, gateway, outbox, pollers, publisher, started=started, opened=opened)
         agent.reload_error = refused
         agent.locks = locks
         if publisher is not None:
@@ -609,7 +608,8 @@ async def _pipeline(
         if late:
             log.warning("stopping: %d pollers did not stop in time and were cancelled", len(late))
             await asyncio.gather(*late, return_exceptions=True)
-        await close_buses([p for p in pollers if isinstance(p, DevicePoller)])
+        for drivers in agent.opened:
+            await drivers.close()
         try:
             _process(agent, batches, final=True)
         except Exception:  # the last cycle too: logged, and the stop goes on
@@ -688,12 +688,10 @@ def _preflight(agent: Agent, new: Config) -> str | None:
                 connection.close()
         if new.health.metrics is not None and new.health.metrics != old.health.metrics:
             _try_bind(*new.health.metrics)
-        old_ports = {line.port for line in old.lines}
-        for line in new.lines:
-            used = any(isinstance(d, ModbusDevice) and d.link == line for d in new.devices)
-            if used and line.port not in old_ports and not os.access(line.port, os.R_OK | os.W_OK):
-                what = "does not exist" if not os.path.exists(line.port) else "cannot be opened"
-                return f"serial port {line.port} (lines: {line.name}) {what}"
+        for package in sorted({d.driver for d in new.devices}):
+            problem = BY_PACKAGE[package].config().start_problem(new.devices, old.devices)
+            if problem is not None:
+                return str(problem)
     except _REFUSALS as exc:
         return _why(exc)
     except Exception as exc:  # AlreadyRunning and whatever a library raises: refuse, not die
@@ -774,16 +772,14 @@ def outbox_reset_record(outbox: Outbox) -> None:
     outbox.put([Record("alarm", body, now)])
 
 
-def _pollers(config: Config, emit: Callable[[Batch], None]) -> list[Poller]:
-    modbus = tuple(d for d in config.devices if isinstance(d, ModbusDevice))
-    pollers: list[Poller] = list(pollers_for(modbus, emit=emit))
-    opcua = [d for d in config.devices if isinstance(d, OpcUaDevice)]
-    if opcua:
-        # asyncua takes a second to import on a Raspberry Pi: only when a device needs it.
-        from massgate.drivers.opcua.client import OpcUaPoller  # noqa: PLC0415
-
-        pollers.extend(OpcUaPoller(d, emit=emit) for d in opcua)
-    return pollers
+def _open_pollers(config: Config, emit: Callable[[Batch], None]) -> list[Opened]:
+    """Each driver the configuration uses, and only those: asyncua takes a second to import
+    on a Raspberry Pi, pymodbus half of one."""
+    opened: list[Opened] = []
+    for package in dict.fromkeys(d.driver for d in config.devices):
+        mine = [d for d in config.devices if d.driver == package]
+        opened.append(BY_PACKAGE[package].open_pollers()(mine, emit=emit))
+    return opened
 
 
 RESTART_FIRST = 1.0  # s before a task that raised is started again; doubles ...

@@ -26,7 +26,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from ..errors import RetryableError
+from ..base import RetryableError
 from .model import BIT_TABLES, SerialLink, TcpLink
 
 log = logging.getLogger(__name__)

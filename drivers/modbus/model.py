@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import codec
@@ -42,6 +43,14 @@ class Point:
     def end(self) -> int:
         """One past the last register of this point."""
         return self.address + self.width
+
+    @property
+    def rollover(self) -> float:
+        """Where a running total read from this point wraps: an integer register at 2^bits
+        counts (in SI units); a float register is taken not to wrap."""
+        if self.type.startswith(("int", "uint")):
+            return 2.0 ** (16 * codec.width(self.type)) * abs(self.factor)
+        return math.inf
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +118,10 @@ class ModbusDevice:
     # Identical raw replies for this long mark the values STALE (a frozen transmitter or a
     # converter that answers from its cache). None: never.
     stale_after: float | None = None
+
+    @property
+    def driver(self) -> str:
+        return "modbus"
 
     @property
     def endpoint(self) -> str:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from massgate.agent.core.samples import Batch, Quality
 
-from ..errors import FatalError, RetryableError
+from ..base import Device, FatalError, Opened, RetryableError
 from ..health import DeviceHealth
 from . import codec
 from .bus import Bus, ExceptionReply, Garbled, NoReply
@@ -231,3 +232,9 @@ def pollers_for(
 async def close_buses(pollers: list[DevicePoller]) -> None:
     for bus in {id(p.bus): p.bus for p in pollers}.values():
         await bus.close()
+
+
+def open_pollers(devices: Sequence[Device], *, emit: Callable[[Batch], None]) -> Opened:
+    """The registry's entry (drivers/__init__.py): pollers, and the buses closed after them."""
+    pollers = pollers_for(tuple(d for d in devices if isinstance(d, ModbusDevice)), emit=emit)
+    return Opened(list(pollers), functools.partial(close_buses, pollers))

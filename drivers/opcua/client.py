@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from cryptography import x509
 
 from massgate.agent.core.samples import Batch, Quality
 
-from ..errors import FatalError
+from ..base import Device, FatalError, Opened
 from ..health import DeviceHealth
 from .model import OpcUaDevice, UaPoint
 
@@ -433,3 +433,9 @@ def _application_uri(certificate: Path, default: str) -> str:
         return default
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else default
+
+
+def open_pollers(devices: Sequence[Device], *, emit: Callable[[Batch], None]) -> Opened:
+    """The registry's entry (drivers/__init__.py): one session per device, each closed by its
+    own poller."""
+    return Opened([OpcUaPoller(d, emit=emit) for d in devices if isinstance(d, OpcUaDevice)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,11 @@ class UaPoint:
     unit: str
     factor: float
     offset: float
+
+    @property
+    def rollover(self) -> float:
+        """A variable is read as a number, taken not to wrap."""
+        return math.inf
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +55,10 @@ class OpcUaDevice:
     username: str | None = None
     password_file: Path | None = None
     reconnect_max: float = 30.0  # s, cap of the reconnect backoff
+
+    @property
+    def driver(self) -> str:
+        return "opcua"
 
     @property
     def endpoint(self) -> str:

@@ -15,7 +15,7 @@ import pytest
 from massgate.agent import config as config_module
 from massgate.agent.publish.publisher import BrokerLink, Publisher, _Events
 from massgate.agent.runtime.health import Progress
-from massgate.agent.runtime.pipeline import _pollers
+from massgate.agent.runtime.pipeline import _open_pollers
 from massgate.agent.store.outbox import Outbox
 from tests.conftest import free_port, mqtt_config
 
@@ -30,7 +30,7 @@ def _pollers_of(tmp_path: Path, count: int) -> list:
     )
     path = tmp_path / "m.yaml"
     path.write_text(f"gateway: {{site: s, id: g, state_dir: {tmp_path}}}\ndevices:\n{devices}\n")
-    return _pollers(config_module.load(path), lambda b: None)
+    return [p for o in _open_pollers(config_module.load(path), lambda b: None) for p in o.pollers]
 
 
 def test_fed_while_some_poller_finishes_polls(tmp_path: Path, caplog: pytest.LogCaptureFixture):

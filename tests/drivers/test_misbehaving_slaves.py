@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from massgate.agent.core.samples import Batch, Quality
-from massgate.drivers.errors import FatalError
+from massgate.drivers.base import FatalError
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 from massgate.drivers.sim.ptypair import PtyPair
 from tests.conftest import run_async

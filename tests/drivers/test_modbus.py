@@ -14,7 +14,7 @@ import yaml
 from massgate.agent import config as cfg
 from massgate.agent.core.samples import Quality
 from massgate.drivers import profiles
-from massgate.drivers.errors import FatalError
+from massgate.drivers.base import FatalError
 from massgate.drivers.modbus import codec
 from massgate.drivers.modbus.model import ModbusDevice, Point, TcpLink
 from massgate.drivers.modbus.planner import plan

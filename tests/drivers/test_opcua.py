@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from massgate.agent.core.samples import Batch, Quality
-from massgate.drivers.errors import FatalError
+from massgate.drivers.base import FatalError
 from massgate.drivers.opcua.client import OpcUaPoller
 from massgate.drivers.opcua.model import OpcUaDevice
 from massgate.drivers.sim.faults import Fault

@@ -1,0 +1,76 @@
+"""What every driver offers the runtime, whatever its protocol, and the two ways it can fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .health import DeviceHealth
+
+
+class RetryableError(Exception):
+    """The device or link may recover: no reply, timeout, busy, connection refused."""
+
+
+class FatalError(Exception):
+    """Retrying cannot help: the configuration asks for something the device does not have."""
+
+
+class Point(Protocol):
+    """One value a device gives: its tag (<device>.<point>), its unit, where a total wraps."""
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    @property
+    def rollover(self) -> float: ...
+
+
+class Device(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def driver(self) -> str:
+        """The package in drivers/ that reads it (the registry's key)."""
+        ...
+
+    @property
+    def points(self) -> tuple[Point, ...]: ...
+
+
+class Poller(Protocol):
+    health: DeviceHealth
+
+    @property
+    def device(self) -> Device: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def polls(self) -> int: ...
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read until `stop` is set; raise FatalError only when retrying cannot help."""
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A driver's pollers for the devices of one configuration, and how to let go of what they
+    share (a serial line, a TCP connection) once every poller has stopped."""
+
+    pollers: list[Poller]
+    close: Callable[[], Awaitable[None]] = _nothing
