@@ -40,11 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
-from sqlite_utils.db import DescIndex
-
 from ..core import clock
 from ..core.records import SCHEMA_VERSION, Priority, Record, topic, utc
+from . import db
+from .db import SeqMark, damaged, disk_full, quick_check
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,6 @@ def first_seq() -> int:
     return int(time.time() * 1_000_000)
 
 
-def disk_full(exc: BaseException) -> bool:
-    """SQLITE_FULL: the disk (or the database's page limit) has no room."""
-    return isinstance(exc, sqlite3.OperationalError) and (
-        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        or "database or disk is full" in str(exc)
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Message:
     seq: int
@@ -85,18 +76,8 @@ class Message:
     payload: bytes
 
 
-QUICK_CHECK_SECONDS = 10.0  # the start-up integrity check's time budget
 SEQ_BLOCK = 10_000  # sequence numbers reserved at once: one fsync of the mark per block
 T = TypeVar("T")
-
-
-def damaged(exc: BaseException) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB: the file itself is damaged, not the request."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    text = str(exc)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
-        "malformed" in text or "not a database" in text or "integrity check failed" in text
-    )
 
 
 # A change of wall minus monotonic time beyond this is a step of the clock, not drift.
@@ -144,6 +125,7 @@ class Outbox:
         self._reserved = 0  # sequence numbers up to here may have been issued (the mark)
         self._reserved_db = 0  # ... as the database itself last recorded it
         self._topics: dict[str, str] = {}
+        self._mark = SeqMark(self.path) if self.path != ":memory:" else None
         self.evictions = 0  # goes up whenever records are dropped, so readers re-take
         self.conn = self._open()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
@@ -187,26 +169,7 @@ class Outbox:
         return conn
 
     def _probe(self, conn: sqlite3.Connection) -> None:
-        """PRAGMA quick_check, bounded in time (a 1 GB file on an SD card takes minutes):
-        what it has not reached by then is checked as it is used (see _guarded)."""
-        deadline = time.monotonic() + QUICK_CHECK_SECONDS
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-        try:
-            rows = conn.execute("PRAGMA quick_check(3)").fetchall()
-        except sqlite3.OperationalError as exc:
-            if "interrupt" not in str(exc):
-                raise
-            log.info(
-                "outbox %s: the integrity check stopped after %g s; the rest is checked as "
-                "it is read",
-                self.path,
-                QUICK_CHECK_SECONDS,
-            )
-            rows = [("ok",)]
-        finally:
-            conn.set_progress_handler(None, 0)
-        if rows != [("ok",)]:
-            raise sqlite3.DatabaseError(f"integrity check failed: {rows[0][0]}")
+        quick_check(conn, self.path)
         conn.execute("SELECT stream, state FROM totals").fetchall()
         conn.execute("SELECT key, value FROM meta").fetchall()
 
@@ -231,7 +194,7 @@ class Outbox:
         reservation: its next numbers may have been published with other records, and a
         consumer that de-duplicates by (epoch, seq) would throw the new ones away.
         """
-        mark = self._read_mark()
+        mark = self._mark.read() if self._mark is not None else None
         if mark is None or self._created:
             return
         epoch, reserved = mark
@@ -265,29 +228,14 @@ class Outbox:
             self._count,
         )
 
-    def _mark_path(self) -> Path:
-        return Path(self.path + ".seq")
-
-    def _read_mark(self) -> tuple[str, int] | None:
-        if self.path == ":memory:":
-            return None
-        try:
-            data = json.loads(self._mark_path().read_text(encoding="utf-8"))
-            return str(data["epoch"]), int(data["reserved"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("outbox: the sequence mark %s is unreadable (%s)", self._mark_path(), exc)
-            return None
-
     def _reserve(self, end: int) -> None:
         """Record, durably and before they are used, that numbers below `end` may be issued."""
         if end <= self._reserved:
             return
         reserved = end + SEQ_BLOCK
-        if self.path != ":memory:":
+        if self._mark is not None:
             try:
-                self._write_mark(reserved)
+                self._mark.write(self.epoch, reserved)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     # As a full disk for SQLite: the records are held until there is room.
@@ -297,24 +245,10 @@ class Outbox:
                 log.warning(
                     "outbox: cannot write the sequence mark %s (%s): a restored backup of the "
                     "database would not be noticed",
-                    self._mark_path(),
+                    self._mark.path,
                     exc.strerror or exc,
                 )
         self._reserved = reserved
-
-    def _write_mark(self, reserved: int) -> None:
-        path = self._mark_path()
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump({"epoch": self.epoch, "reserved": reserved}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     # --- damage found while running --------------------------------------------------------
 
@@ -369,49 +303,8 @@ class Outbox:
             return action()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn = db.connect(self.path)
         try:
-            conn.execute("PRAGMA synchronous=FULL")
-            db = sqlite_utils.Database(conn, execute_plugins=False)
-            db.enable_wal()
-            db.table("outbox").create(
-                {
-                    "seq": int,
-                    "priority": int,
-                    "kind": str,
-                    "payload": bytes,
-                    "created": float,
-                    "size": int,
-                },
-                pk="seq",
-                not_null={"priority", "kind", "payload", "created", "size"},
-                if_not_exists=True,
-            )
-            db.table("outbox").create_index(
-                ["priority", "seq"], index_name="outbox_evict", if_not_exists=True
-            )
-            db.table("outbox").create_index(
-                [DescIndex("priority"), "seq"], index_name="outbox_send", if_not_exists=True
-            )
-            # The oldest record of each priority, for max-age expiry and the oldest age the
-            # status shows every second: both run on the event loop, and the backlog is
-            # largest during an outage, exactly when they run.
-            db.table("outbox").create_index(
-                ["priority", "created"], index_name="outbox_age", if_not_exists=True
-            )
-            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db.table("totals").create(
-                {"stream": str, "state": str, "updated": float}, pk="stream", if_not_exists=True
-            )
-            db.table("archive").create(
-                {"seq": int, "kind": str, "created": float, "payload": bytes},
-                pk="seq",
-                not_null={"kind", "created", "payload"},
-                if_not_exists=True,
-            )
-            db.table("archive").create_index(
-                ["kind", "created"], index_name="archive_kind", if_not_exists=True
-            )
             conn.execute("BEGIN IMMEDIATE")
             start = str(first_seq())
             made = conn.execute(
