@@ -22,6 +22,7 @@ SERVICE_USER = "massgate"
 # Pseudo file systems: nothing there is storage.
 PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path, less its NUL)
 
 
 class PreflightError(ValueError):

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Path length limit of sun_path on Linux, less the NUL.
-MAX_PATH = 107
+from ..core.preflight import MAX_SOCKET_PATH  # sun_path on Linux, less the NUL
 
 
 class StatusUnavailable(OSError):
@@ -68,9 +67,9 @@ class StatusServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        if len(os.fsencode(self.path)) > MAX_PATH:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             raise OSError(
-                f"status socket path {self.path} is longer than {MAX_PATH} bytes; "
+                f"status socket path {self.path} is longer than {MAX_SOCKET_PATH} bytes; "
                 "set health.socket to a shorter path"
             )
         # We hold the state lock: a socket file here was left by an agent that was killed.

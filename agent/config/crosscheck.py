@@ -1,0 +1,127 @@
+"""What no single section shows: names used twice, tags that no device has or have the wrong
+unit, nodes that name what does not exist or contain each other."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from ..core import units
+from ..core.yamlsource import (
+    Report,
+    Section,
+)
+from .devices import DeviceParsers
+from .model import Config, NodeCycle
+from .nodes import node_terms
+
+
+def cross_check(config: Config, root: Section, report: Report, parsers: DeviceParsers) -> None:
+    def where(section: str, index: int, key: str | None = None) -> tuple[int, str]:
+        items = root.data.get(section)
+        entry = items[index] if items is not None else None
+        path = f"{section}[{index}]"
+        line = items.item_lines[index] if items is not None else 1
+        if key is not None and entry is not None and key in entry.key_lines:
+            return entry.key_lines[key], f"{path}.{key}"
+        return line, path
+
+    def unique(section: str, items: tuple[Any, ...]) -> None:
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                report.add(
+                    *where(section, i, "name"),
+                    f"'{item.name}' is already used by {section}[{seen[item.name]}]",
+                )
+            seen.setdefault(item.name, i)
+
+    unique("devices", config.devices)
+    unique("streams", config.streams)
+    unique("inventories", config.inventories)
+    unique("nodes", config.nodes)
+
+    tags = {point.tag: point.unit for device in config.devices for point in device.points}
+    parsers.cross_check(config.devices, where, report)
+
+    def check_tag(section: str, index: int, key: str, tag: str | None, dimension: str) -> None:
+        if tag is None:
+            return
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, list(tags), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            report.add(*where(section, index, key), f"no device point '{tag}'.{hint}")
+            return
+        unit = units.lookup(tags[tag])
+        if unit.dimension != dimension:
+            report.add(
+                *where(section, index, key),
+                f"'{tag}' is in {tags[tag]} ({unit.dimension}), but a {dimension} is needed here",
+            )
+
+    for i, stream in enumerate(config.streams):
+        check_tag("streams", i, "mass_flow", stream.mass_flow, units.MASS_FLOW)
+        check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
+        check_tag("streams", i, "mass_total", stream.mass_total, units.MASS)
+        if stream.density is not None:
+            check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
+            check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)
+    for i, inventory in enumerate(config.inventories):
+        check_tag("inventories", i, "level", inventory.level, units.LENGTH)
+        check_tag("inventories", i, "mass", inventory.mass, units.MASS)
+        if inventory.density is not None:
+            density = inventory.density
+            check_tag("inventories", i, "density", density.temperature, units.TEMPERATURE)
+            check_tag("inventories", i, "density", density.pressure, units.PRESSURE)
+
+    stream_names = {s.name for s in config.streams}
+    inventory_names = {v.name for v in config.inventories}
+    node_names = {n.name for n in config.nodes}
+    for i, node in enumerate(config.nodes):
+        for key, wanted, known in (
+            ("inputs", node.inputs, stream_names),
+            ("outputs", node.outputs, stream_names),
+            ("generation", node.generation, stream_names),
+            ("consumption", node.consumption, stream_names),
+            ("inventories", node.inventories, inventory_names),
+            ("nodes", node.nodes, node_names),
+        ):
+            for item in wanted:
+                if item not in known:
+                    kind = {"inventories": "inventory", "nodes": "node"}.get(key, "stream")
+                    report.add(*where("nodes", i, key), f"no {kind} named '{item}'")
+        roles = [*node.inputs, *node.outputs, *node.generation, *node.consumption]
+        twice = sorted({r for r in roles if roles.count(r) > 1})
+        if twice:
+            report.add(
+                *where("nodes", i, "outputs"),
+                f"{twice} can be only one of input, output, generation, consumption of a node",
+            )
+        if not math.isfinite(node.tolerance_sigma) or node.tolerance_sigma < 0:
+            report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
+        if node.batch_tag is not None and node.batch_tag not in tags:
+            close = difflib.get_close_matches(node.batch_tag, list(tags), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            report.add(*where("nodes", i, "window"), f"no device point '{node.batch_tag}'.{hint}")
+    if report.problems:
+        return
+    try:
+        terms = node_terms(config.nodes)
+    except NodeCycle as exc:
+        index = next(i for i, n in enumerate(config.nodes) if n.name == exc.node)
+        report.add(*where("nodes", index, "nodes"), str(exc))
+        return
+    if config.reconciliation is not None:
+        leaves = [n for n in config.nodes if not n.nodes]
+        from ..balance.reconcile import network_of  # noqa: PLC0415
+
+        try:
+            network_of(
+                [n.name for n in leaves],
+                {n.name: terms[n.name].inputs for n in leaves},
+                {n.name: terms[n.name].outputs for n in leaves},
+            )
+        except ValueError as exc:
+            line = root.data.key_lines.get("balance", 1)
+            report.add(line, "balance.reconciliation", f"the nodes do not form a network: {exc}")

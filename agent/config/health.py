@@ -1,0 +1,47 @@
+"""The `health` section's checks: the status socket's path and the metrics endpoint."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from ..core import preflight
+from ..core.preflight import MAX_SOCKET_PATH
+from ..core.yamlsource import (
+    Invalid,
+    Section,
+    text,
+)
+
+
+def check_socket(s: Section, socket: Path, user: Any) -> None:
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        s.fail("socket", f"{socket} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket path)")
+        return
+    try:
+        preflight.writable_dir(socket.parent, user=user)
+    except preflight.PreflightError as exc:
+        s.fail("socket", str(exc))
+
+
+def loopback_address(value: Any) -> tuple[str, int]:
+    """host:port of the metrics endpoint; only a loopback address (it has no authentication)."""
+    host, sep, port_text = text(value).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise Invalid(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Invalid(
+            f"{host} is not a loopback address: the metrics endpoint has no authentication, "
+            "so it listens on 127.0.0.1 or ::1 only (put a reverse proxy with TLS in front "
+            "to reach it from elsewhere)"
+        )
+    return host, int(port_text)

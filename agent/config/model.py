@@ -1,0 +1,300 @@
+"""The typed configuration: frozen objects made once by load(), and the bounds of what the
+file may say, each with its reason (config.example.yaml repeats them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from massgate.drivers.base import Device
+
+from ..core.values import DAY, YEAR
+from ..totalize import density as density_models
+
+STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
+
+
+# Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
+# (The drivers' own bounds are in drivers/<protocol>/config.py.)
+MAX_RETENTION = 10 * YEAR  # kept windows and records; more is a database's job, not a gateway's
+
+
+MAX_PERIOD = 31 * DAY  # windows, persistence, reminders, ages: a month at most
+
+
+MAX_OUTBOX_BYTES = 1024.0**4  # 1 TiB
+
+
+MAX_DRAIN_RATE = 1e6  # messages/s, far beyond any broker link
+
+
+MAX_ACCURACY = 0.5  # a meter rated worse than ±50 % is not measuring
+
+
+MAX_DENSITY = 25_000.0  # kg/m³: the densest element (osmium) is 22,590
+
+
+MAX_EXPANSION = 0.01  # 1/K: no liquid expands 1 % per kelvin
+
+
+MAX_SIGMA = 10.0
+
+
+MAX_KEEPALIVE = 65535.0  # s: MQTT's keep-alive is a 16-bit field
+
+
+MAX_CLIENT_ID = 128  # characters: AWS IoT's and Azure IoT Hub's limit, the strictest in use
+
+
+MAX_TOPIC_PREFIX = 128  # characters; with site and gateway names (64 each) a topic stays short
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    site: str
+    id: str
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DensityModel:
+    """How a volume becomes a mass: one of the models of agent/totalize/density.py.
+
+    `reference` is the nominal density (kg/m³) for tolerances and cut-offs whatever the model:
+    ρ_ref of constant/linear/quadratic, the base density of API 11.1, water at 20 °C and
+    1 atm, a gas at 15 °C and 1 atm.
+    """
+
+    reference: float  # kg/m³
+    reference_temperature: float  # K
+    expansion: float  # 1/K
+    temperature: str | None  # tag
+    model: str = "linear"  # constant | linear | quadratic | water | api | gas
+    expansion2: float = 0.0  # 1/K², quadratic
+    pressure: str | None = None  # tag, gauge pressure unless pressure_absolute
+    pressure_absolute: bool = False
+    atmosphere: float = 101325.0  # Pa, added to a gauge pressure where absolute is needed
+    commodity: str = "crude"  # api
+    base: str = "60F"  # api: 60F | 15C
+    alpha60: float | None = None  # api special applications, 1/°F
+    molar_mass: float = 0.0  # gas, kg/mol
+    z: float | None = None  # gas: a fixed compressibility factor ...
+    critical_temperature: float = 0.0  # ... or the virial model from these, K
+    critical_pressure: float = 0.0  # Pa
+    acentric_factor: float = 0.0
+    compressibility: float = 0.0  # linear: κ in ρ = ρ_T / (1 − κ·P_gauge), 1/Pa
+    standard_temperature: float = 288.15  # gas: the conditions of "standard volume", K
+    standard_pressure: float = 101325.0  # Pa, absolute
+
+    @property
+    def standard_density(self) -> float:
+        """kg/m³ at the conditions a standard volume is stated at.
+
+        A liquid's reference (base) density; a gas at standard_temperature and
+        standard_pressure, by the virial model when configured and ideal otherwise (a fixed Z
+        belongs to the line conditions, not to standard ones).
+        """
+        if self.model != "gas":
+            return self.reference
+        if self.z is None:
+            return density_models.gas_virial(
+                self.standard_temperature,
+                self.standard_pressure,
+                molar_mass=self.molar_mass,
+                critical_temperature=self.critical_temperature,
+                critical_pressure=self.critical_pressure,
+                acentric_factor=self.acentric_factor,
+            ).value
+        return density_models.gas(
+            self.standard_temperature, self.standard_pressure, molar_mass=self.molar_mass, z=1.0
+        ).value
+
+
+REVERSE_MODES = ("separate", "ignore")
+
+
+# An SD card's worth: a week of a busy gateway's records, a small share of a 16 GB card.
+DEFAULT_OUTBOX_BYTES = 256 * 1024 * 1024
+
+
+# Messages/s a backlog drains at: a week of a typical gateway's records in minutes, while 50
+# gateways coming back together stay within what one Mosquitto absorbs.
+DEFAULT_DRAIN_RATE = 1000.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamConfig:
+    """One meter's stream. Exactly one of mass_flow, volume_flow and mass_total is set."""
+
+    name: str
+    mass_flow: str | None  # tag, kg/s
+    volume_flow: str | None  # tag, m³/s
+    density: DensityModel | None
+    accuracy: float  # relative, stated as the meter's rated (≈2σ) accuracy
+    low_flow_cutoff: float  # in SI of the flow signal
+    max_gap: float  # s
+    mass_total: str | None = None  # tag of the meter's own totalizer register, kg
+    rollover: float = math.inf  # kg at which that register wraps to zero
+    max_flow: float = math.inf  # kg/s the meter can deliver: a larger register step is a fault
+    meter_factor: float = 1.0  # from the meter's proving: true = indicated × factor
+    reverse: str = "separate"  # separate: own total, subtracted in balances | ignore
+
+    @property
+    def flow_tag(self) -> str:
+        tag = self.mass_flow or self.volume_flow or self.mass_total
+        assert tag is not None
+        return tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryConfig:
+    """Mass in a vessel: ρ · A · level, ρ · strapping(level), or load cells' mass directly."""
+
+    name: str
+    level: str | None  # tag, m
+    area: float | None  # m², a vertical tank of constant cross-section ...
+    density: DensityModel | None
+    accuracy: float  # rated (≈2σ) accuracy: m of level, or kg on load cells
+    max_age: float  # s
+    strapping: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # ... or (m, m³)
+    mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
+
+
+ROLLING, CALENDAR, BATCH = "rolling", "calendar", "batch"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """A system boundary. Its terms are its own plus, for a node that contains nodes, theirs.
+
+    The window is rolling (`window` s long, judged every `evaluate_every`), calendar-aligned
+    (closing at `calendar` local times of `timezone` every day) or a batch (running while the
+    `batch_tag` is not zero; a new value closes one batch and starts the next).
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inventories: tuple[str, ...]
+    window: float  # s; rolling: its length, calendar: the longest shift, batch: NaN
+    evaluate_every: float  # s
+    tolerance_fixed: float  # kg
+    tolerance_relative: float  # of throughput
+    tolerance_sigma: float  # k in k·σ
+    persistence: float  # s
+    clear_after: float  # s
+    min_coverage: float  # fraction
+    generation: tuple[str, ...] = ()
+    consumption: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # nodes inside this one
+    window_kind: str = ROLLING
+    calendar: tuple[tuple[int, int], ...] = ()  # (hour, minute) local, sorted
+    timezone: str = "UTC"
+    batch_tag: str | None = None
+    deadband: float = 0.1  # an alarm clears below (1 − deadband) · tolerance
+    re_alarm: float = 0.0  # s between reminders of an alarm still active; 0: none
+    drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance above baseline
+    drift_h: float = 8.0  # CUSUM decision interval; 0: no drift detection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconciliationConfig:
+    window: float  # s of data each reconciliation takes
+    every: float  # s
+    alpha: float
+    confirm: int  # evaluations in a row naming one suspect before it is an alarm
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerEndpoint:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttConfig:
+    brokers: tuple[BrokerEndpoint, ...]
+    ca_file: Path | None  # None: the system's trust store
+    client_cert: Path | None
+    client_key: Path | None
+    protocol: str  # "5" or "3.1.1"
+    keepalive: float
+    topic_prefix: str
+    in_flight: int
+    username: str | None
+    password_file: Path | None
+    password_env: str | None  # name of an environment variable holding the password
+    client_id: str
+    status_interval: float  # s between health messages on the status topic
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    path: Path
+    max_bytes: int
+    drain_rate: float  # messages/s to the broker; 0 is no limit
+    max_age: dict[str, float] = field(default_factory=dict)  # priority name -> s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    socket: Path  # `massgate status` asks the running agent here
+    metrics: tuple[str, int] | None = None  # Prometheus endpoint, loopback only
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: Path
+    gateway: GatewayConfig
+    devices: tuple[Device, ...]
+    streams: tuple[StreamConfig, ...]
+    inventories: tuple[InventoryConfig, ...]
+    nodes: tuple[NodeConfig, ...]
+    totals_interval: float
+    hourly_retention: float  # s
+    balance_retention: float = 90 * 86400.0  # s: balance and alarm records kept for reports
+    reconciliation: ReconciliationConfig | None = None
+    telemetry_interval: float
+    outbox: OutboxConfig
+    mqtt: MqttConfig | None
+    health: HealthConfig
+
+
+DENSITY_MODELS = ("constant", "linear", "quadratic", "water", "api", "gas")
+
+
+API_COMMODITIES = (
+    "crude",
+    "refined",
+    "gasoline",
+    "transition",
+    "jet",
+    "fuel_oil",
+    "lube",
+    "special",
+)
+
+
+class NodeCycle(ValueError):
+    """Nodes that contain each other; `node` is where the cycle was entered."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTerms:
+    """What crosses a node's boundary once the nodes inside it are counted."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    generation: tuple[str, ...]
+    consumption: tuple[str, ...]
+    inventories: tuple[str, ...]

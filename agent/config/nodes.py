@@ -1,0 +1,232 @@
+"""The `nodes` section (system boundaries, their windows, tolerance and alarm) and
+`balance.reconciliation`; what crosses each node's boundary once inner nodes are counted."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..core import units, values
+from ..core.values import DAY
+from ..core.yamlsource import (
+    Invalid,
+    Section,
+    boolean,
+    integer,
+    name,
+    names,
+    number,
+    quantity,
+    text,
+)
+from .model import (
+    BATCH,
+    CALENDAR,
+    MAX_PERIOD,
+    MAX_SIGMA,
+    ROLLING,
+    NodeConfig,
+    NodeCycle,
+    NodeTerms,
+    ReconciliationConfig,
+)
+
+
+def parse_node(s: Section) -> NodeConfig | None:
+    node_name = s.take("name", name)
+    inputs = s.take("inputs", names, ())
+    outputs = s.take("outputs", names, ())
+    inventories = s.take("inventories", names, ())
+    generation = s.take("generation", names, ())
+    consumption = s.take("consumption", names, ())
+    children = s.take("nodes", names, ())
+    window: dict[str, Any] = {}
+    if isinstance(s.data.get("window"), dict):
+        if (ws := s.section("window")) is not None:
+            window = _calendar_or_batch(ws)
+    else:
+        window = {"window": s.take("window", quantity(units.TIME, minimum=1.0, maximum=MAX_PERIOD))}
+    evaluate_every = s.take("evaluate_every", quantity(units.TIME, minimum=0.1, maximum=DAY), None)
+    fixed, relative, sigma = 0.0, 0.01, 3.0
+    if (tol := s.section("tolerance", required=False)) is not None:
+        fixed = tol.take("fixed", quantity(units.MASS, minimum=0.0), 0.0)
+        relative = tol.take("relative", quantity(units.FRACTION, minimum=0.0, maximum=1.0), 0.0)
+        sigma = tol.take("sigma", _sigma, 3.0)
+        tol.finish()
+    period = quantity(units.TIME, minimum=0.0, maximum=MAX_PERIOD)
+    persistence = s.take("persistence", period)
+    clear_after = s.take("clear_after", period, 0.0)
+    fraction = quantity(units.FRACTION, minimum=0.0, maximum=1.0)
+    min_coverage = s.take("min_coverage", fraction, 0.9)
+    deadband = s.take("deadband", fraction, 0.1)
+    re_alarm = s.take("re_alarm", period, 0.0)
+    drift_k, drift_h = 1.0, 8.0
+    if s.data.get("drift") is False:
+        s.take("drift", boolean)
+        drift_h = 0.0
+    elif (drift := s.section("drift", required=False)) is not None:
+        drift_k = drift.take("k", quantity(units.FRACTION, minimum=0.0, maximum=100.0), drift_k)
+        drift_h = drift.take("h", quantity(units.FRACTION, positive=True, maximum=1000.0), drift_h)
+        drift.finish()
+    s.finish()
+    if not s.ok or not window:
+        return None
+    if not (inputs or outputs or inventories or generation or consumption or children):
+        s.fail(
+            None,
+            "a node needs at least one of 'inputs', 'outputs', 'inventories', 'generation', "
+            "'consumption', 'nodes'",
+        )
+        return None
+    if deadband >= 1:
+        s.fail("deadband", "must be below 100 % of the tolerance")
+        return None
+    kind = window.get("window_kind", ROLLING)
+    length = window.get("window", math.nan)
+    if evaluate_every is None:
+        evaluate_every = min(length / 10, 60.0) if kind == ROLLING else 60.0
+    if kind == ROLLING and evaluate_every > length:
+        s.fail("evaluate_every", "must not be longer than the window")
+        return None
+    return NodeConfig(
+        name=node_name,
+        inputs=inputs,
+        outputs=outputs,
+        inventories=inventories,
+        generation=generation,
+        consumption=consumption,
+        nodes=children,
+        evaluate_every=evaluate_every,
+        tolerance_fixed=fixed,
+        tolerance_relative=relative,
+        tolerance_sigma=sigma,
+        persistence=persistence,
+        clear_after=clear_after,
+        min_coverage=min_coverage,
+        deadband=deadband,
+        re_alarm=re_alarm,
+        drift_k=drift_k,
+        drift_h=drift_h,
+        **window,
+    )
+
+
+def _sigma(value: Any) -> float:
+    sigma = number(value)
+    if not 0 <= sigma <= MAX_SIGMA:
+        raise Invalid(
+            f"sigma is a coverage factor from 0 to {MAX_SIGMA:g} (3 is usual), got {sigma}"
+        )
+    return sigma
+
+
+def _clock_time(value: Any) -> tuple[int, int]:
+    raw = text(value) if not isinstance(value, int) else f"{value // 60:02d}:{value % 60:02d}"
+    # YAML 1.1 reads an unquoted 06:00 as the sexagesimal number 360: both are accepted.
+    parts = raw.split(":")
+    try:
+        hour, minute = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise Invalid(f"'{raw}' is not a time of day like 06:00") from None
+    if len(parts) > 2 or not (0 <= hour < 24 and 0 <= minute < 60):
+        raise Invalid(f"'{raw}' is not a time of day like 06:00")
+    return hour, minute
+
+
+def _calendar_or_batch(s: Section) -> dict[str, Any]:
+    if s.has("batch") == s.has("calendar"):
+        s.fail(None, "give 'calendar: [06:00, 14:00, 22:00]' (with 'timezone') or 'batch: TAG'")
+        s.finish(("batch", "calendar", "timezone"))
+        return {}
+    if s.has("batch"):
+        tag = s.take("batch", values.tag)
+        s.finish()
+        return {"window_kind": BATCH, "batch_tag": tag, "window": math.nan} if s.ok else {}
+    times = s.take("calendar", _clock_times)
+    zone = s.take("timezone", _timezone, "UTC")
+    s.finish()
+    if not s.ok:
+        return {}
+    minutes = [h * 60 + m for h, m in times]
+    gaps = [
+        (b - a) % 1440 or 1440 for a, b in zip(minutes, [*minutes[1:], minutes[0]], strict=True)
+    ]
+    return {
+        "window_kind": CALENDAR,
+        "calendar": tuple(times),
+        "timezone": zone,
+        "window": max(gaps) * 60.0,
+    }
+
+
+def _clock_times(value: Any) -> tuple[tuple[int, int], ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise Invalid("expected at least one time of day")
+    times = sorted({_clock_time(v) for v in items})
+    if len(times) != len(items):
+        raise Invalid("a time of day is given twice")
+    return tuple(times)
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+    zone = text(value)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Invalid(f"'{zone}' is not a time zone like Europe/Berlin or UTC") from None
+    return zone
+
+
+def parse_reconciliation(s: Section) -> ReconciliationConfig:
+    window = s.take("window", quantity(units.TIME, minimum=60.0, maximum=MAX_PERIOD), 3600.0)
+    every = s.take("every", quantity(units.TIME, minimum=1.0, maximum=DAY), 300.0)
+    alpha = s.take("alpha", quantity(units.FRACTION, positive=True), 0.05)
+    confirm = s.take("confirm", integer(1, 1000), 3)
+    s.finish()
+    if alpha is not None and alpha >= 0.5:
+        s.fail("alpha", "a significance level is small, like 0.05")
+    return ReconciliationConfig(window=window, every=every, alpha=alpha, confirm=confirm)
+
+
+def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:
+    """Each node's terms; a stream from one inner node to another is internal to the outer one.
+
+    Raises ValueError when a node contains itself, directly or through others.
+    """
+    by_name = {n.name: n for n in nodes}
+    found: dict[str, NodeTerms] = {}
+
+    def resolve(node: NodeConfig, path: tuple[str, ...]) -> NodeTerms:
+        if node.name in path:
+            cycle = " → ".join((*path[path.index(node.name) :], node.name))
+            # Reported at the node whose 'nodes' entry closes the circle.
+            raise NodeCycle(f"nodes contain each other: {cycle}", path[-1])
+        if node.name in found:
+            return found[node.name]
+        parts = [resolve(by_name[c], (*path, node.name)) for c in node.nodes]
+        own = NodeTerms(
+            node.inputs, node.outputs, node.generation, node.consumption, node.inventories
+        )
+        ins = _union(own.inputs, *(p.inputs for p in parts))
+        outs = _union(own.outputs, *(p.outputs for p in parts))
+        internal = set(ins) & set(outs)
+        result = NodeTerms(
+            tuple(x for x in ins if x not in internal),
+            tuple(x for x in outs if x not in internal),
+            _union(own.generation, *(p.generation for p in parts)),
+            _union(own.consumption, *(p.consumption for p in parts)),
+            _union(own.inventories, *(p.inventories for p in parts)),
+        )
+        found[node.name] = result
+        return result
+
+    for node in nodes:
+        resolve(node, ())
+    return found
+
+
+def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(x for g in groups for x in g))
