@@ -12,9 +12,10 @@ from pathlib import Path
 
 from .. import config as config_module
 from ..core.yamlsource import ConfigError
-from ..runtime.pipeline import Carried, StartError, locks_of, run
+from ..runtime.pipeline import Carried, run
+from ..runtime.refusal import StartError
 from ..runtime.sdnotify import Notifier
-from ..runtime.statelock import AlreadyRunning, StateLocks
+from ..runtime.statelock import AlreadyRunning, StateLocks, locks_of
 from .common import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, print_config_error, setup_logging
 
 log = logging.getLogger("massgate")

@@ -17,12 +17,24 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from ..config import Config
 LOCK_NAME = "massgate.lock"
 
 
 class AlreadyRunning(RuntimeError):
     """Another agent holds the lock: two agents must not share one outbox."""
+
+
+def locks_of(config: Config) -> list[Path]:
+    """The lock files of a configuration."""
+    return lock_paths(
+        state_dir=config.gateway.state_dir,
+        outbox=config.outbox.path,
+        socket=config.health.socket,
+    )
 
 
 def lock_paths(*, state_dir: Path, outbox: Path, socket: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from typing import Any
 from massgate.agent import config as config_module
 from massgate.agent.core.records import Record
 from massgate.agent.core.samples import Batch, Quality
-from massgate.agent.runtime.pipeline import Gateway
+from massgate.agent.runtime.gateway import Gateway
 from massgate.agent.store.outbox import Outbox
 from massgate.drivers.sim import plantspec
 from massgate.drivers.sim.plant import Plant

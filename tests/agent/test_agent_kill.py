@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from massgate.agent.core.records import Record
-from massgate.agent.publish.publisher import ACK_BATCH, ACK_POST, AHEAD
+from massgate.agent.publish.link import ACK_POST
+from massgate.agent.publish.publisher import ACK_BATCH, AHEAD
 from massgate.agent.store.outbox import Outbox
 from tests.conftest import Broker, Subscriber, free_port
 

@@ -37,7 +37,7 @@ def test_records_the_broker_refuses_stay_back_off_and_go_once_allowed(
     acl.write_text("topic readwrite massgate/s/g/status\n")  # records' topics are denied
     broker = Broker(pki, tmp_path, pki.server_cert, pki.server_key, extra=(f"acl_file {acl}",))
     broker.start()
-    caplog.set_level(logging.INFO, logger="massgate.agent.publish.publisher")
+    caplog.set_level(logging.INFO, logger="massgate.agent.publish")
     outbox, seqs = _outbox_with_records()
     try:
         publisher = Publisher(outbox, mqtt_config(broker.port, ca=pki.ca), "s", "g")
@@ -77,7 +77,7 @@ def test_records_the_broker_refuses_stay_back_off_and_go_once_allowed(
 def test_two_gateways_with_one_client_id_back_off_instead_of_storming(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="massgate.agent.publish.publisher")
+    caplog.set_level(logging.INFO, logger="massgate.agent.publish")
     first, _ = _outbox_with_records()
     second, _ = _outbox_with_records()
     config = mqtt_config(broker.port, ca=broker.pki.ca)  # one client id for both

@@ -194,7 +194,7 @@ def test_fail_over_to_the_next_broker(broker: Broker, subscriber: Subscriber):
 
 def _refused(broker: Broker, config: MqttConfig, caplog: pytest.LogCaptureFixture) -> str:
     """Run a publisher against a broker that refuses it; returns its last error."""
-    caplog.set_level(logging.DEBUG, logger="massgate.agent.publish.publisher")
+    caplog.set_level(logging.DEBUG, logger="massgate.agent.publish")
     outbox = Outbox(":memory:", max_bytes=10_000_000, site=SITE, gateway=GATEWAY)
     outbox.put([Record("alarm", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, config, SITE, GATEWAY)

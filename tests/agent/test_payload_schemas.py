@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from massgate.agent.publish.publisher import Publisher
-from massgate.agent.runtime.pipeline import outbox_reset_record
+from massgate.agent.runtime.gateway import outbox_reset_record
 from massgate.agent.store.outbox import Outbox
 from massgate.drivers.sim.faults import Fault
 from tests.conftest import mqtt_config

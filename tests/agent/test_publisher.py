@@ -33,7 +33,7 @@ def test_records_are_deleted_only_after_puback(broker: Broker, subscriber: Subsc
 def test_a_broker_certificate_from_another_ca_is_refused(
     stranger_broker: Broker, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.ERROR, logger="massgate.agent.publish.publisher")
+    caplog.set_level(logging.ERROR, logger="massgate.agent.publish")
     outbox = Outbox(":memory:", max_bytes=10_000_000, site="s", gateway="g")
     outbox.put([Record("alarm", {"i": 1}, 1_800_000_000.0)])
     publisher = Publisher(outbox, _mqtt(stranger_broker, stranger_broker.pki.ca), "s", "g")

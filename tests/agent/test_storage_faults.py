@@ -16,7 +16,8 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.core.records import Record
-from massgate.agent.runtime.pipeline import Agent, outbox_reset_record, run
+from massgate.agent.runtime.gateway import outbox_reset_record
+from massgate.agent.runtime.pipeline import Agent, run
 from massgate.agent.store.outbox import SEQ_BLOCK, Outbox
 from tests.conftest import free_port, run_async
 

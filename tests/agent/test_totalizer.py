@@ -11,7 +11,7 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.core.yamlsource import ConfigError
-from massgate.agent.runtime.pipeline import Gateway
+from massgate.agent.runtime.gateway import Gateway
 from massgate.agent.store.outbox import Outbox
 from massgate.agent.totalize import kernels
 from massgate.agent.totalize.hourly import HOUR

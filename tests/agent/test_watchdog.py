@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.publish.publisher import BrokerLink, Publisher, _Events
+from massgate.agent.publish.link import BrokerLink, _Events
+from massgate.agent.publish.publisher import Publisher
 from massgate.agent.runtime.health import Progress
 from massgate.agent.runtime.pipeline import _open_pollers
 from massgate.agent.store.outbox import Outbox

@@ -1,0 +1,322 @@
+"""The gateway's processing: samples in, kilograms, balances and alarms out as records.
+
+Gateway.ingest takes each batch from the drivers; Gateway.cycle integrates, evaluates the
+nodes' windows and the reconciler, and commits what they made to the outbox in one
+transaction with the running totals.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..balance import audit
+from ..balance.nodes import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
+from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
+from ..config import Config, node_terms
+from ..core.records import Record, num, utc
+from ..core.samples import Batch, Quality
+from ..store.outbox import Outbox
+from ..totalize.totalizer import InventoryGauge, StreamTotal
+
+log = logging.getLogger(__name__)
+BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
+
+
+@dataclass(slots=True)
+class Latest:
+    value: float
+    mono: float
+    quality: Quality
+
+
+class Gateway:
+    """The pipeline's state between drivers and outbox; driven by the runtime's cycle."""
+
+    def __init__(
+        self, config: Config, outbox: Outbox, *, carried: dict[str, StreamTotal] | None = None
+    ) -> None:
+        self.config = config
+        saved = outbox.load_totals()
+        carried = carried if carried is not None else {}
+        # A stream whose configuration a reload did not change goes on integrating in
+        # memory: the reload is a gap like any other, bridged up to max_gap. A changed or new
+        # one starts from the state saved in the outbox (as after a restart).
+        self.streams = {
+            s.name: (
+                carried[s.name]
+                if s.name in carried and carried[s.name].config == s
+                else StreamTotal(s, saved=saved.get(s.name))
+            )
+            for s in config.streams
+        }
+        carried.clear()
+        carried.update(self.streams)
+        self.inventories = {v.name: InventoryGauge(v) for v in config.inventories}
+        terms = node_terms(config.nodes)
+        self.nodes = [
+            NodeBalance(n, terms[n.name], self.streams, self.inventories) for n in config.nodes
+        ]
+        self.reconciler = (
+            Reconciler(config.reconciliation, config.nodes, terms, self.streams, self.inventories)
+            if config.reconciliation is not None
+            else None
+        )
+        self.latest: dict[str, Latest] = {}
+        self.batches = 0
+        self.pending: list[Record] = []
+        self.next_totals: float | None = None
+        self.next_telemetry: float | None = None
+        # Recent events for the demo table and status; the outbox keeps the full record.
+        self.alarms: deque[AlarmEvent] = deque(maxlen=100)
+        self._totals_saved_at = -math.inf
+        # The first totals after the database was reset at start say where they restart.
+        cause = (outbox.reset or {}).get("cause")
+        self.restarted = {"unreadable": "from_zero", "rolled_back": "from_older_state"}.get(
+            cause or ""
+        )
+        self._audit(outbox)
+
+    def _audit(self, outbox: Outbox) -> None:
+        """Record what changed in the computation since the last run, with old and new values."""
+        stored = outbox.meta(audit.META_KEY)
+        found, current = audit.compare(stored, self.config)
+        if not found:
+            return
+        baseline = stored is None
+        audit.log_changes(found, baseline=baseline)
+        body = {"baseline": baseline, "config": str(self.config.source), "changes": found}
+        # The record and the parameters it moves to are one transaction.
+        outbox.put([Record("audit", body, time.time())], meta={audit.META_KEY: current})
+
+    def _fresh(self, tag: str | None, mono: float, max_age: float) -> float:
+        if tag is None:
+            return math.nan
+        latest = self.latest.get(tag)
+        if latest is None or latest.quality >= Quality.BAD or mono - latest.mono > max_age:
+            return math.nan
+        return latest.value
+
+    def ingest(self, batch: Batch) -> None:
+        self.batches += 1
+        bad = batch.quality >= Quality.BAD
+        # One sum decides for the whole batch (±inf or NaN anywhere makes it non-finite, as
+        # does an overflow, which the slow path below then leaves alone); this runs for
+        # every poll of every device.
+        if not math.isfinite(sum(batch.values.values())):
+            # The drivers send NaN for what they could not read; whatever else slips through
+            # (±inf) is no reading either, and must not reach a total or a batch label.
+            values = {t: v if math.isfinite(v) else math.nan for t, v in batch.values.items()}
+            batch = replace(batch, values=values)
+        for tag, value in batch.values.items():
+            self.latest[tag] = Latest(value, batch.mono, batch.quality)
+        for stream in self.streams.values():
+            cfg = stream.config
+            if cfg.flow_tag not in batch.values:
+                continue
+            flow = math.nan if bad else batch.values[cfg.flow_tag]
+            temperature = pressure = math.nan
+            if cfg.density is not None:
+                temperature = self._fresh(cfg.density.temperature, batch.mono, cfg.max_gap)
+                pressure = self._fresh(cfg.density.pressure, batch.mono, cfg.max_gap)
+            stream.add(batch.mono, batch.wall, flow, temperature, pressure)
+        for gauge in self.inventories.values():
+            cfg_v = gauge.config
+            if gauge.tag not in batch.values or bad:
+                continue
+            temperature = pressure = math.nan
+            if cfg_v.density is not None:
+                temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
+                pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
+            gauge.update(batch.mono, batch.values[gauge.tag], temperature, pressure)
+
+    def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
+        """Integrate, judge the balances that are due, and queue the records that result."""
+        for stream in self.streams.values():
+            stream.integrate()
+            stream.roll_hour(wall)
+            self.pending.extend(Record("hourly", body, wall) for body in stream.take_hours())
+
+        def batch_tag(tag: str) -> float:
+            return self._fresh(tag, mono, BATCH_TAG_AGE)
+
+        for node in self.nodes:
+            results, events = node.tick(mono, wall, batch_tag)
+            for result in results:
+                self.pending.append(Record("balance", balance_body(result), wall))
+            for event in events:
+                self._alarm_record(event, wall)
+        if self.reconciler is not None:
+            body, suspects = self.reconciler.tick(mono, wall)
+            if body is not None:
+                self.pending.append(Record("reconciliation", body, wall))
+            for suspect in suspects:
+                self._suspect_record(suspect, wall)
+        if self.next_totals is None:
+            self.next_totals = mono + self.config.totals_interval
+        if final or mono >= self.next_totals:
+            self.next_totals = mono + self.config.totals_interval
+            self.pending.append(self._totals_record(wall))
+        if self.config.telemetry_interval > 0:
+            if self.next_telemetry is None:
+                self.next_telemetry = mono
+            if mono >= self.next_telemetry:
+                self.next_telemetry = mono + self.config.telemetry_interval
+                self.pending.append(self._telemetry_record(wall))
+
+    def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
+        self.alarms.append(event)
+        result = event.result
+        if event.event == DRIFT:
+            log.warning("node %s: drift: %s", event.node, event.hint, extra={"node": event.node})
+        else:
+            log.log(
+                logging.INFO if event.event == CLEARED else logging.WARNING,
+                "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
+                event.node,
+                event.event,
+                result.imbalance,
+                result.tolerance,
+                event.hint,
+                extra={"node": event.node},
+            )
+        alarm = {
+            "node": event.node,
+            "event": event.event,
+            "since": utc(event.since_wall),
+            "at": utc(event.wall),
+            "hint": event.hint,
+            "balance": balance_body(result),
+        }
+        self.pending.append(Record("alarm", alarm, wall))
+
+    def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
+        e = event.suspect
+        hint = e.describe("kg")
+        if event.event == "raised":
+            log.warning("reconciliation: gross error: %s", hint)
+        else:
+            log.info("reconciliation: cleared: %s", hint)
+        alarm = {
+            "node": "network",
+            "event": event.event,
+            "since": utc(event.since_wall),
+            "at": utc(event.wall),
+            "hint": hint if event.event == "raised" else f"no longer found: {hint}",
+            "gross_error": gross_error_body(e),
+        }
+        self.pending.append(Record("alarm", alarm, wall))
+
+    def _totals_record(self, wall: float) -> Record:
+        streams = []
+        for name, stream in self.streams.items():
+            period = stream.close_period()
+            streams.append(
+                {
+                    "stream": name,
+                    "period_start": utc(period.start_wall),
+                    "period_end": utc(period.end_wall),
+                    "mass_kg": num(period.mass),
+                    "forward_kg": num(stream.forward),
+                    "reverse_kg": num(stream.reverse),
+                    "estimated_kg": num(period.estimated),
+                    "gap_s": num(period.gap_time),
+                }
+            )
+        body: dict[str, Any] = {"streams": streams}
+        if self.restarted is not None:
+            body["restarted"] = self.restarted
+            self.restarted = None
+        return Record("totals", body, wall)
+
+    def _telemetry_record(self, wall: float) -> Record:
+        points = {
+            tag: {"value": num(latest.value), "quality": latest.quality.name.lower()}
+            for tag, latest in sorted(self.latest.items())
+        }
+        return Record("telemetry", {"points": points}, wall)
+
+    def take_pending(self, mono: float) -> tuple[list[Record], dict[str, Any] | None]:
+        """Records to commit, and the running totals when they are due to be saved.
+
+        Totals are saved with every batch of records (so a record and the total it reports
+        are one transaction) and at least once a second, which bounds what a power cut loses
+        without syncing the SD card at every cycle.
+        """
+        records, self.pending = self.pending, []
+        if not records and mono - self._totals_saved_at < 1.0:
+            return records, None
+        self._totals_saved_at = mono
+        return records, {name: s.saved() for name, s in self.streams.items()}
+
+
+def balance_body(r: WindowResult) -> dict[str, Any]:
+    t = r.terms
+    return {
+        "node": r.node,
+        "window": r.window,
+        "batch": r.label or None,
+        "window_start": utc(r.start_wall),
+        "window_end": utc(r.end_wall),
+        "in_kg": num(t.inflow),
+        "out_kg": num(t.outflow),
+        "generation_kg": num(t.generation),
+        "consumption_kg": num(t.consumption),
+        "inventory_start_kg": num(t.inventory_start),
+        "inventory_end_kg": num(t.inventory_end),
+        "delta_inventory_kg": num(t.delta_inventory),
+        "imbalance_kg": num(r.imbalance),
+        "relative": num(r.relative),
+        "uncertainty_kg": num(r.sigma),
+        "tolerance_kg": num(r.tolerance),
+        "coverage": num(r.coverage),
+        "status": r.status,
+        "alarm_active": r.alarm_active,
+        "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
+    }
+
+
+def outbox_reset_record(outbox: Outbox) -> None:
+    """The first record after a reset of the outbox says what a consumer needs: why the epoch
+    changed, the old epoch and its last seq (what to expect no more of), how many records
+    were left unsent, and where the old file was kept."""
+    reset = outbox.reset or {}
+    cause = reset.get("cause", "unreadable")
+    now = time.time()
+    unsent = reset.get("unsent")
+    left = f"{unsent} records not yet sent" if unsent is not None else "records not yet sent"
+    if cause == "rolled_back":
+        hint = (
+            f"the outbox database is older than the sequence numbers already issued (a "
+            f"restored backup or lost writes): epoch {reset.get('old_epoch')} ends, a new "
+            f"one starts above seq {reset.get('issued_up_to')}; its {left} go out as they "
+            "were made (possibly again), and totals go on from the state in that file"
+        )
+    else:
+        when = "while running" if cause == "damaged" else "at start"
+        hint = (
+            f"the outbox database was found {cause} {when} ({outbox.moved_aside_reason}); "
+            f"it was moved aside to {outbox.moved_aside} and a new one started: its {left} "
+            + (
+                "are not sent; totals go on from memory"
+                if cause == "damaged"
+                else "are not sent, and totals restart from zero"
+            )
+        )
+    body = {
+        "node": "gateway",
+        "event": "outbox_reset",
+        "since": utc(now),
+        "at": utc(now),
+        "hint": hint,
+        "cause": cause,
+        "aside": outbox.moved_aside if cause != "rolled_back" else None,
+        "old_epoch": reset.get("old_epoch"),
+        "old_last_seq": reset.get("old_last_seq"),
+        "unsent": unsent,
+    }
+    outbox.put([Record("alarm", body, now)])
