@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +158,33 @@ class SeqMark:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def set_aside(path: str, exc: BaseException, *, cause: str) -> tuple[str, dict[str, Any]]:
+    """Move an unreadable or damaged database (and its WAL) aside; returns where to, and what
+    could still be read of it: its epoch, its last sequence number, its unsent records."""
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+    old: dict[str, Any] = {"old_epoch": None, "old_last_seq": None, "unsent": None}
+    with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+                rows = dict(probe.execute("SELECT key, value FROM meta").fetchall())
+                old["old_epoch"] = rows.get("epoch")
+                old["old_last_seq"] = int(rows["next_seq"]) - 1
+            with contextlib.suppress(sqlite3.Error):
+                old["unsent"] = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        finally:
+            probe.close()
+    log.error(
+        "outbox %s is %s (%s); moved aside to %s and starting a new one",
+        path,
+        cause,
+        exc,
+        aside,
+    )
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(path + suffix)
+        if src.exists():
+            src.rename(aside + suffix)
+    return aside, old

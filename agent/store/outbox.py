@@ -31,7 +31,6 @@ import errno
 import json
 import logging
 import math
-import os
 import secrets
 import sqlite3
 import time
@@ -42,21 +41,26 @@ from typing import Any, TypeVar
 
 from ..core import clock
 from ..core.records import SCHEMA_VERSION, Priority, Record, topic, utc
-from . import db
-from .db import SeqMark, damaged, disk_full, quick_check
+from . import archive, db
+from .bound import (
+    DISK_CHECK,
+    DROP_LOG_EVERY,
+    EXPIRE_EVERY,
+    FULL_RETRY,
+    HELD_MAX,
+    ClockWatch,
+    Drops,
+    disk_room,
+    evict,
+    expire,
+    load_dropped,
+    persist_dropped,
+)
+from .db import SeqMark, damaged, disk_full, quick_check, set_aside
 
 log = logging.getLogger(__name__)
 
-# Kinds the gateway keeps a copy of after sending, for `massgate report` and audits.
-ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation")
-HELD_MAX = 10_000  # records kept in memory while the disk is full
-FULL_RETRY = 1.0  # s between tries to write held records while the disk is full
-DISK_CHECK = 2.0  # s between looks at the free space on the outbox's disk
-DISK_RESERVE = 4 * 1024 * 1024  # bytes left free on the disk (WAL, journal, other programs)
-DISK_OVERHEAD = 2.0  # bytes of file (indexes, pages, archive copy) per byte of payload
-EXPIRE_EVERY = 60.0  # s between maximum-age sweeps
 ACK_CHUNK = 500  # sequence numbers per DELETE statement
-DROP_LOG_EVERY = 60.0  # s between warnings about dropped records
 
 
 # One encoder for every record: json.dumps with options builds a new one per call.
@@ -79,9 +83,6 @@ class Message:
 SEQ_BLOCK = 10_000  # sequence numbers reserved at once: one fsync of the mark per block
 T = TypeVar("T")
 
-
-# A change of wall minus monotonic time beyond this is a step of the clock, not drift.
-CLOCK_STEP = 60.0
 
 # One index lookup per priority (outbox_age), not a scan of the backlog: min(created) over
 # the whole table cannot use an index that leads with priority.
@@ -130,16 +131,13 @@ class Outbox:
         self.conn = self._open()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
         self._full_at = -math.inf  # monotonic time of the last disk-full error
-        self._offset: float | None = None  # wall minus monotonic time at the last put
-        self._stepped_at: float | None = None  # wall time when it last stepped forward
+        self._clock = ClockWatch()
         self._disk_at = -math.inf
         self._held_logged_at = -math.inf
         self._held: list[Record] = []
         self._held_totals: dict[str, Any] = {}
         self._held_meta: dict[str, str] = {}
         self._expired_at = -math.inf
-        self._drops_logged_at = -math.inf
-        self._drops_unlogged: dict[str, int] = {}
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -179,7 +177,7 @@ class Outbox:
         # Kept in memory so that a put does not scan a million-record backlog to learn its size.
         size, count = conn.execute("SELECT coalesce(sum(size), 0), count(*) FROM outbox").fetchone()
         self._bytes, self._count = int(size), int(count)
-        self._dropped = self._load_dropped()
+        self._drops = Drops(load_dropped(conn))
         self._reserved = self._reserved_db = int(self.meta("reserved") or 0)
         self._check_mark()
 
@@ -254,31 +252,7 @@ class Outbox:
 
     def _set_aside(self, exc: BaseException, *, cause: str) -> None:
         """Move the database (and its WAL) aside, noting what can still be read of it."""
-        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-        old: dict[str, Any] = {"old_epoch": None, "old_last_seq": None, "unsent": None}
-        with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
-            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
-                    rows = dict(probe.execute("SELECT key, value FROM meta").fetchall())
-                    old["old_epoch"] = rows.get("epoch")
-                    old["old_last_seq"] = int(rows["next_seq"]) - 1
-                with contextlib.suppress(sqlite3.Error):
-                    old["unsent"] = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
-            finally:
-                probe.close()
-        log.error(
-            "outbox %s is %s (%s); moved aside to %s and starting a new one",
-            self.path,
-            cause,
-            exc,
-            aside,
-        )
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(self.path + suffix)
-            if src.exists():
-                src.rename(aside + suffix)
-        self.moved_aside = aside
+        self.moved_aside, old = set_aside(self.path, exc, cause=cause)
         self.moved_aside_reason = str(exc)
         self.reset = {"cause": cause, **old}
 
@@ -381,7 +355,7 @@ class Outbox:
             return []
         self._limit = self._room(mono)
         now = time.time()
-        self._watch_clock(now, mono)
+        self._clock.look(now, mono)
         if self.max_age and now - self._expired_at >= EXPIRE_EVERY:
             self._expired_at = now
             self._expire(now)
@@ -410,12 +384,9 @@ class Outbox:
         if not now and mono - self._disk_at < DISK_CHECK:
             return self._limit
         self._disk_at = mono
-        try:
-            st = os.statvfs(Path(self.path).parent)
-        except OSError:
+        room = disk_room(self.path, self._bytes)
+        if room is None:
             return self._limit
-        free = st.f_bavail * st.f_frsize
-        room = self._bytes + int(max(free - DISK_RESERVE, 0) / DISK_OVERHEAD)
         # With no room to grow the outbox keeps its size: each put evicts what it adds.
         limit = min(self.max_bytes, max(room, self._bytes))
         if limit < self.max_bytes and self._limit == self.max_bytes:
@@ -475,10 +446,7 @@ class Outbox:
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     (str(self._reserved),),
                 )
-            conn.executemany(
-                "INSERT INTO archive(seq, kind, created, payload) VALUES (?, ?, ?, ?)",
-                [(row[0], row[2], row[4], row[3]) for row in rows if row[2] in ARCHIVED],
-            )
+            archive.copy(conn, [(row[0], row[2], row[4], row[3]) for row in rows])
             if meta:
                 conn.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?) "
@@ -494,7 +462,7 @@ class Outbox:
                     [(name, json.dumps(state), now) for name, state in totals.items()],
                 )
             added = sum(row[5] for row in rows)
-            evicted, dropped = self._evict(self._bytes + added, self._limit)
+            evicted, dropped = evict(conn, self._bytes + added, self._limit)
         self._reserved_db = self._reserved
         self._bytes += added - evicted
         self._count += len(rows) - sum(dropped.values())
@@ -510,7 +478,7 @@ class Outbox:
         )
         try:
             with self._transaction():
-                freed, dropped = self._evict(self._bytes, self._limit)
+                freed, dropped = evict(self.conn, self._bytes, self._limit)
             self._bytes -= freed
             self._count -= sum(dropped.values())
             self._count_dropped(dropped)
@@ -632,79 +600,14 @@ class Outbox:
 
     # --- bounds and bookkeeping -----------------------------------------------------------
 
-    def _evict(self, size: int, limit: int) -> tuple[int, dict[int, int]]:
-        """Inside a transaction: drop lowest-priority, oldest records until under `limit`.
-
-        Returns the bytes freed and the records dropped by priority.
-        """
-        if size <= limit:
-            return 0, {}
-        excess = size - limit
-        freed = 0
-        dropped: dict[int, int] = {}
-        cursor = self.conn.execute("SELECT seq, priority, size FROM outbox ORDER BY priority, seq")
-        victims = []
-        for seq, priority, row_size in cursor:
-            if excess <= 0:
-                break
-            victims.append((seq,))
-            dropped[priority] = dropped.get(priority, 0) + 1
-            excess -= row_size
-            freed += row_size
-        self.conn.executemany("DELETE FROM outbox WHERE seq = ?", victims)
-        self._persist_dropped(dropped)
-        return freed, dropped
-
-    def _watch_clock(self, now: float, mono: float) -> None:
-        """Notice the wall clock stepping forward (NTP's first sync on a gateway without RTC).
-
-        Records created before the step carry times of the old clock: by the new one they
-        look hours or years old, and max-age expiry would drop them all at once. Their ages
-        are counted from the step instead.
-        """
-        offset = now - mono
-        if self._offset is not None and offset - self._offset > CLOCK_STEP:
-            log.warning(
-                "the wall clock stepped forward by %.0f s; records made before count their "
-                "age (outbox.max_age) from now",
-                offset - self._offset,
-            )
-            self._stepped_at = now
-        self._offset = offset
-
     def _expire(self, now: float) -> None:
         """Drop records older than their priority's maximum age (counted as dropped)."""
-        dropped: dict[int, int] = {}
-        freed = 0
         with self._transaction():
-            for priority, age in self.max_age.items():
-                if self._stepped_at is not None and now - age < self._stepped_at:
-                    continue  # every record is younger than `age` counted from the step
-                count, size = self.conn.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
-                    "WHERE priority = ? AND created < ?",
-                    (int(priority), now - age),
-                ).fetchone()
-                if count:
-                    self.conn.execute(
-                        "DELETE FROM outbox WHERE priority = ? AND created < ?",
-                        (int(priority), now - age),
-                    )
-                    dropped[int(priority)] = int(count)
-                    freed += int(size)
-            self._persist_dropped(dropped)
+            freed, dropped = expire(self.conn, self.max_age, now, self._clock.stepped_at)
         self._bytes -= freed
         self._count -= sum(dropped.values())
         if dropped:
             self._count_dropped(dropped, persist=False, why="older than outbox.max_age")
-
-    def _persist_dropped(self, dropped: dict[int, int]) -> None:
-        for priority, count in dropped.items():
-            self.conn.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                "SET value = CAST(value AS INTEGER) + excluded.value",
-                (f"dropped_{Priority(priority).name.lower()}", str(count)),
-            )
 
     def _count_dropped(
         self, dropped: dict[int, int], *, persist: bool = False, why: str = "outbox full"
@@ -715,29 +618,8 @@ class Outbox:
         self.evictions += 1
         if persist:
             with contextlib.suppress(sqlite3.Error), self._transaction():
-                self._persist_dropped(dropped)
-        named = {Priority(p).name.lower(): n for p, n in sorted(dropped.items())}
-        for name, count in named.items():
-            self._dropped[name] = self._dropped.get(name, 0) + count
-            self._drops_unlogged[name] = self._drops_unlogged.get(name, 0) + count
-        # A full outbox drops at every cycle: say it at once, then once a minute in sum.
-        now = time.monotonic()
-        if now - self._drops_logged_at >= DROP_LOG_EVERY:
-            log.warning(
-                "outbox: %s (bound %d bytes): dropped %s; %s since the database was made",
-                why,
-                self._limit,
-                self._drops_unlogged,
-                self._dropped,
-            )
-            self._drops_logged_at = now
-            self._drops_unlogged = {}
-
-    def _load_dropped(self) -> dict[str, int]:
-        rows = self.conn.execute(
-            "SELECT key, value FROM meta WHERE key LIKE 'dropped_%'"
-        ).fetchall()
-        return {key.removeprefix("dropped_"): int(value) for key, value in rows}
+                persist_dropped(self.conn, dropped)
+        self._drops.add(dropped, why=why, limit=self._limit)
 
     def _meta(self, key: str) -> str:
         value = self.meta(key)
@@ -757,7 +639,7 @@ class Outbox:
 
     def dropped(self) -> dict[str, int]:
         """Records dropped since the database was made, by priority name."""
-        return dict(self._dropped)
+        return dict(self._drops.counts)
 
     def last_seq(self) -> int:
         """The sequence number of the newest record put (one less than the first if none)."""
@@ -778,27 +660,11 @@ class Outbox:
         self, kind: str, *, since: float = -math.inf, until: float = math.inf
     ) -> list[dict[str, Any]]:
         """Archived payloads of one kind created in [since, until), oldest first."""
-
-        def read() -> list[dict[str, Any]]:
-            rows = self.conn.execute(
-                "SELECT payload FROM archive WHERE kind = ? AND created >= ? AND created < ? "
-                "ORDER BY seq",
-                (kind, since, until),
-            )
-            return [json.loads(payload) for (payload,) in rows]
-
-        return self._guarded(read)
+        return self._guarded(lambda: archive.read(self.conn, kind, since=since, until=until))
 
     def prune_archive(self, kind: str, before: float) -> int:
         """Delete archived records of `kind` created before `before`; returns how many."""
-
-        def prune() -> int:
-            cursor = self.conn.execute(
-                "DELETE FROM archive WHERE kind = ? AND created < ?", (kind, before)
-            )
-            return cursor.rowcount
-
-        return self._guarded(prune)
+        return self._guarded(lambda: archive.prune(self.conn, kind, before))
 
     def load_totals(self) -> dict[str, dict[str, Any]]:
         return self._guarded(
