@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -260,13 +260,6 @@ class E2eFigures:
     cold_compile_s: float
     cpu: int | None
     runs: list[E2eRun]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "cold_compile_s": self.cold_compile_s,
-            "cpu": self.cpu,
-            "runs": [asdict(r) for r in self.runs],
-        }
 
 
 def bench_e2e(

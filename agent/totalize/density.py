@@ -31,10 +31,6 @@ def _f_from_k(kelvin: float) -> float:
     return (kelvin - 273.15) * 1.8 + 32.0
 
 
-def _k_from_f(fahrenheit: float) -> float:
-    return (fahrenheit - 32.0) / 1.8 + 273.15
-
-
 PSI = 6894.757293168361  # Pa
 
 
@@ -389,13 +385,6 @@ def water(temperature: float, pressure: float) -> Density:
 
 
 # --- other liquids ----------------------------------------------------------------------------
-
-
-def linear(
-    temperature: float, *, reference: float, reference_temperature: float, expansion: float
-) -> Density:
-    """ρ = ρref / (1 + β·(T − Tref))."""
-    return Density(reference / (1.0 + expansion * (temperature - reference_temperature)))
 
 
 def quadratic(

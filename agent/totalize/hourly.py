@@ -19,7 +19,6 @@ from ..core.records import num, utc
 from . import kernels
 
 HOUR = 3600.0
-AVERAGED = ("temperature", "pressure", "density")
 
 
 def hour_index(wall: float) -> int:

@@ -3,7 +3,7 @@
 fastmath would let LLVM reassociate the compensated sum and cancel the compensation, so it
 stays off. error_model="numpy": a division by zero gives inf or NaN, which the kernels treat
 as a bad sample, instead of raising out of the middle of a cycle. Each kernel has a
-plain-Python twin in tests/naive.py that the tests hold it to.
+plain-Python twin in reference.py that tests/agent/test_kernels.py holds it to.
 Importing this module imports numba; only the totalizer and the benchmark do.
 """
 
@@ -31,6 +31,35 @@ FLOW_TIME = 10  # time with flow above the cut-off, s
 FAULTS = 11  # register jumps refused as implausible
 COVERED_TIME = 12  # time whose quantity is known (integrated, bridged or counted), s
 STATE_SIZE = 13
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def linear_density(
+    temperature: float,
+    gauge: float,
+    reference: float,
+    reference_temperature: float,
+    expansion: float,
+    compressibility: float,
+) -> float:
+    """ρ(T, P) = ρ_ref / ((1 + β (T − T_ref)) · (1 − κ·P)): the linear thermal model with a
+    compressibility term in the form of API 11.1's CPL (P gauge, Pa).
+
+    The one place this formula is written: the volume kernel, density_linear and the
+    totalizer's per-sample path (totalizer.density_at) all call it, so they cannot disagree.
+    """
+    return reference / (
+        (1.0 + expansion * (temperature - reference_temperature)) * (1.0 - compressibility * gauge)
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _two_sum(total: float, compensation: float, value: float) -> tuple[float, float]:
+    """total + value, and the compensation with that addition's exact rounding error added
+    (Knuth's TwoSum: no branch, so the running sum depends on one addition per sample)."""
+    x = total + value
+    z = x - total
+    return x, compensation + ((total - (x - z)) + (value - z))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -74,12 +103,13 @@ def _trapezoid(
         if abs(qi) < cutoff:
             qi = 0.0
         if corrected:
-            qi = qi * (
-                reference
-                / (
-                    (1.0 + expansion * (temperature[i] - reference_temperature))
-                    * (1.0 - compressibility * pressure[i])
-                )
+            qi = qi * linear_density(
+                temperature[i],
+                pressure[i],
+                reference,
+                reference_temperature,
+                expansion,
+                compressibility,
             )
         if not good[i] or math.isnan(qi) or math.isinf(qi) or math.isnan(ti):
             pending = 1.0
@@ -94,14 +124,8 @@ def _trapezoid(
             else:
                 forward = 0.5 * (max(last_q, 0.0) + max(qi, 0.0)) * dt
                 reverse = 0.5 * (max(-last_q, 0.0) + max(-qi, 0.0)) * dt
-                x = fwd + forward
-                z = x - fwd
-                fwd_c += (fwd - (x - z)) + (forward - z)
-                fwd = x
-                x = rev + reverse
-                z = x - rev
-                rev_c += (rev - (x - z)) + (reverse - z)
-                rev = x
+                fwd, fwd_c = _two_sum(fwd, fwd_c, forward)
+                rev, rev_c = _two_sum(rev, rev_c, reverse)
                 covered += dt
                 if last_q != 0.0 or qi != 0.0:
                     flow_time += dt
@@ -163,9 +187,8 @@ def integrate_volume(
 ) -> np.ndarray:
     """Mass from a volume flow and the density at each sample's temperature and pressure.
 
-    ρ = reference / ((1 + β (T − T_ref)) · (1 − κ·P)), the linear thermal model with a
-    compressibility term in the form of API 11.1's CPL; `pressure` is gauge, Pa (zeros when
-    the stream has no pressure tag). The cut-off applies to the volume flow, as a meter's
+    ρ from linear_density; `pressure` is gauge, Pa (zeros when the stream has no pressure
+    tag). The cut-off applies to the volume flow, as a meter's
     does. A sample whose temperature or pressure is missing is bad like a missing flow.
     """
     return _trapezoid(
@@ -229,10 +252,7 @@ def difference_register(
                 faults += 1.0
                 gap += dt
             else:
-                x = fwd + delta
-                z = x - fwd
-                fwd_c += (fwd - (x - z)) + (delta - z)
-                fwd = x
+                fwd, fwd_c = _two_sum(fwd, fwd_c, delta)
                 covered += dt
                 if delta > 0.0:
                     flow_time += dt
@@ -289,7 +309,9 @@ def density_linear(
     """ρ(T) = ρ_ref / (1 + β (T − T_ref)) for each temperature (K); NaN stays NaN."""
     out = np.empty_like(temperature)
     for i in range(temperature.shape[0]):
-        out[i] = reference / (1.0 + expansion * (temperature[i] - reference_temperature))
+        out[i] = linear_density(
+            temperature[i], 0.0, reference, reference_temperature, expansion, 0.0
+        )
     return out
 
 

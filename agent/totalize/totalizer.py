@@ -92,15 +92,16 @@ def density_at(model: DensityModel, temperature: float, pressure: float) -> dens
                 critical_pressure=model.critical_pressure,
                 acentric_factor=model.acentric_factor,
             )
-    result = density_models.linear(
-        temperature,
-        reference=model.reference,
-        reference_temperature=model.reference_temperature,
-        expansion=model.expansion,
+    return density_models.Density(
+        kernels.linear_density(
+            temperature,
+            gauge,
+            model.reference,
+            model.reference_temperature,
+            model.expansion,
+            model.compressibility,
+        )
     )
-    if model.compressibility:
-        return density_models.Density(result.value / (1.0 - model.compressibility * gauge))
-    return result
 
 
 @dataclass(slots=True)

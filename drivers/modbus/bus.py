@@ -16,7 +16,7 @@ import contextlib
 import errno
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,9 +81,6 @@ class BusStats:
     garbled: int = 0
     exceptions: int = 0
     connects: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient

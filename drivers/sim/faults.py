@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc")
-VALUE_KINDS = ("bias", "drift", "stuck")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
