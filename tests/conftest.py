@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -20,27 +17,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from massgate.agent.bench.localbroker import (
+    LOOPBACK,
+    BrokerUnavailable,
+    Mosquitto,
+    free_port,  # noqa: F401  # the tests take it from here
+)
+from massgate.agent.bench.pki import Pki, make_pki
 from massgate.agent.config import BrokerEndpoint, MqttConfig
-from tests.tlsfixtures import Pki, make_pki
-
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        pytest.fail(
-            "mosquitto is not installed; `make test` installs it (apt-get install mosquitto)"
-        )
-    return found
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -92,94 +76,15 @@ def publish_until(publisher: Any, done: Any, *, limit: float = 20.0) -> None:
     run_async(main())
 
 
-@dataclass
-class Broker:
-    """A Mosquitto process with one TLS listener on a free loopback port."""
-
-    pki: Pki
-    workdir: Path
-    cert: Path
-    key: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    # Kept across a restart: a durable subscriber's session and the messages queued for it.
-    persistent: bool = False
-    extra: tuple[str, ...] = ()
-    listener_extra: tuple[str, ...] = ()  # options of the listener itself (after its line)
+class Broker(Mosquitto):
+    """The shared launcher (agent/bench/localbroker.py); a broker that cannot start fails
+    the test with Mosquitto's own words."""
 
     def start(self) -> None:
-        if not self.port:
-            self.port = free_port()
-        conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    "per_listener_settings false",
-                    *(
-                        ("allow_anonymous true",)
-                        if not any(line.startswith("password_file") for line in self.extra)
-                        else ("allow_anonymous false",)
-                    ),
-                    *(
-                        (
-                            "persistence true",
-                            f"persistence_location {self.workdir}/",
-                            "max_queued_messages 0",
-                        )
-                        if self.persistent
-                        else ("persistence false", "max_queued_messages 0")
-                    ),
-                    *self.extra,
-                    f"user {getpass.getuser()}",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    f"listener {self.port} {LOOPBACK}",
-                    f"cafile {self.pki.ca}",
-                    f"certfile {self.cert}",
-                    f"keyfile {self.key}",
-                    "tls_version tlsv1.2",
-                    *self.listener_extra,
-                    "",
-                ]
-            )
-        )
-        self.log_path = self.workdir / f"mosquitto-{self.port}.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"mosquitto exited: {self.log_path.read_text()}")
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        pytest.fail("mosquitto did not start listening within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same port."""
-        self.stop()
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://{LOOPBACK}:{self.port}"
+        try:
+            super().start()
+        except BrokerUnavailable as exc:
+            pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

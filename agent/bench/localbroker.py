@@ -1,7 +1,8 @@
-"""A Mosquitto with TLS on a free loopback port, with certificates made for it by openssl.
+"""A Mosquitto with TLS on a free loopback port, and the throw-away PKI for it.
 
-For the benchmarks (`massgate bench outbox`, `massgate bench e2e`): they measure against a
-real broker over real TLS, as the gateway talks to one in the field, and clean up after.
+The one Mosquitto launcher of the benchmarks (`massgate bench outbox`, `massgate bench e2e`)
+and the tests: they measure and test against a real broker over real TLS, as the gateway
+talks to one in the field, and clean up after.
 """
 
 from __future__ import annotations
@@ -12,46 +13,30 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from .pki import Pki, make_pki
+
 LOOPBACK = "127.0.0.1"
+START_WITHIN = 10.0  # s for Mosquitto to listen
 
 
 class BrokerUnavailable(RuntimeError):
-    """Mosquitto or openssl is missing, or the broker did not start; the message says which."""
+    """Mosquitto is missing, or the broker did not start; the message says which."""
 
 
-def _tool(name: str, extra: tuple[str, ...] = ()) -> str:
-    found = shutil.which(name) or next((p for p in extra if Path(p).exists()), None)
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found is None:
         raise BrokerUnavailable(
-            f"{name} is not installed; on Debian or Raspberry Pi OS: sudo apt-get install {name}"
+            "mosquitto is not installed; on Debian or Raspberry Pi OS: "
+            "sudo apt-get install mosquitto"
         )
     return found
-
-
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a broker certificate for 127.0.0.1; returns (ca, cert, key)."""
-    openssl = _tool("openssl")
-    ca, ca_key = directory / "ca.pem", directory / "ca.key"
-    cert, key, csr = directory / "broker.pem", directory / "broker.key", directory / "broker.csr"
-    ext = directory / "broker.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    days = ["-days", "2"]
-    sign = ["-out", cert, "-CAcreateserial", "-extfile", ext]
-    steps = [
-        [openssl, "req", "-x509", *ec, *days, "-keyout", ca_key, "-out", ca, "-subj", "/CN=CA"],
-        [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
-        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, *sign, *days],
-    ]
-    for step in steps:
-        done = subprocess.run([str(a) for a in step], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise BrokerUnavailable(f"openssl failed: {done.stderr.strip()}")
-    return ca, cert, key
 
 
 def free_port() -> int:
@@ -61,65 +46,147 @@ def free_port() -> int:
 
 
 @dataclass
-class LocalBroker:
-    """`with LocalBroker() as broker:` a TLS Mosquitto at mqtts://127.0.0.1:<port>."""
+class Mosquitto:
+    """A Mosquitto process with one TLS listener on a loopback port (a free one unless set).
 
+    `persistent` keeps a durable subscriber's session and its queued messages across a
+    restart; `extra` are broker options, `listener_extra` options of the listener.
+    """
+
+    pki: Pki
+    workdir: Path
+    cert: Path
+    key: Path
     port: int = 0
-    ca: Path | None = None
-    _dir: tempfile.TemporaryDirectory[str] | None = None
-    _process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False
+    extra: tuple[str, ...] = ()
+    listener_extra: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: Path | None = None
 
     @property
     def url(self) -> str:
         return f"mqtts://{LOOPBACK}:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def ca(self) -> Path:
+        return self.pki.ca
 
-    def __enter__(self) -> LocalBroker:
-        binary = _tool("mosquitto", ("/usr/sbin/mosquitto",))
-        self._dir = tempfile.TemporaryDirectory(prefix="massgate-broker-")
-        work = Path(self._dir.name)
-        self.ca, cert, key = make_certificates(work)
-        self.port = self.port or free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    "allow_anonymous true",
-                    # Started as root, Mosquitto would become user 'mosquitto', who cannot
-                    # read this private directory.
-                    f"user {getpass.getuser()}",
-                    "persistence false",
-                    "log_dest stderr",
-                    "log_type error",
-                    f"listener {self.port} {LOOPBACK}",
-                    f"certfile {cert}",
-                    f"keyfile {key}",
-                    "tls_version tlsv1.2",
-                    "",
-                ]
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def _conf(self) -> str:
+        authenticated = any(line.startswith("password_file") for line in self.extra)
+        storage = (
+            ("persistence true", f"persistence_location {self.workdir}/")
+            if self.persistent
+            else ("persistence false",)
+        )
+        return "\n".join(
+            [
+                "per_listener_settings false",
+                f"allow_anonymous {'false' if authenticated else 'true'}",
+                *storage,
+                "max_queued_messages 0",
+                *self.extra,
+                # Started as root, Mosquitto would become user 'mosquitto', who cannot read
+                # this private directory.
+                f"user {getpass.getuser()}",
+                "log_dest stderr",
+                "log_type error",
+                "log_type warning",
+                f"listener {self.port} {LOOPBACK}",
+                f"cafile {self.pki.ca}",
+                f"certfile {self.cert}",
+                f"keyfile {self.key}",
+                "tls_version tlsv1.2",
+                *self.listener_extra,
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        """Start, and return once it listens; BrokerUnavailable when it does not."""
+        if not self.port:
+            self.port = free_port()
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(self._conf())
+        self.log_path = self.workdir / f"mosquitto-{self.port}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
             )
-        )
-        log = (work / "mosquitto.log").open("wb")
-        self._process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_WITHIN
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                text = (work / "mosquitto.log").read_text(errors="replace")
-                self.__exit__(None, None, None)
-                raise BrokerUnavailable(f"mosquitto exited: {text.strip()}")
+            if self.process.poll() is not None:
+                text = self.log_path.read_text(errors="replace").strip()
+                self.process = None
+                raise BrokerUnavailable(f"mosquitto exited: {text}")
             try:
                 with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
-                    return self
+                    return
             except OSError:
                 time.sleep(0.05)
-        self.__exit__(None, None, None)
-        raise BrokerUnavailable("mosquitto did not listen within 10 s")
+        self.stop()
+        raise BrokerUnavailable(f"mosquitto did not listen within {START_WITHIN:g} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+
+class LocalBroker:
+    """`with LocalBroker() as broker:` a TLS Mosquitto at mqtts://127.0.0.1:<port> with a
+    PKI of its own, both gone after the block."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._broker: Mosquitto | None = None
+
+    @property
+    def broker(self) -> Mosquitto:
+        assert self._broker is not None, "use LocalBroker in a with block"
+        return self._broker
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def ca(self) -> Path:
+        return self.broker.ca
+
+    @property
+    def pid(self) -> int | None:
+        return self.broker.pid
+
+    def __enter__(self) -> LocalBroker:
+        self._dir = tempfile.TemporaryDirectory(prefix="massgate-broker-")
+        work = Path(self._dir.name)
+        pki = make_pki(work / "pki")
+        self._broker = Mosquitto(pki, work, pki.server_cert, pki.server_key)
+        try:
+            self._broker.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
     def __exit__(
         self,
@@ -127,14 +194,9 @@ class LocalBroker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
-            self._process = None
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from massgate.agent.bench.pki import Pki
 from massgate.agent.config import MqttConfig
 from massgate.agent.core.records import Priority, Record
 from massgate.agent.publish.publisher import Publisher
@@ -26,7 +27,6 @@ from tests.conftest import (
     publish_until,
     run_async,
 )
-from tests.tlsfixtures import Pki
 
 SITE, GATEWAY = "s", "g"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from massgate.agent.bench.pki import Pki
 from massgate.agent.core.records import Record
 from massgate.agent.publish.publisher import Publisher
 from massgate.agent.store.outbox import Outbox
 from tests.conftest import Broker, mqtt_config, publish_until
-from tests.tlsfixtures import Pki
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "make-certs.sh"

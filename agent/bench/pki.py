@@ -1,4 +1,9 @@
-"""Certificates made for the test: a CA, a broker certificate for 127.0.0.1, and a stranger CA."""
+"""Throw-away certificates for a local broker: a site CA with a broker certificate for
+127.0.0.1, a stranger CA with its own, and an expired and a misnamed broker certificate.
+
+The one certificate maker of the benchmarks and the tests (with `cryptography`, which the
+OPC UA client needs anyway); deploy/make-certs.sh is the site's own, for real brokers.
+"""
 
 from __future__ import annotations
 
@@ -112,6 +117,7 @@ def _leaf(
 
 
 def make_pki(directory: Path) -> Pki:
+    """Write every certificate and key into `directory`; valid from five minutes ago."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for label in ("site", "other"):
