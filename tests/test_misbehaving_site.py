@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.drivers.misbehaving import MODES, MisbehavingSlave
-from tests.test_sim_command import _start_sim
+from tests.agent.commands.test_sim_command import _start_sim
+from tests.drivers.modbus.misbehaving import MODES, MisbehavingSlave
 
 GOOD_POLLS = 25  # each good meter's, five a second: five seconds beside the bad slaves
 BAD = [m for m in MODES if m not in ("good", "inf", "exception_1", "exception_2")]

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from massgate.agent.commands.demo import site_config
+from tests.agent.commands.test_sim_command import _start_sim
 from tests.conftest import Broker, Subscriber, free_port
-from tests.test_sim_command import _start_sim
 
 WATCHDOG_USEC = 2_000_000
 

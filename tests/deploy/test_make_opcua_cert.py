@@ -11,7 +11,7 @@ from cryptography import x509
 from massgate.agent.core.samples import Batch
 from massgate.drivers.opcua.client import OpcUaPoller
 from tests.conftest import run_async
-from tests.drivers.test_opcua import _device, _good, _secure_server, _security, _wait
+from tests.drivers.opcua.test_opcua import _device, _good, _secure_server, _security, _wait
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "make-opcua-cert.sh"
 

@@ -14,7 +14,7 @@ from massgate.drivers.sim.faults import Fault
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import SimulatedSite
 from tests.conftest import run_async
-from tests.drivers.test_modbus import impatient_tt102
+from tests.drivers.modbus.test_modbus import impatient_tt102
 
 FAILURES = 8
 

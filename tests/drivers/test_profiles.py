@@ -9,7 +9,7 @@ import pytest
 from massgate.drivers import profiles
 from massgate.drivers.modbus import codec
 from massgate.drivers.modbus.model import TABLES
-from tests.drivers.test_modbus import devices_from
+from tests.drivers.modbus.test_modbus import devices_from
 
 README = Path(profiles.__file__).with_name("README.md").read_text(encoding="utf-8")
 

@@ -20,7 +20,7 @@ from massgate.drivers.sim.opcua_server import UaPlantServer
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import meters_of
 from tests.conftest import free_port, run_async
-from tests.drivers.test_modbus import devices_from
+from tests.drivers.modbus.test_modbus import devices_from
 
 
 def _device(tmp_path: Path, server: UaPlantServer, **extra: Any) -> OpcUaDevice:

@@ -9,7 +9,7 @@ import pytest
 
 from massgate.agent.commands.cli import main
 
-CASES = Path(__file__).parent.parent / "examples" / "reconcile"
+CASES = Path(__file__).parents[2] / "examples" / "reconcile"
 NET = str(CASES / "heat_exchanger.yaml")
 DATA = str(CASES / "heat_exchanger.csv")
 

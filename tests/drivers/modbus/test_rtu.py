@@ -15,7 +15,7 @@ from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.ptypair import PtyPair
 from massgate.drivers.sim.server import SerialSlaves, meters_of
 from tests.conftest import run_async
-from tests.drivers.test_modbus import devices_from
+from tests.drivers.modbus.test_modbus import devices_from
 
 
 @pytest.fixture

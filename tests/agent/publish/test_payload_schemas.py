@@ -17,10 +17,9 @@ from massgate.agent.publish.publisher import Publisher
 from massgate.agent.runtime.gateway import outbox_reset_record
 from massgate.agent.store.outbox import Outbox
 from massgate.drivers.sim.faults import Fault
+from tests.agent.balance import plantrun
+from tests.agent.balance.test_balance_plant import MAGMETER_CONFIG, MAGMETER_PLANT
 from tests.conftest import mqtt_config
-
-from . import plantrun
-from .test_balance_plant import MAGMETER_CONFIG, MAGMETER_PLANT
 
 KINDS = ("telemetry", "totals", "hourly", "audit", "balance", "alarm", "reconciliation")
 

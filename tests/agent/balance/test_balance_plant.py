@@ -15,8 +15,7 @@ import pytest
 
 from massgate.drivers.sim import plantspec
 from massgate.drivers.sim.faults import Fault
-
-from . import plantrun
+from tests.agent.balance import plantrun
 
 BUILTIN = (Path(plantspec.__file__).parent / "plant.yaml").read_text()
 PLANT = BUILTIN.replace(

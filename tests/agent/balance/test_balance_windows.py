@@ -14,9 +14,8 @@ from massgate.agent import config as config_module
 from massgate.agent.balance import nodes as balance
 from massgate.agent.config import NodeConfig, NodeTerms
 from massgate.agent.core.yamlsource import ConfigError
-
-from . import plantrun
-from .test_balance_plant import DEVICES, PLANT
+from tests.agent.balance import plantrun
+from tests.agent.balance.test_balance_plant import DEVICES, PLANT
 
 HOUR = 3600.0
 SHIFTS = ((6, 0), (14, 0), (22, 0))

@@ -18,8 +18,8 @@ from massgate.agent.core.yamlsource import ConfigError
 from massgate.drivers.modbus.model import ModbusDevice, SerialLink, TcpLink
 from massgate.drivers.opcua.model import OpcUaDevice
 
-ROOT = Path(__file__).resolve().parents[2]
-CASES = sorted(p for p in (Path(__file__).parent.parent / "cases").iterdir() if p.is_dir())
+ROOT = Path(__file__).resolve().parents[3]
+CASES = sorted(p for p in (Path(__file__).parent / "cases").iterdir() if p.is_dir())
 
 
 @pytest.fixture

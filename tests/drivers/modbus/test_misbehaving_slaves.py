@@ -18,8 +18,8 @@ from massgate.drivers.base import FatalError
 from massgate.drivers.modbus.poller import DevicePoller, close_buses, pollers_for
 from massgate.drivers.sim.ptypair import PtyPair
 from tests.conftest import run_async
-from tests.drivers.misbehaving import MODES, RTU_MODES, MisbehavingSlave, RtuMisbehavingSlave
-from tests.drivers.test_modbus import devices_from
+from tests.drivers.modbus.misbehaving import MODES, RTU_MODES, MisbehavingSlave, RtuMisbehavingSlave
+from tests.drivers.modbus.test_modbus import devices_from
 
 POLLS = 3
 # Two float32 values in registers 0..3, one try per poll: each poll is one request.
