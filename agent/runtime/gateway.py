@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..balance import audit
-from ..balance.nodes import CLEARED, DRIFT, AlarmEvent, NodeBalance, WindowResult
+from ..balance.nodes import NodeBalance
 from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
+from ..balance.terms import CLEARED, DRIFT, AlarmEvent, WindowResult
 from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from massgate.agent import config as config_module
-from massgate.agent.balance import nodes as balance
+from massgate.agent.balance import windows
+from massgate.agent.balance.alarm import Alarm
 from massgate.agent.config import NodeConfig, NodeTerms
 from massgate.agent.core.yamlsource import ConfigError
 from tests.agent.balance import plantrun
@@ -30,7 +31,7 @@ def test_shift_boundaries_follow_daylight_saving():
     def shifts_from(start: str, count: int) -> list[float]:
         wall, ends = _utc(start), []
         for _ in range(count):
-            wall = balance.next_boundary(wall, SHIFTS, "Europe/Berlin")
+            wall = windows.next_boundary(wall, SHIFTS, "Europe/Berlin")
             ends.append(wall)
         return ends
 
@@ -42,7 +43,7 @@ def test_shift_boundaries_follow_daylight_saving():
     assert datetime.fromtimestamp(spring[2], UTC).hour == 4
     assert datetime.fromtimestamp(autumn[2], UTC).hour == 5
     at = _utc("2026-03-29T04:00")
-    assert balance.previous_boundary(at, SHIFTS, "Europe/Berlin") == at
+    assert windows.previous_boundary(at, SHIFTS, "Europe/Berlin") == at
 
 
 PLC = (
@@ -110,7 +111,7 @@ def test_batch_windows_follow_the_batch_register(tmp_path: Path):
     assert windows[0]["in_kg"] == pytest.approx(20 * 60 * 2.0, rel=0.02)
 
 
-def _machine(**overrides: float) -> balance.NodeBalance:
+def _machine(**overrides: float) -> Alarm:
     cfg = NodeConfig(
         name="n", inputs=(), outputs=(), inventories=(), window=60.0, evaluate_every=10.0,
         tolerance_fixed=0.0, tolerance_relative=0.0, tolerance_sigma=0.0,
@@ -118,17 +119,15 @@ def _machine(**overrides: float) -> balance.NodeBalance:
         clear_after=overrides.get("clear_after", 20.0), min_coverage=0.9,
         deadband=overrides.get("deadband", 0.2), re_alarm=overrides.get("re_alarm", 0.0),
     )  # fmt: skip
-    return balance.NodeBalance(cfg, NodeTerms((), (), (), (), ()), {}, {})
+    return Alarm(cfg)
 
 
-def _feed(machine: balance.NodeBalance, values: list[float | None]) -> list[tuple[float, str]]:
+def _feed(machine: Alarm, values: list[float | None]) -> list[tuple[float, str]]:
     """Imbalances every 10 s against a tolerance of 10; None is an inconclusive window."""
     events = []
     for i, value in enumerate(values):
-        snap = balance.Snapshot(i * 10.0, i * 10.0, (), 0.0, i, i)
-        found = machine._step(
-            snap, math.nan if value is None else value, 10.0, conclusive=value is not None
-        )
+        imbalance = math.nan if value is None else value
+        found = machine.step(i * 10.0, i * 10.0, imbalance, 10.0, conclusive=value is not None)
         events += [(i * 10.0, kind) for kind, *_ in found]
     return events
 
