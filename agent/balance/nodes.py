@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from ..config import BATCH, CALENDAR, NodeConfig, NodeTerms
 from ..core.records import utc
-from ..totalize.totalizer import InventoryGauge, StreamTotal
+from ..totalize.inventories import InventoryGauge
+from ..totalize.streams import StreamTotal
 from .alarm import Alarm
 from .drift import Drift
 from .terms import (

@@ -22,7 +22,8 @@ from typing import Any
 
 from ..config import NodeConfig, NodeTerms, ReconciliationConfig
 from ..core.records import num, utc
-from ..totalize.totalizer import InventoryGauge, StreamTotal
+from ..totalize.inventories import InventoryGauge
+from ..totalize.streams import StreamTotal
 from . import reconcile as rc
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
-from ..totalize.totalizer import InventoryGauge, StreamTotal
+from ..totalize.inventories import InventoryGauge
+from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on

@@ -29,7 +29,7 @@ from ..publish.status import LinkStatus
 if TYPE_CHECKING:
     from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
-from ..totalize.totalizer import StreamTotal
+from ..totalize.streams import StreamTotal
 from .gateway import Gateway, outbox_reset_record
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
 from .refusal import REFUSALS, StartError, preflight_reload, why

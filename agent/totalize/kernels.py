@@ -46,7 +46,7 @@ def linear_density(
     compressibility term in the form of API 11.1's CPL (P gauge, Pa).
 
     The one place this formula is written: the volume kernel, density_linear and the
-    totalizer's per-sample path (totalizer.density_at) all call it, so they cannot disagree.
+    per-sample path (conditions.density_at) all call it, so they cannot disagree.
     """
     return reference / (
         (1.0 + expansion * (temperature - reference_temperature)) * (1.0 - compressibility * gauge)

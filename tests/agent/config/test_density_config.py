@@ -11,7 +11,7 @@ import pytest
 from massgate.agent import config as config_module
 from massgate.agent.core.yamlsource import ConfigError
 from massgate.agent.totalize import density
-from massgate.agent.totalize.totalizer import StreamTotal
+from massgate.agent.totalize.streams import StreamTotal
 
 HEAD = """\
 gateway: {site: a, id: b, state_dir: state}

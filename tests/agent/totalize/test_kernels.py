@@ -96,7 +96,7 @@ def test_nan_never_reaches_a_total(signal):
 
 def test_restart_keeps_the_total_and_opens_a_new_interval():
     """A saved state reloaded after a restart continues the total; the downtime is not bridged."""
-    from massgate.agent.totalize.totalizer import StreamTotal
+    from massgate.agent.totalize.streams import StreamTotal
 
     cfg = _mass_stream()
     first = StreamTotal(cfg)
@@ -372,7 +372,7 @@ def test_restart_gives_the_total_of_running_on_less_the_downtime(signal, data):
     clock never repeats the old one's readings)."""
     import json
 
-    from massgate.agent.totalize.totalizer import StreamTotal
+    from massgate.agent.totalize.streams import StreamTotal
 
     t, q, good = signal
     q = np.where(good, q, math.nan)
@@ -410,7 +410,7 @@ def test_restart_gives_the_total_of_running_on_less_the_downtime(signal, data):
 
 
 def test_a_state_saved_by_an_older_release_keeps_its_totals():
-    from massgate.agent.totalize.totalizer import StreamTotal
+    from massgate.agent.totalize.streams import StreamTotal
 
     # Ten slots, before FLOW_TIME; Kahan's compensation: the total was sum − compensation.
     old = [1.0, 5.0, 2.0, 1234.5, 1e-13, 6.5, -1e-14, 3.0, 7.0, 0.0]

@@ -12,7 +12,7 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.totalize import kernels
-from massgate.agent.totalize.totalizer import StreamTotal
+from massgate.agent.totalize.streams import StreamTotal
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.plantspec import builtin
 

@@ -15,7 +15,8 @@ from massgate.agent.runtime.gateway import Gateway
 from massgate.agent.store.outbox import Outbox
 from massgate.agent.totalize import kernels
 from massgate.agent.totalize.hourly import HOUR
-from massgate.agent.totalize.totalizer import InventoryGauge, StreamTotal
+from massgate.agent.totalize.inventories import InventoryGauge
+from massgate.agent.totalize.streams import StreamTotal
 
 DEVICES = """\
 gateway: {site: a, id: b, state_dir: state}

@@ -1,8 +1,6 @@
-"""Samples to kilograms: stream totals and inventory masses.
-
-The arithmetic runs in the numba kernels (agent/totalize/kernels.py); this module buffers the
-samples of one cycle into arrays, hands them over in one call, and keeps what a restart must keep.
-"""
+"""A stream's total: samples of one cycle buffered into arrays and handed to the numba
+kernels in one call (flow, volume with density, or a meter's own totalizer register); what a
+restart must keep, kept."""
 
 from __future__ import annotations
 
@@ -14,94 +12,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..config import DensityModel, InventoryConfig, StreamConfig
+from ..config import StreamConfig
 from ..core import clock
-from . import density as density_models
 from . import kernels
+from .conditions import density
 from .hourly import HOUR, OpenHour, hour_body, hour_index
+from .inventories import _gauge
 
 log = logging.getLogger(__name__)
-
-
-def density(
-    model: DensityModel,
-    temperatures: npt.NDArray[np.float64],
-    pressures: npt.NDArray[np.float64] | None = None,
-) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """Density of each sample (NaN where an input is missing) and the validity flags raised."""
-    if model.model == "constant" or model.temperature is None:
-        return np.full_like(temperatures, model.reference), []
-    if model.model == "linear" and not model.compressibility:
-        rho = kernels.density_linear(
-            temperatures, model.reference, model.reference_temperature, model.expansion
-        )
-        return rho, []
-    if pressures is None:
-        pressures = np.full_like(temperatures, math.nan)
-    out = np.empty_like(temperatures)
-    flags: list[str] = []
-    for i, (t, p) in enumerate(zip(temperatures.tolist(), pressures.tolist(), strict=True)):
-        result = density_at(model, t, p)
-        out[i] = result.value
-        if result.flag is not None and result.flag not in flags:
-            flags.append(result.flag)
-    return out, flags
-
-
-def density_at(model: DensityModel, temperature: float, pressure: float) -> density_models.Density:
-    """One sample's density; `pressure` as its tag gives it (NaN: no pressure tag)."""
-    if math.isnan(temperature):
-        return density_models.Density(math.nan)
-    if model.pressure is None:
-        gauge = 0.0
-    elif math.isnan(pressure):
-        return density_models.Density(math.nan)
-    else:
-        gauge = pressure - model.atmosphere if model.pressure_absolute else pressure
-    absolute = gauge + model.atmosphere
-    match model.model:
-        case "quadratic":
-            return density_models.quadratic(
-                temperature,
-                reference=model.reference,
-                reference_temperature=model.reference_temperature,
-                expansion=model.expansion,
-                expansion2=model.expansion2,
-            )
-        case "water":
-            return density_models.water(temperature, absolute)
-        case "api":
-            return density_models.api_density(
-                model.reference,
-                temperature,
-                gauge,
-                commodity=model.commodity,
-                base=model.base,
-                alpha60=model.alpha60,
-            )
-        case "gas":
-            if model.z is not None:
-                return density_models.gas(
-                    temperature, absolute, molar_mass=model.molar_mass, z=model.z
-                )
-            return density_models.gas_virial(
-                temperature,
-                absolute,
-                molar_mass=model.molar_mass,
-                critical_temperature=model.critical_temperature,
-                critical_pressure=model.critical_pressure,
-                acentric_factor=model.acentric_factor,
-            )
-    return density_models.Density(
-        kernels.linear_density(
-            temperature,
-            gauge,
-            model.reference,
-            model.reference_temperature,
-            model.expansion,
-            model.compressibility,
-        )
-    )
 
 
 @dataclass(slots=True)
@@ -412,92 +330,3 @@ class StreamTotal:
             "boot_id": clock.boot_id(),
             "hour": self.hour.saved() if self.hour is not None else None,
         }
-
-
-def _gauge(model: DensityModel, pressure: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Gauge pressure for the linear model's compressibility (zeros without a pressure tag)."""
-    if model.pressure is None:
-        return np.zeros_like(pressure)
-    return pressure - model.atmosphere if model.pressure_absolute else pressure
-
-
-class InventoryGauge:
-    """Mass in a vessel: ρ(T, P) · A · level, ρ(T, P) · strapping(level), or load cells' mass."""
-
-    def __init__(self, config: InventoryConfig) -> None:
-        self.config = config
-        self.mass: float | None = None
-        self.mono = -math.inf
-        self.level = math.nan
-        self._slope = config.area or 0.0  # dV/dh at the last level, m²
-        self._table: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
-        if config.strapping is not None:
-            levels, volumes = config.strapping
-            self._table = (np.asarray(levels), np.asarray(volumes))
-        self.out_of_table = 0  # level readings outside the strapping table
-
-    @property
-    def tag(self) -> str:
-        tag = self.config.level or self.config.mass
-        assert tag is not None
-        return tag
-
-    def update(
-        self, mono: float, value: float, temperature: float = math.nan, pressure: float = math.nan
-    ) -> None:
-        """A new reading of the level (m) or of the load cells (kg)."""
-        if math.isnan(value):
-            return
-        if self.config.mass is not None:
-            self.mass = value
-            self.mono = mono
-            return
-        model = self.config.density
-        assert model is not None
-        if model.temperature is None:
-            rho = model.reference
-        else:
-            rho = density_at(model, temperature, pressure).value
-            if math.isnan(rho):
-                return
-        volume = self._volume(value)
-        if math.isnan(volume):
-            return
-        self.level = value
-        self.mass = rho * volume
-        self.mono = mono
-
-    def _volume(self, level: float) -> float:
-        if self._table is None:
-            assert self.config.area is not None
-            return self.config.area * level
-        levels, volumes = self._table
-        volume = float(kernels.strapping(np.array([level]), levels, volumes)[0])
-        if math.isnan(volume):
-            if self.out_of_table == 0:
-                log.warning(
-                    "inventory %s: level %.4f m is outside its strapping table (%.4f to %.4f m);"
-                    " no mass until it is back inside",
-                    self.config.name,
-                    level,
-                    levels[0],
-                    levels[-1],
-                )
-            self.out_of_table += 1
-            return volume
-        i = int(np.clip(np.searchsorted(levels, level, side="right"), 1, levels.size - 1))
-        self._slope = float((volumes[i] - volumes[i - 1]) / (levels[i] - levels[i - 1]))
-        return volume
-
-    def mass_at(self, mono: float) -> float | None:
-        if self.mass is None or mono - self.mono > self.config.max_age:
-            return None
-        return self.mass
-
-    @property
-    def sigma(self) -> float:
-        """Standard uncertainty of one mass reading, kg (rated accuracy taken as 2σ)."""
-        if self.config.mass is not None:
-            return self.config.accuracy / 2.0
-        assert self.config.density is not None
-        return self.config.density.reference * self._slope * self.config.accuracy / 2.0

@@ -1,0 +1,105 @@
+"""An inventory's mass: load cells directly, or level through a strapping table (or an
+area) and a density at the tank's temperature."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import DensityModel, InventoryConfig
+from . import kernels
+from .conditions import density_at
+
+log = logging.getLogger(__name__)
+
+
+def _gauge(model: DensityModel, pressure: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Gauge pressure for the linear model's compressibility (zeros without a pressure tag)."""
+    if model.pressure is None:
+        return np.zeros_like(pressure)
+    return pressure - model.atmosphere if model.pressure_absolute else pressure
+
+
+class InventoryGauge:
+    """Mass in a vessel: ρ(T, P) · A · level, ρ(T, P) · strapping(level), or load cells' mass."""
+
+    def __init__(self, config: InventoryConfig) -> None:
+        self.config = config
+        self.mass: float | None = None
+        self.mono = -math.inf
+        self.level = math.nan
+        self._slope = config.area or 0.0  # dV/dh at the last level, m²
+        self._table: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        if config.strapping is not None:
+            levels, volumes = config.strapping
+            self._table = (np.asarray(levels), np.asarray(volumes))
+        self.out_of_table = 0  # level readings outside the strapping table
+
+    @property
+    def tag(self) -> str:
+        tag = self.config.level or self.config.mass
+        assert tag is not None
+        return tag
+
+    def update(
+        self, mono: float, value: float, temperature: float = math.nan, pressure: float = math.nan
+    ) -> None:
+        """A new reading of the level (m) or of the load cells (kg)."""
+        if math.isnan(value):
+            return
+        if self.config.mass is not None:
+            self.mass = value
+            self.mono = mono
+            return
+        model = self.config.density
+        assert model is not None
+        if model.temperature is None:
+            rho = model.reference
+        else:
+            rho = density_at(model, temperature, pressure).value
+            if math.isnan(rho):
+                return
+        volume = self._volume(value)
+        if math.isnan(volume):
+            return
+        self.level = value
+        self.mass = rho * volume
+        self.mono = mono
+
+    def _volume(self, level: float) -> float:
+        if self._table is None:
+            assert self.config.area is not None
+            return self.config.area * level
+        levels, volumes = self._table
+        volume = float(kernels.strapping(np.array([level]), levels, volumes)[0])
+        if math.isnan(volume):
+            if self.out_of_table == 0:
+                log.warning(
+                    "inventory %s: level %.4f m is outside its strapping table (%.4f to %.4f m);"
+                    " no mass until it is back inside",
+                    self.config.name,
+                    level,
+                    levels[0],
+                    levels[-1],
+                )
+            self.out_of_table += 1
+            return volume
+        i = int(np.clip(np.searchsorted(levels, level, side="right"), 1, levels.size - 1))
+        self._slope = float((volumes[i] - volumes[i - 1]) / (levels[i] - levels[i - 1]))
+        return volume
+
+    def mass_at(self, mono: float) -> float | None:
+        if self.mass is None or mono - self.mono > self.config.max_age:
+            return None
+        return self.mass
+
+    @property
+    def sigma(self) -> float:
+        """Standard uncertainty of one mass reading, kg (rated accuracy taken as 2σ)."""
+        if self.config.mass is not None:
+            return self.config.accuracy / 2.0
+        assert self.config.density is not None
+        return self.config.density.reference * self._slope * self.config.accuracy / 2.0
