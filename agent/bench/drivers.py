@@ -8,9 +8,11 @@ planner and once with one request per point, and prints both side by side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
-import socket
+import multiprocessing.synchronize
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from massgate.drivers import profiles
@@ -20,6 +22,8 @@ from massgate.drivers.modbus.planner import plan
 from massgate.drivers.modbus.poller import close_buses, pollers_for
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.server import Meter, MeterSlave
+
+from .localbroker import free_port
 
 # A flow computer's worth of values: float32 with the small gaps real register maps have.
 _GAPS = (0, 0, 1, 0, 2, 0, 0, 1)
@@ -43,18 +47,40 @@ def bench_profile(points: int) -> profiles.Profile:
     return profiles.Profile("bench", "benchmark register map", tuple(listed))
 
 
-def _serve(port: int, points: int, ready: multiprocessing.synchronize.Event) -> None:
+def _serve(ports: list[int], points: int, ready: multiprocessing.synchronize.Event) -> None:
     profile = bench_profile(points)
-    values = {p.name: float(i) * 1.5 for i, p in enumerate(profile.points)}
+    # v000 is a stream's mass flow in kg/s (bench e2e); the rest are process values.
+    values = {p.name: 1.0 + i * 0.5 for i, p in enumerate(profile.points)}
 
     async def main() -> None:
-        meter = Meter("bench", "bench", lambda: values, "benchmark slave")
-        slave = MeterSlave(meter, Plant(), host="127.0.0.1", port=port, profile=profile)
-        await slave.start()
+        plant = Plant()
+        for i, port in enumerate(ports):
+            meter = Meter(f"d{i:03d}", "bench", lambda: values, "benchmark slave")
+            await MeterSlave(meter, plant, host="127.0.0.1", port=port, profile=profile).start()
         ready.set()
         await asyncio.Event().wait()  # until the parent terminates this process
 
     asyncio.run(main())
+
+
+@contextlib.contextmanager
+def slaves(ports: list[int], points: int, *, within: float) -> Iterator[int | None]:
+    """Simulated Modbus TCP slaves of `points` float32 values each, served from a child
+    process (so that the agent's CPU time is the agent's alone) until the block ends.
+    Yields the child's pid."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    server = context.Process(target=_serve, args=(ports, points, ready), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(within):
+            raise RuntimeError("the simulated slaves did not start")
+        yield server.pid
+    finally:
+        server.terminate()
+        server.join(10)
+        with contextlib.suppress(Exception):
+            server.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +119,8 @@ async def _measure(device: ModbusDevice, mode: str, seconds: float, one_per_poin
 
 
 def bench_drivers(points: int, seconds: float) -> list[Result]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    server = context.Process(target=_serve, args=(port, points, ready), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("the simulated slave did not start")
+    port = free_port()
+    with slaves([port], points, within=30):
         unit = "1"
         device = ModbusDevice(
             name="bench",
@@ -133,6 +151,3 @@ def bench_drivers(points: int, seconds: float) -> list[Result]:
             ]
 
         return asyncio.run(both())
-    finally:
-        server.terminate()
-        server.join(10)

@@ -15,10 +15,6 @@ service starts after deploy/install.sh compiled the kernels.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import multiprocessing
-import multiprocessing.synchronize
 import os
 import signal
 import socket
@@ -30,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from massgate.drivers.sim.plant import Plant
-from massgate.drivers.sim.server import Meter, MeterSlave
-
 from ..runtime.statusserver import StatusUnavailable, fetch
-from .drivers import bench_profile
+from .drivers import bench_profile, slaves
 from .localbroker import LocalBroker
 
 NODE_SIZE = 5  # streams per balance node
@@ -68,22 +61,6 @@ def _ports(count: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _serve(ports: list[int], points: int, ready: multiprocessing.synchronize.Event) -> None:
-    profile = bench_profile(points)
-    # v000 is the stream's mass flow in kg/s; the rest are process values.
-    values = {p.name: 1.0 + i * 0.5 for i, p in enumerate(profile.points)}
-
-    async def main() -> None:
-        plant = Plant()
-        for i, port in enumerate(ports):
-            meter = Meter(f"d{i:03d}", "bench", lambda: values, "benchmark slave")
-            await MeterSlave(meter, plant, host="127.0.0.1", port=port, profile=profile).start()
-        ready.set()
-        await asyncio.Event().wait()  # until the parent terminates this process
-
-    asyncio.run(main())
 
 
 def site_config(
@@ -270,15 +247,9 @@ def bench_e2e(
     agent_cpu = cpus[-1] if len(cpus) >= 2 else None
     others = set(cpus[:-1]) if agent_cpu is not None else None
     ports = _ports(devices)
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    server = context.Process(target=_serve, args=(ports, points, ready), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(120):
-            raise RuntimeError("the simulated site did not start")
-        if others and server.pid is not None:
-            os.sched_setaffinity(server.pid, others)
+    with slaves(ports, points, within=120) as pid:
+        if others and pid is not None:
+            os.sched_setaffinity(pid, others)
         with (
             tempfile.TemporaryDirectory(prefix="massgate-bench-e2e-") as tmp,
             LocalBroker() as broker,
@@ -311,11 +282,6 @@ def bench_e2e(
                         cpu=agent_cpu,
                     )
                 )
-    finally:
-        server.terminate()
-        server.join(10)
-        with contextlib.suppress(Exception):
-            server.close()
     return E2eFigures(cold, agent_cpu, runs)
 
 

@@ -20,7 +20,6 @@ def setup(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-
     try:
         config = config_module.load(Path(args.config))
     except ConfigError as exc:

@@ -65,19 +65,7 @@ def setup(p: argparse.ArgumentParser) -> None:
         help="also serve every meter over OPC UA",
     )
     p.add_argument("--seed", type=int, help="noise seed (default: the plant file's)")
-    p.add_argument(
-        "--leak-at",
-        type=argtypes.seconds(low=0.0, zero=True),
-        metavar="SECONDS",
-        help="open a leak this long after start",
-    )
-    p.add_argument(
-        "--leak-rate",
-        type=argtypes.rate,
-        default=0.5,
-        metavar="KG_PER_S",
-        help="rate of that leak (default %(default)s)",
-    )
+    add_leak_arguments(p, when="open a leak this long after start")
     p.add_argument(
         "--leak-line",
         default="product",
@@ -88,6 +76,20 @@ def setup(p: argparse.ArgumentParser) -> None:
         "--config-out",
         metavar="FILE",
         help="write an agent configuration that reads every meter served",
+    )
+
+
+def add_leak_arguments(p: argparse.ArgumentParser, *, when: str) -> None:
+    """--leak-at and --leak-rate, as `massgate sim` and `massgate demo` take them."""
+    p.add_argument(
+        "--leak-at", type=argtypes.seconds(low=0.0, zero=True), metavar="SECONDS", help=when
+    )
+    p.add_argument(
+        "--leak-rate",
+        type=argtypes.rate,
+        default=0.5,
+        metavar="KG_PER_S",
+        help="rate of that leak (default %(default)s)",
     )
 
 
