@@ -23,7 +23,7 @@ from massgate.agent.bench.localbroker import (
     Mosquitto,
     free_port,  # noqa: F401  # the tests take it from here
 )
-from massgate.agent.bench.pki import Pki, make_pki
+from massgate.agent.bench.pki import Pki, make_pki, make_ua_certificate
 from massgate.agent.config import BrokerEndpoint, MqttConfig
 
 
@@ -187,10 +187,7 @@ def no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def ua_certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A self-signed OPC UA server certificate and a client one, as asyncua makes them."""
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
+    """A self-signed OPC UA server certificate and a client one."""
     base = tmp_path_factory.mktemp("ua-pki")
     host = socket.gethostname()
     paths = {
@@ -199,24 +196,20 @@ def ua_certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         "client_cert": base / "client.der",
         "client_key": base / "client.pem",
     }
-
-    async def make() -> None:
-        await setup_self_signed_certificate(
-            paths["server_key"],
-            paths["server_cert"],
-            "urn:massgate:sim",
-            host,
-            [ExtendedKeyUsageOID.SERVER_AUTH],
-            {"commonName": "massgate sim"},
-        )
-        await setup_self_signed_certificate(
-            paths["client_key"],
-            paths["client_cert"],
-            "urn:massgate:test-gateway",
-            host,
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-            {"commonName": "massgate gateway"},
-        )
-
-    asyncio.run(make())
+    make_ua_certificate(
+        paths["server_cert"],
+        paths["server_key"],
+        uri="urn:massgate:sim",
+        host=host,
+        common_name="massgate sim",
+        server=True,
+    )
+    make_ua_certificate(
+        paths["client_cert"],
+        paths["client_key"],
+        uri="urn:massgate:test-gateway",
+        host=host,
+        common_name="massgate gateway",
+        server=False,
+    )
     return paths

@@ -1,5 +1,6 @@
 """Throw-away certificates for a local broker: a site CA with a broker certificate for
-127.0.0.1, a stranger CA with its own, and an expired and a misnamed broker certificate.
+127.0.0.1, a stranger CA with its own, and an expired and a misnamed broker certificate;
+and self-signed OPC UA application certificates.
 
 The one certificate maker of the benchmarks and the tests (with `cryptography`, which the
 OPC UA client needs anyway); deploy/make-certs.sh is the site's own, for real brokers.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def _write_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, path: Path) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -146,3 +147,49 @@ def make_pki(directory: Path) -> Pki:
         _write_key(leaf_key, key_path)
         extra += [cert_path, key_path]
     return Pki(*paths["site"], *paths["other"], *extra)
+
+
+def make_ua_certificate(
+    cert: Path, key: Path, *, uri: str, host: str, common_name: str, server: bool
+) -> None:
+    """A self-signed OPC UA application instance certificate (DER) and its key (PEM): RSA
+    2048 with the application URI and host in subjectAltName and the key usages OPC UA
+    asks for, as deploy/make-opcua-cert.sh makes a gateway's."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    made = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri), x509.DNSName(host)]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False
+        )
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(made.public_bytes(serialization.Encoding.DER))
+    _write_key(private, key)
