@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     except (AlreadyRunning, OSError) as exc:
         log.error("cannot run: %s", exc)
         return EXIT_FAILED
-    _check_numba_cache()
+    if config.engine == "numba" and (config.streams or config.inventories):
+        _check_numba_cache()
     started = time.time()
 
     async def serve() -> None:

@@ -18,12 +18,14 @@ from ..core.values import DAY, Files
 from ..core.yamlsource import (
     Report,
     Section,
+    choice,
     load_file,
     load_text,
     name,
     quantity,
     text,
 )
+from ..totalize.engine import ENGINES
 from .crosscheck import cross_check
 from .devices import DeviceParsers
 from .health import check_socket, loopback_address
@@ -72,6 +74,7 @@ def _build(raw: Any, path: Path) -> Config:
 
     totals_interval = 60.0
     hourly_retention = 90 * 86400.0
+    engine = "numba"
     if (totals := root.section("totals", required=False)) is not None:
         totals_interval = totals.take(
             "interval", quantity(units.TIME, minimum=1.0, maximum=DAY), 60.0
@@ -81,6 +84,7 @@ def _build(raw: Any, path: Path) -> Config:
             quantity(units.TIME, minimum=3600.0, maximum=MAX_RETENTION),
             hourly_retention,
         )
+        engine = totals.take("engine", choice(*ENGINES), engine)
         totals.finish()
     balance_retention = 90 * 86400.0
     reconciliation = None
@@ -143,6 +147,7 @@ def _build(raw: Any, path: Path) -> Config:
         nodes=nodes,  # type: ignore[arg-type]
         totals_interval=totals_interval,
         hourly_retention=hourly_retention,
+        engine=engine,
         balance_retention=balance_retention,
         reconciliation=reconciliation,
         telemetry_interval=telemetry_interval,

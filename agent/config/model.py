@@ -258,6 +258,7 @@ class Config:
     nodes: tuple[NodeConfig, ...]
     totals_interval: float
     hourly_retention: float  # s
+    engine: str = "numba"  # the totalizer's arithmetic: numba's kernels or their Python twins
     balance_retention: float = 90 * 86400.0  # s: balance and alarm records kept for reports
     reconciliation: ReconciliationConfig | None = None
     telemetry_interval: float

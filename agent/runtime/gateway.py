@@ -22,6 +22,7 @@ from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
+from ..totalize.engine import load as load_engine
 from ..totalize.inventories import InventoryGauge
 from ..totalize.streams import StreamTotal
 
@@ -48,17 +49,21 @@ class Gateway:
         # A stream whose configuration a reload did not change goes on integrating in
         # memory: the reload is a gap like any other, bridged up to max_gap. A changed or new
         # one starts from the state saved in the outbox (as after a restart).
+        # numba is imported only by an agent that integrates with it.
+        engine = load_engine(config.engine) if config.streams or config.inventories else None
         self.streams = {
             s.name: (
                 carried[s.name]
                 if s.name in carried and carried[s.name].config == s
-                else StreamTotal(s, saved=saved.get(s.name))
+                else StreamTotal(s, saved=saved.get(s.name), engine=engine)
             )
             for s in config.streams
         }
+        for stream in self.streams.values():
+            stream.engine = engine or stream.engine  # a reload may change the engine
         carried.clear()
         carried.update(self.streams)
-        self.inventories = {v.name: InventoryGauge(v) for v in config.inventories}
+        self.inventories = {v.name: InventoryGauge(v, engine=engine) for v in config.inventories}
         terms = node_terms(config.nodes)
         self.nodes = [
             NodeBalance(n, terms[n.name], self.streams, self.inventories) for n in config.nodes

@@ -10,19 +10,21 @@ import numpy.typing as npt
 
 from ..config import DensityModel
 from . import density as density_models
-from . import kernels
+from .engine import Engine
 
 
 def density(
     model: DensityModel,
     temperatures: npt.NDArray[np.float64],
     pressures: npt.NDArray[np.float64] | None = None,
+    *,
+    engine: Engine,
 ) -> tuple[npt.NDArray[np.float64], list[str]]:
     """Density of each sample (NaN where an input is missing) and the validity flags raised."""
     if model.model == "constant" or model.temperature is None:
         return np.full_like(temperatures, model.reference), []
     if model.model == "linear" and not model.compressibility:
-        rho = kernels.density_linear(
+        rho = engine.density_linear(
             temperatures, model.reference, model.reference_temperature, model.expansion
         )
         return rho, []
@@ -31,14 +33,16 @@ def density(
     out = np.empty_like(temperatures)
     flags: list[str] = []
     for i, (t, p) in enumerate(zip(temperatures.tolist(), pressures.tolist(), strict=True)):
-        result = density_at(model, t, p)
+        result = density_at(model, t, p, engine=engine)
         out[i] = result.value
         if result.flag is not None and result.flag not in flags:
             flags.append(result.flag)
     return out, flags
 
 
-def density_at(model: DensityModel, temperature: float, pressure: float) -> density_models.Density:
+def density_at(
+    model: DensityModel, temperature: float, pressure: float, *, engine: Engine
+) -> density_models.Density:
     """One sample's density; `pressure` as its tag gives it (NaN: no pressure tag)."""
     if math.isnan(temperature):
         return density_models.Density(math.nan)
@@ -83,7 +87,7 @@ def density_at(model: DensityModel, temperature: float, pressure: float) -> dens
                 acentric_factor=model.acentric_factor,
             )
     return density_models.Density(
-        kernels.linear_density(
+        engine.linear_density(
             temperature,
             gauge,
             model.reference,

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..core.records import num, utc
-from . import kernels
+from . import state as layout
 
 HOUR = 3600.0
 
@@ -65,7 +65,7 @@ class OpenHour:
 
     @classmethod
     def restore(cls, saved: dict[str, Any]) -> OpenHour:
-        opened = kernels.upgrade_state([float(x) for x in saved["opened"]]).tolist()
+        opened = layout.upgrade_state([float(x) for x in saved["opened"]]).tolist()
         sums = {str(k): [float(v[0]), float(v[1])] for k, v in saved["sums"].items()}
         return cls(int(saved["index"]), opened, sums)
 
@@ -90,14 +90,14 @@ def hour_body(
     def delta(slot: int) -> float:
         return float(state[slot]) - hour.opened[slot]
 
-    forward = kernels.total(state, kernels.FORWARD) - kernels.total(hour.opened, kernels.FORWARD)
-    reverse = kernels.total(state, kernels.REVERSE) - kernels.total(hour.opened, kernels.REVERSE)
+    forward = layout.total(state, layout.FORWARD) - layout.total(hour.opened, layout.FORWARD)
+    reverse = layout.total(state, layout.REVERSE) - layout.total(hour.opened, layout.REVERSE)
     quantity = forward if ignore_reverse else forward - reverse
-    covered = delta(kernels.COVERED_TIME)
+    covered = delta(layout.COVERED_TIME)
     # An interval that ends just after the hour counts in the new hour, so an hour can be
     # covered for a little more than 3600 s; what is never covered is the faulted time.
     faulted = min(max(HOUR - covered, 0.0), HOUR)
-    estimated = delta(kernels.ESTIMATED)
+    estimated = delta(layout.ESTIMATED)
     moved = forward + reverse
     start = hour.index * HOUR
     body: dict[str, Any] = {
@@ -107,7 +107,7 @@ def hour_body(
         "quantity_kg": num(quantity),
         "forward_kg": num(forward),
         "reverse_kg": num(reverse),
-        "flow_time_s": num(delta(kernels.FLOW_TIME)),
+        "flow_time_s": num(delta(layout.FLOW_TIME)),
         "estimated_kg": num(estimated),
         "estimated_share": num(estimated / moved if moved > 0.0 else 0.0),
         "faulted_s": num(faulted),
@@ -115,12 +115,12 @@ def hour_body(
         # Covered longer than the hour by the monotonic clock: the wall clock stepped back
         # within it, and the quantity is more than this hour's.
         "clock_stepped": covered > HOUR + CLOCK_SLACK,
-        "register_faults": int(delta(kernels.FAULTS)),
+        "register_faults": int(delta(layout.FAULTS)),
         "temperature_K": num(hour.average("temperature")),
         "pressure_Pa": num(hour.average("pressure")),
         "density_kg_m3": num(hour.average("density")),
-        "forward_total_kg": num(kernels.total(state, kernels.FORWARD)),
-        "reverse_total_kg": num(kernels.total(state, kernels.REVERSE)),
+        "forward_total_kg": num(layout.total(state, layout.FORWARD)),
+        "reverse_total_kg": num(layout.total(state, layout.REVERSE)),
     }
     if standard is not None:
         rho, temperature, pressure = standard

@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import DensityModel, InventoryConfig
-from . import kernels
 from .conditions import density_at
+from .engine import Engine, load
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ def _gauge(model: DensityModel, pressure: npt.NDArray[np.float64]) -> npt.NDArra
 class InventoryGauge:
     """Mass in a vessel: ρ(T, P) · A · level, ρ(T, P) · strapping(level), or load cells' mass."""
 
-    def __init__(self, config: InventoryConfig) -> None:
+    def __init__(self, config: InventoryConfig, *, engine: Engine | None = None) -> None:
         self.config = config
+        self.engine = engine if engine is not None else load()
         self.mass: float | None = None
         self.mono = -math.inf
         self.level = math.nan
@@ -59,7 +60,7 @@ class InventoryGauge:
         if model.temperature is None:
             rho = model.reference
         else:
-            rho = density_at(model, temperature, pressure).value
+            rho = density_at(model, temperature, pressure, engine=self.engine).value
             if math.isnan(rho):
                 return
         volume = self._volume(value)
@@ -74,7 +75,7 @@ class InventoryGauge:
             assert self.config.area is not None
             return self.config.area * level
         levels, volumes = self._table
-        volume = float(kernels.strapping(np.array([level]), levels, volumes)[0])
+        volume = float(self.engine.strapping(np.array([level]), levels, volumes)[0])
         if math.isnan(volume):
             if self.out_of_table == 0:
                 log.warning(

@@ -11,7 +11,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from . import kernels as k
+from . import state as k
 
 Floats = Sequence[float]
 
@@ -77,10 +77,7 @@ def integrate_volume(
     s = list(state)
     for ti, q_raw, temp, p, ok in zip(t, qv, temperature, pressure, good, strict=True):
         qi = 0.0 if abs(q_raw) < cutoff else q_raw
-        try:
-            mass = qi * (ref / ((1.0 + beta * (temp - t_ref)) * (1.0 - kappa * p)))
-        except ZeroDivisionError:
-            mass = math.nan  # the kernel's inf or NaN, which it treats as bad
+        mass = qi * _divide(ref, (1.0 + beta * (temp - t_ref)) * (1.0 - kappa * p))
         if _bad(ok, mass, ti):
             s[k.PENDING_BAD] = 1.0
             continue
@@ -133,4 +130,29 @@ def density_linear(
     temperatures: Floats, reference: float, reference_temperature: float, expansion: float
 ) -> list[float]:
     """Reference of kernels.density_linear."""
-    return [reference / (1.0 + expansion * (x - reference_temperature)) for x in temperatures]
+    return [_divide(reference, 1.0 + expansion * (x - reference_temperature)) for x in temperatures]
+
+
+def linear_density(
+    temperature: float,
+    gauge: float,
+    reference: float,
+    reference_temperature: float,
+    expansion: float,
+    compressibility: float,
+) -> float:
+    """Reference of kernels.linear_density."""
+    return _divide(
+        reference,
+        (1.0 + expansion * (temperature - reference_temperature)) * (1.0 - compressibility * gauge),
+    )
+
+
+def _divide(a: float, b: float) -> float:
+    """a / b as IEEE 754 (and the kernels' error_model="numpy") has it: ±inf or NaN for a
+    zero divisor, never ZeroDivisionError out of the middle of a cycle."""
+    if b != 0.0:
+        return a / b
+    if a == 0.0 or math.isnan(a):
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)

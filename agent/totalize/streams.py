@@ -14,8 +14,9 @@ import numpy.typing as npt
 
 from ..config import StreamConfig
 from ..core import clock
-from . import kernels
+from . import state as layout
 from .conditions import density
+from .engine import Engine, load
 from .hourly import HOUR, OpenHour, hour_body, hour_index
 from .inventories import _gauge
 
@@ -41,9 +42,16 @@ class StreamTotal:
     restarts (see `saved`), and a state saved by an older release is carried over.
     """
 
-    def __init__(self, config: StreamConfig, *, saved: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        config: StreamConfig,
+        *,
+        saved: dict[str, object] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.config = config
-        self.state = kernels.new_state()
+        self.engine = engine if engine is not None else load()
+        self.state = layout.new_state()
         self.reported = (0.0, 0.0, 0.0)  # net, estimated, gap time at the last totals record
         self.last_wall: float | None = None
         self.first_wall: float | None = None  # first sample integrated by this process
@@ -57,11 +65,11 @@ class StreamTotal:
         if saved is not None:
             state = saved["state"]
             assert isinstance(state, list)
-            self.state = kernels.upgrade_state(state)
+            self.state = layout.upgrade_state(state)
             # Monotonic time restarts with the process (and the boot): the first sample after
             # a restart opens a new interval instead of bridging the downtime.
-            self.state[kernels.HAS_LAST] = 0.0
-            self.state[kernels.PENDING_BAD] = 0.0
+            self.state[layout.HAS_LAST] = 0.0
+            self.state[layout.PENDING_BAD] = 0.0
             reported = saved["reported"]
             assert isinstance(reported, list)
             self.reported = (float(reported[0]), float(reported[1]), float(reported[2]))
@@ -162,11 +170,11 @@ class StreamTotal:
     ) -> None:
         cfg = self.config
         factor = cfg.meter_factor
-        last_t = float(self.state[kernels.LAST_T]) if self.state[kernels.HAS_LAST] else math.nan
+        last_t = float(self.state[layout.LAST_T]) if self.state[layout.HAS_LAST] else math.nan
         averaged: dict[str, npt.NDArray[np.float64]] = {}
         if cfg.mass_total is not None:
             good = np.isfinite(flow)
-            self.state = kernels.difference_register(
+            self.state = self.engine.difference_register(
                 t, flow * factor, good, self.state, cfg.rollover * factor, cfg.max_flow * factor
             )
             mass_flow = np.full_like(flow, math.nan)  # a register carries no flow to weigh by
@@ -178,7 +186,7 @@ class StreamTotal:
             if model.model in ("constant", "linear"):
                 temp_in = temp if model.model == "linear" else np.full_like(temp, 293.15)
                 expansion = model.expansion if model.model == "linear" else 0.0
-                self.state = kernels.integrate_volume(
+                self.state = self.engine.integrate_volume(
                     t,
                     flow,
                     temp_in,
@@ -198,10 +206,10 @@ class StreamTotal:
                 )
                 mass_flow = volume * rho * factor
             else:
-                rho, flags = density(model, temp, pressure)
+                rho, flags = density(model, temp, pressure, engine=self.engine)
                 self._count_flags(flags)
                 mass_flow = volume * rho * factor
-                self.state = kernels.integrate_flow(
+                self.state = self.engine.integrate_flow(
                     t, mass_flow, np.isfinite(mass_flow), self.state, cfg.max_gap, 0.0
                 )
             # A sample without its temperature or pressure is as bad as one without flow.
@@ -214,7 +222,7 @@ class StreamTotal:
         else:
             mass_flow = flow * factor
             good = np.isfinite(mass_flow)
-            self.state = kernels.integrate_flow(
+            self.state = self.engine.integrate_flow(
                 t, mass_flow, good, self.state, cfg.max_gap, cfg.low_flow_cutoff * factor
             )
         assert self.hour is not None
@@ -234,7 +242,7 @@ class StreamTotal:
         if self._down_mono is not None:
             # The downtime's quantity is unknown: flagged as gap time, measured by the
             # monotonic clock within one boot ...
-            self.state[kernels.GAP_TIME] += max(good_monos[0] - self._down_mono, 0.0)
+            self.state[layout.GAP_TIME] += max(good_monos[0] - self._down_mono, 0.0)
         elif self._down_since is not None:
             # ... and by the wall clock across a reboot. A wall clock earlier than before
             # (a gateway without RTC that booted at an old time) cannot say how long the
@@ -250,7 +258,7 @@ class StreamTotal:
                     -downtime,
                 )
             else:
-                self.state[kernels.GAP_TIME] += downtime
+                self.state[layout.GAP_TIME] += downtime
         self._down_since = self._down_mono = None
         if self.first_wall is None:
             self.first_wall = good_walls[0]
@@ -261,11 +269,11 @@ class StreamTotal:
 
     @property
     def forward(self) -> float:
-        return kernels.total(self.state, kernels.FORWARD)
+        return layout.total(self.state, layout.FORWARD)
 
     @property
     def reverse(self) -> float:
-        return kernels.total(self.state, kernels.REVERSE)
+        return layout.total(self.state, layout.REVERSE)
 
     @property
     def net(self) -> float:
@@ -279,9 +287,9 @@ class StreamTotal:
     def last_flow(self) -> float:
         """Mass flow of the last good sample, kg/s (NaN before the first one, or for a
         register, which gives quantity, not flow)."""
-        if not self.state[kernels.HAS_LAST] or self.config.mass_total is not None:
+        if not self.state[layout.HAS_LAST] or self.config.mass_total is not None:
             return math.nan
-        flow = float(self.state[kernels.LAST_Q])
+        flow = float(self.state[layout.LAST_Q])
         return max(flow, 0.0) if self.config.reverse == "ignore" else flow
 
     def net_at(self, mono: float) -> float | None:
@@ -289,9 +297,9 @@ class StreamTotal:
 
         Streams are polled at different instants; a balance compares them at one instant.
         """
-        if not self.state[kernels.HAS_LAST]:
+        if not self.state[layout.HAS_LAST]:
             return None
-        age = mono - float(self.state[kernels.LAST_T])
+        age = mono - float(self.state[layout.LAST_T])
         if age > self.config.max_gap:
             return None
         flow = self.last_flow
@@ -300,8 +308,8 @@ class StreamTotal:
     def close_period(self) -> Period:
         """The quantity since the last totals record; the next period starts now."""
         net = self.net
-        estimated = float(self.state[kernels.ESTIMATED])
-        gap = float(self.state[kernels.GAP_TIME])
+        estimated = float(self.state[layout.ESTIMATED])
+        gap = float(self.state[layout.GAP_TIME])
         period = Period(
             mass=net - self.reported[0],
             start_wall=self.period_start_wall,

@@ -1,0 +1,154 @@
+"""The totalizer's arithmetic: numba's kernels (the default and the fast path) or their
+plain-Python twins (`totals: {engine: python}`), for machines where numba is too big or has
+no wheel (32-bit ARM): with it numba is never imported. The twins give the same bits as the
+kernels (tests/agent/totalize/test_kernels.py holds them to it), so the engine changes the
+CPU time and the memory, never a kilogram.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from . import reference
+
+ENGINES = ("numba", "python")
+Array = npt.NDArray[Any]
+
+
+class Engine(Protocol):
+    def integrate_flow(
+        self, t: Array, q: Array, good: Array, state: Array, max_gap: float, cutoff: float
+    ) -> Array: ...
+
+    def integrate_volume(
+        self,
+        t: Array,
+        qv: Array,
+        temperature: Array,
+        pressure: Array,
+        good: Array,
+        state: Array,
+        max_gap: float,
+        cutoff: float,
+        reference: float,
+        reference_temperature: float,
+        expansion: float,
+        compressibility: float,
+    ) -> Array: ...
+
+    def difference_register(
+        self, t: Array, register: Array, good: Array, state: Array, span: float, max_rate: float
+    ) -> Array: ...
+
+    def strapping(self, level: Array, levels: Array, volumes: Array) -> Array: ...
+
+    def density_linear(
+        self, temperature: Array, reference: float, reference_temperature: float, expansion: float
+    ) -> Array: ...
+
+    def linear_density(
+        self,
+        temperature: float,
+        gauge: float,
+        reference: float,
+        reference_temperature: float,
+        expansion: float,
+        compressibility: float,
+    ) -> float: ...
+
+
+def _array(values: list[float]) -> Array:
+    return np.asarray(values, dtype=np.float64)
+
+
+class PythonEngine:
+    """The kernels' plain-Python twins behind the kernels' interface (arrays in, arrays out)."""
+
+    def integrate_flow(
+        self, t: Array, q: Array, good: Array, state: Array, max_gap: float, cutoff: float
+    ) -> Array:
+        return _array(
+            reference.integrate_flow(
+                t.tolist(), q.tolist(), good.tolist(), state.tolist(), max_gap, cutoff
+            )
+        )
+
+    def integrate_volume(
+        self,
+        t: Array,
+        qv: Array,
+        temperature: Array,
+        pressure: Array,
+        good: Array,
+        state: Array,
+        max_gap: float,
+        cutoff: float,
+        reference_density: float,
+        reference_temperature: float,
+        expansion: float,
+        compressibility: float,
+    ) -> Array:
+        return _array(
+            reference.integrate_volume(
+                t.tolist(),
+                qv.tolist(),
+                temperature.tolist(),
+                pressure.tolist(),
+                good.tolist(),
+                state.tolist(),
+                max_gap,
+                cutoff,
+                reference_density,
+                reference_temperature,
+                expansion,
+                compressibility,
+            )
+        )
+
+    def difference_register(
+        self, t: Array, register: Array, good: Array, state: Array, span: float, max_rate: float
+    ) -> Array:
+        return _array(
+            reference.difference_register(
+                t.tolist(), register.tolist(), good.tolist(), state.tolist(), span, max_rate
+            )
+        )
+
+    def strapping(self, level: Array, levels: Array, volumes: Array) -> Array:
+        return _array(reference.strapping(level.tolist(), levels.tolist(), volumes.tolist()))
+
+    def density_linear(
+        self, temperature: Array, reference_density: float, reference_temperature: float,
+        expansion: float,
+    ) -> Array:  # fmt: skip
+        return _array(
+            reference.density_linear(
+                temperature.tolist(), reference_density, reference_temperature, expansion
+            )
+        )
+
+    def linear_density(
+        self,
+        temperature: float,
+        gauge: float,
+        reference_density: float,
+        reference_temperature: float,
+        expansion: float,
+        compressibility: float,
+    ) -> float:
+        return reference.linear_density(
+            temperature, gauge, reference_density, reference_temperature, expansion,
+            compressibility,
+        )  # fmt: skip
+
+
+def load(name: str = "numba") -> Engine:
+    """The engine a configuration names; numba's is imported only here, when asked for."""
+    if name == "python":
+        return PythonEngine()
+    from . import kernels  # noqa: PLC0415  # numba: only for an agent that integrates with it
+
+    return cast(Engine, kernels)

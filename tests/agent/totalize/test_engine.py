@@ -1,0 +1,133 @@
+"""`totals: {engine: python}`: the kernels' plain-Python twins behind the same interface.
+
+The same kilograms to the bit (the engine changes CPU time and memory, never a quantity),
+and an agent on it never imports numba.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from massgate.agent import config as config_module
+from massgate.agent.totalize.engine import PythonEngine, load
+from massgate.agent.totalize.inventories import InventoryGauge
+from massgate.agent.totalize.streams import StreamTotal
+from massgate.drivers.sim.plant import Plant
+from massgate.drivers.sim.plantspec import builtin
+
+CONFIG = """\
+gateway: {{site: a, id: b, state_dir: {state}}}
+devices:
+  - {{name: ft101, protocol: modbus_tcp, host: 127.0.0.1, profile: coriolis}}
+  - {{name: ft102, protocol: modbus_tcp, host: 127.0.0.1, port: 5021, profile: magmeter}}
+  - {{name: tt102, protocol: modbus_tcp, host: 127.0.0.1, port: 5022, profile: temperature_tx}}
+  - {{name: pt102, protocol: modbus_tcp, host: 127.0.0.1, port: 5023, profile: pressure_tx}}
+  - {{name: lt100, protocol: modbus_tcp, host: 127.0.0.1, port: 5024, profile: level_radar}}
+streams:
+  - {{name: feed, mass_flow: ft101.mass_flow, accuracy: 0.1 %}}
+  - {{name: feed_register, mass_total: ft101.mass_total, max_flow: 20 t/h, accuracy: 0.1 %}}
+  - name: product
+    volume_flow: ft102.volume_flow
+    accuracy: 0.2 %
+    density:
+      reference: 998.2 kg/m3
+      at: 20 degC
+      expansion: 2.1e-4 1/K
+      compressibility: 4.6e-10 1/Pa
+      temperature: tt102.temperature
+      pressure: pt102.pressure
+inventories:
+  - name: t100
+    level: lt100.level
+    accuracy: 2 mm
+    strapping: {{level_unit: m, volume_unit: m3, table: [[0, 0], [1, 2.1], [2, 4.5], [4, 9.0]]}}
+    density: {{reference: 998.2 kg/m3, at: 20 degC, expansion: 2.1e-4 1/K,
+               temperature: tt102.temperature}}
+totals: {{engine: {engine}}}
+"""
+
+
+def _config(tmp_path: Path, engine: str) -> config_module.Config:
+    path = tmp_path / f"{engine}.yaml"
+    path.write_text(CONFIG.format(state=tmp_path, engine=engine))
+    return config_module.load(path)
+
+
+def test_the_python_engine_gives_the_kernels_kilograms_to_the_bit(tmp_path: Path):
+    config = _config(tmp_path, "python")
+    assert config.engine == "python"
+    engines = {"numba": load("numba"), "python": load("python")}
+    assert isinstance(engines["python"], PythonEngine)
+    streams = {
+        name: {s.name: StreamTotal(s, engine=engine) for s in config.streams}
+        for name, engine in engines.items()
+    }
+    tanks = {name: InventoryGauge(config.inventories[0], engine=e) for name, e in engines.items()}
+    clock = [0.0]
+    plant = Plant(builtin(), clock=lambda: clock[0], step=0.05)
+    rng = np.random.default_rng(11)
+    masses: dict[str, list[float | None]] = {"numba": [], "python": []}
+    for k in range(2 * 3600):
+        clock[0] = k * 1.0
+        coriolis, magmeter = plant.read("ft101"), plant.read("ft102")
+        temperature = plant.read("tt102")["temperature"]
+        pressure = plant.read("pt102")["pressure"]
+        level = plant.read("lt100")["level"]
+        lost = rng.random() < 0.01  # a lost poll: bridged in both, the same way
+        flow = math.nan if lost else coriolis["mass_flow"]
+        for name in engines:
+            s = streams[name]
+            s["feed"].add(clock[0], 1.8e9 + clock[0], flow)
+            s["feed_register"].add(clock[0], 1.8e9 + clock[0], coriolis["mass_total"])
+            s["product"].add(
+                clock[0], 1.8e9 + clock[0], magmeter["volume_flow"], temperature, pressure
+            )
+            tanks[name].update(clock[0], level, temperature)
+            masses[name].append(tanks[name].mass)
+            if k % 60 == 0:
+                for stream in s.values():
+                    stream.integrate()
+    for stream in config.streams:
+        numba, python = streams["numba"][stream.name], streams["python"][stream.name]
+        np.testing.assert_array_equal(python.state, numba.state, err_msg=stream.name)
+        assert python.net == numba.net > 0
+    assert masses["python"] == masses["numba"]
+    assert any(m is not None for m in masses["python"])
+
+
+def _numba_loaded(config: Path) -> bool:
+    """Whether an agent's pipeline on `config` (one cycle with every tag read) imports numba."""
+    script = f"""
+import sys
+from pathlib import Path
+from massgate.agent import config as config_module
+from massgate.agent.core.samples import Batch, Quality
+from massgate.agent.runtime.gateway import Gateway
+from massgate.agent.store.outbox import Outbox
+config = config_module.load(Path({str(config)!r}))
+gateway = Gateway(config, Outbox(":memory:", max_bytes=1 << 20, site="a", gateway="b"))
+for mono in (1.0, 2.0):
+    for device in config.devices:
+        values = {{point.tag: 1.0 for point in device.points}}
+        gateway.ingest(Batch(device.name, mono, 1.8e9 + mono, values, Quality.GOOD))
+    gateway.cycle(mono, 1.8e9 + mono)
+assert gateway.streams["feed"].net > 0
+print("numba" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip() == "True"
+
+
+def test_an_agent_on_the_python_engine_never_imports_numba(tmp_path: Path):
+    _config(tmp_path, "python")
+    assert not _numba_loaded(tmp_path / "python.yaml")
+    _config(tmp_path, "numba")
+    assert _numba_loaded(tmp_path / "numba.yaml"), "the default engine is numba's"
