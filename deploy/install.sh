@@ -105,10 +105,13 @@ if [ "$ACTION" = uninstall ]; then
 fi
 
 # 32-bit ARM has no numba or llvmlite wheels on PyPI or piwheels, and building LLVM on a Pi
-# takes hours: the totalizer needs numba, so only 64-bit systems are supported.
+# takes hours: there the totalizer runs on its Python engine (the same kilograms, more CPU),
+# and pip leaves numba out (pyproject.toml's markers).
+ENGINE=numba
 case "$(uname -m)" in
     armv6l|armv7l|armhf|i386|i686)
-        die "this is a 32-bit system ($(uname -m)); massgate needs a 64-bit OS (Raspberry Pi OS 64-bit, Debian arm64 or amd64) because numba has no 32-bit ARM wheels" ;;
+        ENGINE=python
+        say "this is a 32-bit system ($(uname -m)): numba has no wheels here, so the totalizer runs on its Python engine (the same kilograms, more CPU; a 64-bit OS gets numba)" ;;
 esac
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || die "$PYTHON is missing or older than 3.11 (Debian 12 and Raspberry Pi OS bookworm have 3.11: apt-get install python3 python3-venv)"
@@ -154,6 +157,10 @@ say "installed massgate $version in $PREFIX"
 install -d -m 0750 -o 0 -g "$gid" "$ROOT$CONF_DIR"
 if [ ! -e "$ROOT$CONF_DIR/massgate.yaml" ]; then
     install -m 0640 -o 0 -g "$gid" "$HERE/config.example.yaml" "$ROOT$CONF_DIR/massgate.yaml"
+    if [ "$ENGINE" = python ]; then
+        printf '\n## Written by install.sh on a 32-bit system, where numba has no wheels.\ntotals:\n  engine: python\n' \
+            >>"$ROOT$CONF_DIR/massgate.yaml"
+    fi
     say "wrote $CONF_DIR/massgate.yaml from the example: edit it, then 'systemctl start massgate'"
 else
     chown "0:$gid" "$ROOT$CONF_DIR/massgate.yaml"
@@ -172,7 +179,7 @@ install -m 0644 "$HERE/systemd/massgate.service" "$ROOT$UNIT"
 
 # Compile the numba kernels into the service's cache now, as the service user: its first
 # start then loads them (a cold compile takes tens of seconds on a Raspberry Pi).
-if [ -z "$ROOT" ] && command -v runuser >/dev/null 2>&1; then
+if [ -z "$ROOT" ] && [ "$ENGINE" = numba ] && command -v runuser >/dev/null 2>&1; then
     if seconds="$(runuser -u "$USER_NAME" -- env NUMBA_CACHE_DIR="$CACHE_DIR/numba" \
         "$PREFIX/bin/python" -c 'from massgate.agent.bench.totalizer import warm_cache; print(f"{warm_cache():.1f}")')"; then
         say "compiled the totalizer's kernels into $CACHE_DIR/numba ($seconds s)"

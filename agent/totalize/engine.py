@@ -7,12 +7,15 @@ CPU time and the memory, never a kilogram.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import reference
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("numba", "python")
 Array = npt.NDArray[Any]
@@ -146,9 +149,26 @@ class PythonEngine:
 
 
 def load(name: str = "numba") -> Engine:
-    """The engine a configuration names; numba's is imported only here, when asked for."""
+    """The engine a configuration names; numba's is imported only here, when asked for.
+
+    Where numba is not installed (32-bit systems have no wheels for it) numba's engine is
+    the Python one, said once: the same kilograms, more CPU.
+    """
     if name == "python":
         return PythonEngine()
-    from . import kernels  # noqa: PLC0415  # numba: only for an agent that integrates with it
-
+    try:
+        from . import kernels  # noqa: PLC0415  # numba: only for an agent that integrates
+    except ImportError as exc:
+        global _said_missing  # noqa: PLW0603  # one warning per process, not per stream
+        if not _said_missing:
+            _said_missing = True
+            log.warning(
+                "numba cannot be imported (%s): the totalizer runs on its Python engine, "
+                "the same kilograms with more CPU; set totals.engine: python to say so",
+                exc,
+            )
+        return PythonEngine()
     return cast(Engine, kernels)
+
+
+_said_missing = False

@@ -131,3 +131,22 @@ def test_an_agent_on_the_python_engine_never_imports_numba(tmp_path: Path):
     assert not _numba_loaded(tmp_path / "python.yaml")
     _config(tmp_path, "numba")
     assert _numba_loaded(tmp_path / "numba.yaml"), "the default engine is numba's"
+
+
+def test_without_numba_the_default_engine_is_the_python_one_said_once():
+    """A 32-bit machine has no numba: the agent runs, says why once, and counts the same."""
+    script = """
+import logging, sys
+sys.modules["numba"] = None  # as if it were not installed
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from massgate.agent.totalize.engine import PythonEngine, load
+engines = [load("numba"), load("numba")]
+print(all(isinstance(e, PythonEngine) for e in engines))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert done.stderr.count("numba cannot be imported") == 1, done.stderr
+    assert "Python engine" in done.stderr
