@@ -78,6 +78,8 @@ class Gateway:
         self.pending: list[Record] = []
         self.next_totals: float | None = None
         self.next_telemetry: float | None = None
+        self._telemetry_from: float | None = None  # the first cycle's time
+        self._heard: set[str] = set()  # devices that delivered a batch, good or bad
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
@@ -110,6 +112,7 @@ class Gateway:
 
     def ingest(self, batch: Batch) -> None:
         self.batches += 1
+        self._heard.add(batch.device)
         bad = batch.quality >= Quality.BAD
         # One sum decides for the whole batch (±inf or NaN anywhere makes it non-finite, as
         # does an overflow, which the slow path below then leaves alone); this runs for
@@ -168,12 +171,21 @@ class Gateway:
         if final or mono >= self.next_totals:
             self.next_totals = mono + self.config.totals_interval
             self.pending.append(self._totals_record(wall))
-        if self.config.telemetry_interval > 0:
-            if self.next_telemetry is None:
-                self.next_telemetry = mono
-            if mono >= self.next_telemetry:
-                self.next_telemetry = mono + self.config.telemetry_interval
-                self.pending.append(self._telemetry_record(wall))
+        if self.config.telemetry_interval > 0 and self._telemetry_due(mono):
+            self.next_telemetry = mono + self.config.telemetry_interval
+            self.pending.append(self._telemetry_record(wall))
+
+    def _telemetry_due(self, mono: float) -> bool:
+        """The first telemetry goes as soon as every device has answered (or failed) once, so
+        the first values reach the broker with the first polls, not an interval later and
+        never as an empty record; a device that stays silent holds it up one interval at most.
+        """
+        if self.next_telemetry is not None:
+            return mono >= self.next_telemetry
+        if self._telemetry_from is None:
+            self._telemetry_from = mono
+        every_device = len(self._heard) >= len(self.config.devices)
+        return every_device or mono >= self._telemetry_from + self.config.telemetry_interval
 
     def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
         self.alarms.append(event)
