@@ -96,6 +96,13 @@ def e2e(args: argparse.Namespace) -> list[Figure]:
         ),
         Figure("e2e", "CPU, engine: python", small.cpu_share * 100, "% of a core"),
         Figure("e2e", "start to first poll, warm cache", slow.first_poll_s, "s", "≤ 3"),
+        Figure(
+            "e2e",
+            "start to first value at the broker, warm cache",
+            slow.first_value_s,
+            "s",
+            "≤ 1.5",
+        ),
         Figure("e2e", "numba compile, cold cache", f.cold_compile_s, "s"),
     ]
 
