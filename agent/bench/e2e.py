@@ -54,6 +54,8 @@ class E2eRun:
     first_poll_s: float  # from the process's start
     first_value_s: float  # from the process's start to the first values at the broker
     outbox_depth: int  # at the end: 0 or small means the agent kept up with its output
+    written_mb_per_h: float  # what the agent wrote to storage (/proc/PID/io write_bytes)
+    syncs_per_h: float  # disk syncs the outbox asked for (synced commits, sequence marks)
 
 
 def _ports(count: int) -> list[int]:
@@ -123,6 +125,15 @@ def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def _written_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage (not to the page cache alone)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "write_bytes":
+            return int(value)
+    return 0
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:
@@ -222,16 +233,18 @@ def run_agent(
                 break
             time.sleep(0.02)
         time.sleep(min(3.0, seconds / 2))  # every device connected, caches hot
-        s0, cpu0, t0 = (
+        s0, cpu0, t0, io0 = (
             _status(state_sock, deadline, proc, log),
             _cpu_seconds(proc.pid),
             time.monotonic(),
+            _written_bytes(proc.pid),
         )
         time.sleep(seconds)
-        s1, cpu1, t1 = (
+        s1, cpu1, t1, io1 = (
             _status(state_sock, deadline, proc, log),
             _cpu_seconds(proc.pid),
             time.monotonic(),
+            _written_bytes(proc.pid),
         )
         peak, rss = _memory_mb(proc.pid)
     finally:
@@ -258,6 +271,8 @@ def run_agent(
         first_poll_s=first_poll,
         first_value_s=(listener.at - started_wall) if listener.at is not None else math.nan,
         outbox_depth=s1["outbox"]["depth"],
+        written_mb_per_h=(io1 - io0) / 1e6 / elapsed * 3600.0,
+        syncs_per_h=(s1["outbox"]["syncs"] - s0["outbox"]["syncs"]) / elapsed * 3600.0,
     )
 
 
@@ -346,14 +361,15 @@ def render(figures: E2eFigures) -> str:
         f"numba kernels compiled cold in {figures.cold_compile_s:.1f} s; "
         "the runs start with that cache (warm)",
         f"{'run':<22}{'points/s':>10}{'CPU % core':>11}{'RSS MB (peak)':>14}{'acked msg/s':>12}"
-        f"{'first poll s':>13}{'first value s':>14}{'outbox left':>12}",
+        f"{'first poll s':>13}{'first value s':>14}{'outbox left':>12}{'MB/h written':>13}"
+        f"{'syncs/h':>9}",
     ]
     for r in figures.runs:
         memory = f"{r.rss_mb:.0f} ({r.peak_rss_mb:.0f})"
         lines.append(
             f"{r.mode:<22}{r.points_per_s:>10.0f}{r.cpu_share * 100:>11.1f}{memory:>14}"
             f"{r.acked_per_s:>12.1f}{r.first_poll_s:>13.2f}{r.first_value_s:>14.2f}"
-            f"{r.outbox_depth:>12}"
+            f"{r.outbox_depth:>12}{r.written_mb_per_h:>13.1f}{r.syncs_per_h:>9.0f}"
         )
     fast, slow, small = figures.runs[0], figures.runs[1], figures.runs[2]
     lines.append(

@@ -104,7 +104,27 @@ def e2e(args: argparse.Namespace) -> list[Figure]:
             "≤ 1.5",
         ),
         Figure("e2e", "numba compile, cold cache", f.cold_compile_s, "s"),
+        Figure(
+            "e2e",
+            f"written to storage at {slow.points_per_s:.0f} points/s",
+            slow.written_mb_per_h,
+            "MB/h",
+            "≤ 100",
+        ),
+        Figure(
+            "e2e",
+            f"disk syncs at {slow.points_per_s:.0f} points/s",
+            slow.syncs_per_h,
+            "per hour",
+            "≤ 3600",
+        ),
     ]
+
+
+def footprint(args: argparse.Namespace) -> list[Figure]:
+    from .footprint import footprint as measure  # noqa: PLC0415
+
+    return [Figure("footprint", s.what, s.added_mb, "MB") for s in measure()]
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
@@ -112,6 +132,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "totalizer": totalizer,
     "outbox": outbox,
     "e2e": e2e,
+    "footprint": footprint,
 }
 
 

@@ -87,6 +87,7 @@ def snapshot(agent: Agent, *, started: float) -> dict[str, Any]:
             "held_in_memory": outbox.held(),
             "last_seq": outbox.last_seq(),
             "epoch": outbox.epoch,
+            "syncs": outbox.syncs,
         },
     }
     publisher = agent.publisher

@@ -127,6 +127,7 @@ class Outbox:
         self._reserved_db = 0  # ... as the database itself last recorded it
         self._topics: dict[str, str] = {}
         self._mark = SeqMark(self.path) if self.path != ":memory:" else None
+        self.syncs = 0  # disk syncs asked for: synced commits, and two per sequence mark
         self.evictions = 0  # goes up whenever records are dropped, so readers re-take
         self.conn = self._open()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
@@ -234,6 +235,7 @@ class Outbox:
         if self._mark is not None:
             try:
                 self._mark.write(self.epoch, reserved)
+                self.syncs += 2  # the file and its directory
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     # As a full disk for SQLite: the records are held until there is room.
@@ -294,11 +296,12 @@ class Outbox:
         return conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, synced: bool = True) -> Iterator[None]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
             self.conn.execute("COMMIT")
+            self.syncs += synced  # WAL with synchronous=FULL: one sync of the WAL per commit
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back itself
                 self.conn.execute("ROLLBACK")
@@ -577,7 +580,7 @@ class Outbox:
         conn = self.conn
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
-            with self._transaction():
+            with self._transaction(synced=False):
                 for start in range(0, len(seqs), ACK_CHUNK):
                     chunk = seqs[start : start + ACK_CHUNK]
                     marks = ",".join("?" * len(chunk))

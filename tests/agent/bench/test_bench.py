@@ -101,4 +101,4 @@ def test_bench_with_a_bad_choice_says_what_there_is():
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
-    assert "choose from 'all', 'drivers', 'totalizer', 'outbox', 'e2e'" in done.stderr
+    assert "choose from 'all', 'drivers', 'totalizer', 'outbox', 'e2e', 'footprint'" in done.stderr
