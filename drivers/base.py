@@ -9,6 +9,10 @@ from typing import Protocol
 
 from .health import DeviceHealth
 
+# Where a configuration entry is, for a cross-check's message: (section, index, key) →
+# (line, path). The agent's configuration hands one to each driver's Parser.cross_check.
+Where = Callable[[str, int, str | None], tuple[int, str]]
+
 
 class RetryableError(Exception):
     """The device or link may recover: no reply, timeout, busy, connection refused."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from massgate.agent.core import units, values
@@ -25,7 +25,7 @@ from massgate.agent.core.yamlsource import (
 )
 
 from .. import profiles
-from ..base import Device
+from ..base import Device, Where
 from . import codec
 from .model import (
     BIT_TABLES,
@@ -41,8 +41,6 @@ from .model import (
 MAX_MODBUS_TIMEOUT = 60.0  # no slave needs longer; a longer wait stalls every slave on its bus
 RTU_UNIT_IDS = (1, 247)  # 0 is broadcast, which no slave answers; 248-255 are reserved
 TCP_UNIT_IDS = (0, 255)  # 255 (or 0) is what most Modbus TCP devices expect: "not used"
-
-Where = Callable[[str, int, str | None], tuple[int, str]]
 
 
 class Parser:

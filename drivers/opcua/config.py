@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,12 +20,10 @@ from massgate.agent.core.yamlsource import (
     text,
 )
 
-from ..base import Device
+from ..base import Device, Where
 from .model import MODES, POLICIES, OpcUaDevice, UaPoint, UaSecurity
 
 MAX_UA_TIMEOUT = 300.0
-
-Where = Callable[[str, int, str | None], tuple[int, str]]
 
 
 class Parser:
