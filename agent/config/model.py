@@ -15,39 +15,18 @@ from ..totalize import density as density_models
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
 
-
 # Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
 # (The drivers' own bounds are in drivers/<protocol>/config.py.)
 MAX_RETENTION = 10 * YEAR  # kept windows and records; more is a database's job, not a gateway's
-
-
 MAX_PERIOD = 31 * DAY  # windows, persistence, reminders, ages: a month at most
-
-
 MAX_OUTBOX_BYTES = 1024.0**4  # 1 TiB
-
-
 MAX_DRAIN_RATE = 1e6  # messages/s, far beyond any broker link
-
-
 MAX_ACCURACY = 0.5  # a meter rated worse than ±50 % is not measuring
-
-
 MAX_DENSITY = 25_000.0  # kg/m³: the densest element (osmium) is 22,590
-
-
 MAX_EXPANSION = 0.01  # 1/K: no liquid expands 1 % per kelvin
-
-
 MAX_SIGMA = 10.0
-
-
 MAX_KEEPALIVE = 65535.0  # s: MQTT's keep-alive is a 16-bit field
-
-
 MAX_CLIENT_ID = 128  # characters: AWS IoT's and Azure IoT Hub's limit, the strictest in use
-
-
 MAX_TOPIC_PREFIX = 128  # characters; with site and gateway names (64 each) a topic stays short
 
 
@@ -113,12 +92,8 @@ class DensityModel:
 
 
 REVERSE_MODES = ("separate", "ignore")
-
-
 # An SD card's worth: a week of a busy gateway's records, a small share of a 16 GB card.
 DEFAULT_OUTBOX_BYTES = 256 * 1024 * 1024
-
-
 # Messages/s a backlog drains at: a week of a typical gateway's records in minutes, while 50
 # gateways coming back together stay within what one Mosquitto absorbs.
 DEFAULT_DRAIN_RATE = 1000.0
@@ -268,8 +243,6 @@ class Config:
 
 
 DENSITY_MODELS = ("constant", "linear", "quadratic", "water", "api", "gas")
-
-
 API_COMMODITIES = (
     "crude",
     "refined",

@@ -36,32 +36,19 @@ from ..core import preflight
 from ..store.outbox import Message
 
 log = logging.getLogger(__name__)
+
 BACKOFF_MIN = 0.5
-
-
 # Short enough that delivery resumes within seconds of a broker's return after an outage;
 # the jitter still spreads a site's gateways over that time.
 BACKOFF_MAX = 15.0
-
-
 # A session that ends sooner than this after CONNACK was not a good one: a broker that
 # accepts us and then drops us (an ACL, a duplicate client id from a cloned SD card, a
 # quota) is backed off from like one that refuses, instead of reconnected to at once.
 STABLE_SESSION = 10.0
-
-
 SUMMARY_EVERY = 600.0  # s between summaries of a connection failure that keeps repeating
-
-
 ACK_POST = 200  # PUBACKs reported to the asyncio side at once...
-
-
 ACK_POST_DELAY = 0.02  # ... or after this many seconds
-
-
 STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye)
-
-
 NOT_SENT = "not sent"  # paho did not take the message: taken again at once, not refused
 
 

@@ -27,6 +27,7 @@ from ..totalize.inventories import InventoryGauge
 from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
+
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
 
 

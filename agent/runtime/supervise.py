@@ -18,9 +18,8 @@ if TYPE_CHECKING:  # the pipeline imports this module
     from .pipeline import Agent
 
 log = logging.getLogger(__name__)
+
 RESTART_FIRST = 1.0  # s before a task that raised is started again; doubles ...
-
-
 RESTART_MAX = 60.0  # ... up to this; a task that then ran a minute starts from the first again
 
 
