@@ -124,9 +124,12 @@ class PythonEngine:
         return _array(reference.strapping(level.tolist(), levels.tolist(), volumes.tolist()))
 
     def density_linear(
-        self, temperature: Array, reference_density: float, reference_temperature: float,
+        self,
+        temperature: Array,
+        reference_density: float,
+        reference_temperature: float,
         expansion: float,
-    ) -> Array:  # fmt: skip
+    ) -> Array:
         return _array(
             reference.density_linear(
                 temperature.tolist(), reference_density, reference_temperature, expansion
@@ -143,9 +146,13 @@ class PythonEngine:
         compressibility: float,
     ) -> float:
         return reference.linear_density(
-            temperature, gauge, reference_density, reference_temperature, expansion,
+            temperature,
+            gauge,
+            reference_density,
+            reference_temperature,
+            expansion,
             compressibility,
-        )  # fmt: skip
+        )
 
 
 def load(name: str = "numba") -> Engine:
