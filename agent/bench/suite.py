@@ -66,6 +66,13 @@ def outbox(args: argparse.Namespace) -> list[Figure]:
             "s",
             "≤ 120" if f.backlog == 1_000_000 else "",
         ),
+        Figure(
+            "outbox",
+            f"longest event-loop stall, {f.backlog:,} backlog in an outage",
+            f.outage_stall_s * 1000,
+            "ms",
+            "≤ 50" if f.backlog == 1_000_000 else "",
+        ),
     ]
     return figures
 

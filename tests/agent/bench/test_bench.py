@@ -67,6 +67,7 @@ def test_bench_outbox_measures_enqueue_both_drains_and_a_backlog():
     assert f.backlog == 2000
     assert f.backlog_drain_s > 0
     assert f.backlog_bytes > 2000 * 50
+    assert 0 <= f.outage_stall_s < 30  # measured (seconds × 5 of outage), not judged here
 
 
 def test_bench_e2e_runs_a_small_site_through_the_whole_agent():
