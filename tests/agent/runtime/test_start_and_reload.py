@@ -295,3 +295,64 @@ def test_a_reload_keeps_integrating_the_streams_it_did_not_change(tmp_path: Path
     gaps = [s["gap_s"] for t in totals for s in t["streams"]]
     assert gaps, totals
     assert all(g == 0 for g in gaps), gaps
+
+
+def test_a_reload_that_passes_its_checks_and_cannot_start_runs_the_old_one_again(
+    tmp_path: Path,
+):
+    """What the checks before a reload cannot see (here an outbox written by a newer
+    massgate: it opens, but its schema is not this release's) stops the new configuration at
+    its start. The process does not end: the configuration that ran before runs again, and
+    says why in the health snapshot and the journal."""
+    import sqlite3
+
+    config = _write(tmp_path, "m.yaml")
+    before = config.read_text()
+    newer = tmp_path / "newer.sqlite"
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+
+        def status() -> dict[str, object] | None:
+            done = _massgate("status", str(config), "--json")
+            return json.loads(done.stdout) if done.returncode == 0 else None
+
+        while status() is None:
+            assert agent.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        config.write_text(before + f"outbox:\n  path: {newer}\n")
+        agent.send_signal(signal.SIGHUP)
+        while True:
+            snap = status()
+            if snap is not None and "reload_refused" in snap:
+                break
+            assert agent.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        refused = str(snap["reload_refused"])
+        assert "could not start" in refused
+        assert "newer massgate" in refused
+        assert snap["pid"] == agent.pid
+        assert (tmp_path / "state" / "state.sqlite").exists(), "the old outbox runs again"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    text = log.read_text()
+    assert "reload refused" in text
+    assert "Traceback" not in text
+    db = sqlite3.connect(newer)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 999, "the newer file untouched"
+    db.close()
