@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
 from ..core import preflight
-from ..core.preflight import MAX_SOCKET_PATH
 from ..core.yamlsource import (
     Invalid,
     Section,
@@ -17,8 +15,8 @@ from ..core.yamlsource import (
 
 
 def check_socket(s: Section, socket: Path, user: Any) -> None:
-    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-        s.fail("socket", f"{socket} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket path)")
+    if (problem := preflight.socket_path_problem(socket)) is not None:
+        s.fail("socket", problem)
         return
     try:
         preflight.writable_dir(socket.parent, user=user)

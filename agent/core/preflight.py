@@ -226,3 +226,20 @@ def bind_refused(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why a Unix socket cannot be made at `path`, or None: the agent replaces a socket a
+    killed agent left there, but never a file or directory a person named by mistake."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return f"{path} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket path)"
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if stat.S_ISSOCK(mode):
+        return None
+    what = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+    return f"{path} is {what}; name a path where the agent may make its socket"

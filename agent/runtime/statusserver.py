@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.preflight import MAX_SOCKET_PATH  # sun_path on Linux, less the NUL
+from ..core.preflight import socket_path_problem
 
 
 class StatusUnavailable(OSError):
@@ -67,12 +67,9 @@ class StatusServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise OSError(
-                f"status socket path {self.path} is longer than {MAX_SOCKET_PATH} bytes; "
-                "set health.socket to a shorter path"
-            )
-        # We hold the state lock: a socket file here was left by an agent that was killed.
+        if (problem := socket_path_problem(self.path)) is not None:
+            raise OSError(f"status socket: {problem}")
+        # We hold the state lock: a socket here was left by an agent that was killed.
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
