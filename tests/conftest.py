@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,3 +213,33 @@ def ua_certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         server=False,
     )
     return paths
+
+
+class NotifySocket:
+    """systemd's end of the notify socket: every datagram the agent sent, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def wait(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 30.0
+    ) -> dict[str, str]:
+        """The first message, from now on, that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                break
+            message = dict(line.split("=", 1) for line in data.splitlines())
+            self.messages.append(message)
+            if predicate(message):
+                return message
+        raise AssertionError(f"no such notify message within {timeout} s: {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()

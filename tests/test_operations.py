@@ -10,49 +10,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from massgate.agent.commands.demo import site_config
 from tests.agent.commands.test_sim_command import _start_sim
-from tests.conftest import Broker, Subscriber, free_port
+from tests.conftest import Broker, NotifySocket, Subscriber, free_port
 
 WATCHDOG_USEC = 2_000_000
-
-
-class NotifySocket:
-    """systemd's end of the notify socket: every datagram the agent sent, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-
-    def wait(
-        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 30.0
-    ) -> dict[str, str]:
-        """The first message, from now on, that satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                break
-            message = dict(line.split("=", 1) for line in data.splitlines())
-            self.messages.append(message)
-            if predicate(message):
-                return message
-        raise AssertionError(f"no such notify message within {timeout} s: {self.messages[-5:]}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _massgate(*args: str) -> subprocess.CompletedProcess[str]:

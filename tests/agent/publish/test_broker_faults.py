@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -87,13 +88,22 @@ def test_two_gateways_with_one_client_id_back_off_instead_of_storming(
 
     async def main() -> None:
         stop = asyncio.Event()
+        enough = asyncio.Event()
+        for publisher in publishers:
+            connected = publisher._connected
+
+            def counted(*args, connected=connected):
+                connected(*args)
+                if sum(p.status.connects for p in publishers) >= wanted:
+                    enough.set()
+
+            publisher._connected = counted
         started = asyncio.get_running_loop().time()
         tasks = [asyncio.create_task(p.run(stop)) for p in publishers]
         try:
-            for _ in range(600):  # decided by the count, bounded at 30 s
-                if sum(p.status.connects for p in publishers) >= wanted:
-                    break
-                await asyncio.sleep(0.05)
+            # Decided by the count of connects, bounded at 30 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), 30)
             took.append(asyncio.get_running_loop().time() - started)
         finally:
             stop.set()

@@ -63,22 +63,29 @@ def test_nothing_is_deleted_while_the_broker_does_not_acknowledge(broker: Broker
     count = 20
 
     # The publisher's passes (each deletes what was acknowledged, at least every ACK_FLUSH),
-    # counted, so that the test waits for passes to happen, not for a guessed time.
+    # counted; after each one the condition the test waits for is looked at, so the test
+    # waits on the publisher's own progress, not for a guessed time.
     passes = [0]
     real_pass = publisher._pass
+    waiting: list[tuple[object, asyncio.Event]] = []
 
     def counted(link, now):
         passes[0] += 1
-        return real_pass(link, now)
+        delay = real_pass(link, now)
+        for condition, event in waiting:
+            if condition():
+                event.set()
+        return delay
 
     publisher._pass = counted
 
     async def until(condition, limit: float = 30.0) -> None:
-        for _ in range(int(limit / 0.05)):
-            if condition():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("not within the bound")
+        event = asyncio.Event()
+        waiting.append((condition, event))
+        try:
+            await asyncio.wait_for(event.wait(), limit)
+        finally:
+            waiting.remove((condition, event))
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from massgate.agent.config import Config
 from massgate.agent.runtime.pipeline import Agent, run
 from massgate.agent.runtime.statelock import AlreadyRunning, StateLocks
 from massgate.agent.store.outbox import Outbox
-from tests.conftest import free_port, run_async
+from tests.conftest import NotifySocket, free_port, run_async
 
 
 def _write(tmp_path: Path, name: str, extra: str = "", *, state: str = "state") -> Path:
@@ -313,32 +314,24 @@ def test_a_reload_that_passes_its_checks_and_cannot_start_runs_the_old_one_again
     db.execute("PRAGMA user_version = 999")
     db.close()
     log = tmp_path / "agent.log"
+    # systemd's end of the notify socket: READY=1 and every STATUS decide, not a poll.
+    notify = NotifySocket(tmp_path / "notify.sock")
     with log.open("wb") as out:
         agent = subprocess.Popen(
             [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
         )
     try:
-        deadline = time.monotonic() + 60
-
-        def status() -> dict[str, object] | None:
-            done = _massgate("status", str(config), "--json")
-            return json.loads(done.stdout) if done.returncode == 0 else None
-
-        while status() is None:
-            assert agent.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        notify.wait(lambda m: m.get("READY") == "1", timeout=60)
         config.write_text(before + f"outbox:\n  path: {newer}\n")
         agent.send_signal(signal.SIGHUP)
-        while True:
-            snap = status()
-            if snap is not None and "reload_refused" in snap:
-                break
-            assert agent.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        # The configuration that ran before is up again, and says the reload was refused.
+        notify.wait(lambda m: "last reload refused" in m.get("STATUS", ""), timeout=60)
+        done = _massgate("status", str(config), "--json")
+        assert done.returncode == 0, done.stderr
+        snap = json.loads(done.stdout)
         refused = str(snap["reload_refused"])
         assert "could not start" in refused
         assert "newer massgate" in refused
@@ -347,6 +340,7 @@ def test_a_reload_that_passes_its_checks_and_cannot_start_runs_the_old_one_again
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=60) == 0, log.read_text()
     finally:
+        notify.close()
         if agent.poll() is None:
             agent.kill()
             agent.wait()
