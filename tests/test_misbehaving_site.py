@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.agent.commands.test_sim_command import _start_sim
+from tests.conftest import start_agent
 from tests.drivers.modbus.misbehaving import MODES, MisbehavingSlave
 
 GOOD_POLLS = 25  # each good meter's, five a second: five seconds beside the bad slaves
@@ -98,12 +99,7 @@ def test_misbehaving_slaves_do_not_disturb_the_good_meters(tmp_path: Path):
                 + "\n"
             )
             log = tmp_path / "agent.log"
-            with log.open("wb") as out:
-                agent = subprocess.Popen(
-                    [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            agent = start_agent(config, log)
             try:
                 # Decided by counts, bounded: the good meters' polls and every bad device
                 # degraded (three failures), asked of the running agent as a person would.

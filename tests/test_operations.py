@@ -17,7 +17,7 @@ from pathlib import Path
 
 from massgate.agent.commands.demo import site_config
 from tests.agent.commands.test_sim_command import _start_sim
-from tests.conftest import Broker, NotifySocket, Subscriber, free_port
+from tests.conftest import Broker, NotifySocket, Subscriber, free_port, start_agent
 
 WATCHDOG_USEC = 2_000_000
 
@@ -61,13 +61,7 @@ def test_agent_under_systemd_protocols(broker: Broker, subscriber: Subscriber, t
     log = tmp_path / "agent.log"
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_PID")}
     env.update(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
-    with log.open("wb") as out:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    agent = start_agent(config, log, env)
     try:
         ready = notify.wait(lambda m: m.get("READY") == "1", timeout=60)
         assert int(ready["MAINPID"]) == agent.pid

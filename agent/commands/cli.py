@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import COMMANDS, argtypes
+from .common import EXIT_FAILED
 
 DESCRIPTION = (
     "Edge gateway for mass balance: reads meters over Modbus, totalizes kilograms, "
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         # Python would complain again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return EXIT_FAILED
     return result
 
 

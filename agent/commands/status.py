@@ -17,11 +17,10 @@ from ..config import STATUS_SOCKET
 from ..core.yamlsource import ConfigError
 from ..runtime.health import age_text
 from ..runtime.statusserver import StatusUnavailable, fetch
+from .common import EXIT_BAD_CONFIG, EXIT_OK
 
 DEFAULT_CONFIG = "/etc/massgate/massgate.yaml"
-EXIT_OK = 0
 EXIT_NOT_RUNNING = 3  # as `systemctl status` says of a unit that is not active
-EXIT_BAD_CONFIG = 2
 
 
 def setup(p: argparse.ArgumentParser) -> None:

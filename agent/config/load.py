@@ -23,7 +23,6 @@ from ..core.yamlsource import (
     load_text,
     name,
     quantity,
-    text,
 )
 from ..totalize.engine import ENGINES
 from .crosscheck import cross_check
@@ -58,13 +57,9 @@ def _build(raw: Any, path: Path) -> Config:
     report = Report(str(path))
     root = Section(raw, path="", report=report, line=1)
     base = path.resolve().parent
-
-    def resolve(value: Any) -> Path:
-        candidate = Path(text(value)).expanduser()
-        return candidate if candidate.is_absolute() else base / candidate
-
     user = preflight.service_user(path)
     files = Files(base=base, user=user)
+    resolve = files.resolve  # paths relative to the configuration file
     gateway = parse_gateway(root.section("gateway"), resolve, user)
     parsers = DeviceParsers(root, files)
     devices = tuple(parsers.device(s) for s in root.sections("devices", required=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,15 +89,15 @@ class Files:
         return candidate if candidate.is_absolute() else self.base / candidate
 
     def readable(self, s: Section, key: str, path: Path | None) -> None:
-        if path is not None:
-            try:
-                readable_file(path, user=self.user)
-            except PreflightError as exc:
-                s.fail(key, str(exc))
+        self._check(s, key, path, readable_file)
 
     def password(self, s: Section, key: str, path: Path | None) -> None:
+        self._check(s, key, path, password_file)
+
+    def _check(self, s: Section, key: str, path: Path | None, check: Callable[..., None]) -> None:
+        """`check(path, user=...)`, its PreflightError reported at `key`."""
         if path is not None:
             try:
-                password_file(path, user=self.user)
+                check(path, user=self.user)
             except PreflightError as exc:
                 s.fail(key, str(exc))

@@ -8,7 +8,7 @@ CPU time and the memory, never a kilogram.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,54 +21,16 @@ ENGINES = ("numba", "python")
 Array = npt.NDArray[Any]
 
 
-class Engine(Protocol):
-    def integrate_flow(
-        self, t: Array, q: Array, good: Array, state: Array, max_gap: float, cutoff: float
-    ) -> Array: ...
-
-    def integrate_volume(
-        self,
-        t: Array,
-        qv: Array,
-        temperature: Array,
-        pressure: Array,
-        good: Array,
-        state: Array,
-        max_gap: float,
-        cutoff: float,
-        reference: float,
-        reference_temperature: float,
-        expansion: float,
-        compressibility: float,
-    ) -> Array: ...
-
-    def difference_register(
-        self, t: Array, register: Array, good: Array, state: Array, span: float, max_rate: float
-    ) -> Array: ...
-
-    def strapping(self, level: Array, levels: Array, volumes: Array) -> Array: ...
-
-    def density_linear(
-        self, temperature: Array, reference: float, reference_temperature: float, expansion: float
-    ) -> Array: ...
-
-    def linear_density(
-        self,
-        temperature: float,
-        gauge: float,
-        reference: float,
-        reference_temperature: float,
-        expansion: float,
-        compressibility: float,
-    ) -> float: ...
-
-
 def _array(values: list[float]) -> Array:
     return np.asarray(values, dtype=np.float64)
 
 
 class PythonEngine:
-    """The kernels' plain-Python twins behind the kernels' interface (arrays in, arrays out)."""
+    """The kernels' plain-Python twins behind the kernels' interface (arrays in, arrays out).
+
+    It is also the interface's one written form: numba's kernels module has the same
+    functions with the same arguments (`Engine`).
+    """
 
     def integrate_flow(
         self, t: Array, q: Array, good: Array, state: Array, max_gap: float, cutoff: float
@@ -153,6 +115,9 @@ class PythonEngine:
             expansion,
             compressibility,
         )
+
+
+Engine = PythonEngine  # what an engine offers; kernels.py has the same functions
 
 
 def load(name: str = "numba") -> Engine:

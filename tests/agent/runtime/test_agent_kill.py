@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +14,7 @@ from massgate.agent.core.records import Record
 from massgate.agent.publish.link import ACK_POST
 from massgate.agent.publish.publisher import ACK_BATCH, AHEAD
 from massgate.agent.store.outbox import Outbox
-from tests.conftest import Broker, Subscriber, free_port
+from tests.conftest import Broker, Subscriber, free_port, start_agent
 
 BACKLOG = 20_000
 KILLS = 3
@@ -39,15 +37,6 @@ mqtt:
 """
     )
     return path
-
-
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def unique(subscriber: Subscriber) -> set[int]:
@@ -80,7 +69,7 @@ def test_sigkill_while_draining_loses_nothing(
     log = tmp_path / "agent.log"
     kills = 0
     for k in range(1, KILLS + 1):
-        agent = start(config, log)
+        agent = start_agent(config, log)
         try:
             target = k * BACKLOG // (KILLS + 1)
             assert subscriber.wait_for(lambda t=target: len(unique(subscriber)) >= t, 60), (
@@ -90,7 +79,7 @@ def test_sigkill_while_draining_loses_nothing(
             agent.send_signal(signal.SIGKILL)
             agent.wait(timeout=10)
         kills += 1
-    agent = start(config, log)
+    agent = start_agent(config, log)
     try:
         backlog_seqs, _ = committed(state)
         if not subscriber.wait_for(lambda: unique(subscriber) >= backlog_seqs, 60):
@@ -128,7 +117,7 @@ def test_an_unreadable_database_is_moved_aside_and_the_agent_says_so(
     state.parent.mkdir(parents=True)
     state.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)  # a torn header
     log = tmp_path / "agent.log"
-    agent = start(config, log)
+    agent = start_agent(config, log)
     try:
 
         def reset_alarm() -> bool:

@@ -28,7 +28,7 @@ from massgate.agent.config import Config
 from massgate.agent.runtime.pipeline import Agent, run
 from massgate.agent.runtime.statelock import AlreadyRunning, StateLocks
 from massgate.agent.store.outbox import Outbox
-from tests.conftest import NotifySocket, free_port, run_async
+from tests.conftest import NotifySocket, free_port, run_async, start_agent
 
 
 def _write(tmp_path: Path, name: str, extra: str = "", *, state: str = "state") -> Path:
@@ -196,12 +196,7 @@ def test_a_stopped_agent_still_keeps_a_second_one_out(tmp_path: Path):
     """The first agent cannot answer anything (SIGSTOP): the flock decides, not a time-out."""
     config = _write(tmp_path, "m.yaml")
     log = tmp_path / "first.log"
-    with log.open("wb") as out:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    first = start_agent(config, log)
     try:
         deadline = time.monotonic() + 60
         while _massgate("status", str(config), "--json").returncode != 0:
@@ -316,13 +311,7 @@ def test_a_reload_that_passes_its_checks_and_cannot_start_runs_the_old_one_again
     log = tmp_path / "agent.log"
     # systemd's end of the notify socket: READY=1 and every STATUS decide, not a poll.
     notify = NotifySocket(tmp_path / "notify.sock")
-    with log.open("wb") as out:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "massgate.agent.commands.cli", "run", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-        )
+    agent = start_agent(config, log, {**os.environ, "NOTIFY_SOCKET": str(notify.path)})
     try:
         notify.wait(lambda m: m.get("READY") == "1", timeout=60)
         config.write_text(before + f"outbox:\n  path: {newer}\n")
