@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from ..runtime.statusserver import StatusUnavailable, fetch
 from .drivers import bench_profile, slaves
 from .localbroker import LocalBroker
@@ -169,9 +172,6 @@ class _FirstValues:
     """A subscriber that notes when the first telemetry with values reaches the broker."""
 
     def __init__(self, broker: LocalBroker) -> None:
-        import paho.mqtt.client as mqtt  # noqa: PLC0415
-        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
         self.at: float | None = None
         self.subscribed = threading.Event()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)

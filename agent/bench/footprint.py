@@ -8,6 +8,7 @@ and called once, as the totalizer's first cycle does.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,8 +63,6 @@ def footprint() -> list[Step]:
 
 
 def _run(code: str, env: dict[str, str]) -> float:
-    import os  # noqa: PLC0415
-
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, **env},
