@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.synchronize
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,13 +50,19 @@ def bench_profile(points: int) -> profiles.Profile:
 
 def _serve(ports: list[int], points: int, ready: multiprocessing.synchronize.Event) -> None:
     profile = bench_profile(points)
-    # v000 is a stream's mass flow in kg/s (bench e2e); the rest are process values.
-    values = {p.name: 1.0 + i * 0.5 for i, p in enumerate(profile.points)}
+    # v000 is a stream's mass flow in kg/s (bench e2e); the rest are process values. They
+    # move at every read, as a plant's do: constant values would flatter every figure that
+    # depends on what the records hold (the bytes written to storage, compressed).
+    base = {p.name: 1.0 + i * 0.5 for i, p in enumerate(profile.points)}
+    noise = random.Random(1)
+
+    def values() -> dict[str, float]:
+        return {name: value * (1.0 + noise.gauss(0.0, 0.01)) for name, value in base.items()}
 
     async def main() -> None:
         plant = Plant()
         for i, port in enumerate(ports):
-            meter = Meter(f"d{i:03d}", "bench", lambda: values, "benchmark slave")
+            meter = Meter(f"d{i:03d}", "bench", values, "benchmark slave")
             await MeterSlave(meter, plant, host="127.0.0.1", port=port, profile=profile).start()
         ready.set()
         await asyncio.Event().wait()  # until the parent terminates this process

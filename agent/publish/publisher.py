@@ -17,8 +17,9 @@ from the outbox a thousand at a time and handed over in lists, ahead of the wind
 holds the window of QoS 1 messages in flight and queues the rest, as when it is used
 alone, so a PUBACK releases the next message without a round trip through asyncio),
 PUBACKs come back in lists,
-and acknowledged records are deleted in one transaction every quarter second (without a
-disk sync: an acknowledgement lost to a power cut costs a duplicate, never a record).
+and acknowledged records are handed to the outbox, which deletes them with its next commit
+(without a disk sync of their own: an acknowledgement lost to a power cut costs a
+duplicate, never a record).
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ REFUSED_RETRY_MAX = 60.0  # a fixed ACL is noticed within a minute
 REFUSED_LOG_EVERY = 60.0  # s: one log line per refusal reason at most this often
 PREFETCH = 1000  # messages taken from the outbox at once
 AHEAD = 500  # messages handed to the paho thread beyond the window, so it never waits for us
-ACK_FLUSH = 0.25  # s between deletions of acknowledged records
-ACK_BATCH = 2000  # ... or sooner when this many are waiting
 
 
 @dataclass
@@ -63,9 +62,6 @@ class Publisher:
     health: Callable[[], dict[str, Any]] | None = None  # extra fields for the status topic
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: set[int] = field(default_factory=set)  # handed to paho, not acknowledged
-    _acked: list[int] = field(default_factory=list)  # acknowledged, not yet deleted
-    _acked_set: set[int] = field(default_factory=set)
-    _acked_since: float = 0.0
     _buffer: deque[Message] = field(default_factory=deque)
     _stale: bool = True  # the buffer must be taken afresh (from the head of the outbox)
     _cursor: tuple[int, int] | None = None  # (priority, seq) of the last message taken
@@ -81,6 +77,10 @@ class Publisher:
     _refused_said: dict[str, float] = field(default_factory=dict)  # reason -> logged at
     _dropped_seen: dict[str, int] | None = None
     skip_drain: bool = False  # stop without draining the outbox (a reload)
+
+    def __post_init__(self) -> None:
+        # Records become sendable when a sync has made them durable, not when put.
+        self.outbox.on_durable = self.wake
 
     def stalled(self, now: float, limit: float) -> str | None:
         """What is wrong with the MQTT thread, if anything (`now` is monotonic)."""
@@ -144,11 +144,7 @@ class Publisher:
             deadline = loop.time() + (0.0 if self.skip_drain else drain_timeout)
             while self.status.connected and loop.time() < deadline:
                 delay = self._pass(link, loop.time())
-                if (
-                    not self._in_flight
-                    and not self._buffer
-                    and self.outbox.depth() == len(self._acked)
-                ):
+                if not self._in_flight and not self._buffer and self.outbox.depth() == 0:
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -157,15 +153,11 @@ class Publisher:
             link.stop(goodbye=self.status_payload("offline", reason="stopped"))
             await asyncio.to_thread(link.join, 10.0)
             link.close()
-            self._flush_acks()
 
     def _pass(self, link: BrokerLink, now: float) -> float:
-        """Delete what was acknowledged, fill the window; returns how long to wait at most."""
-        if self._acked and (len(self._acked) >= ACK_BATCH or now - self._acked_since >= ACK_FLUSH):
-            self._flush_acks()
-        wait = 0.5
-        if self._acked:
-            wait = min(wait, max(ACK_FLUSH - (now - self._acked_since), 0.01))
+        """Let the outbox delete what was acknowledged, fill the window; returns how long to
+        wait at most."""
+        wait = min(0.5, max(self.outbox.flush(), 0.01))
         if not self.status.connected:
             return wait
         if self._refused:
@@ -217,7 +209,7 @@ class Publisher:
     def _refill(self) -> None:
         # Refused records wait for their own retry time; the others go on meanwhile.
         waiting = {seq for seq, (at, _) in self._refused.items() if at != math.inf}
-        exclude = self._in_flight | self._acked_set | waiting
+        exclude = self._in_flight | waiting
         if self._stale or self._cursor is None:
             taken = self.outbox.take(PREFETCH, exclude=exclude)
         else:
@@ -229,15 +221,6 @@ class Publisher:
         if taken:
             self._cursor = (taken[-1].priority, taken[-1].seq)
         self._stale = False
-
-    def _flush_acks(self) -> None:
-        if not self._acked:
-            return
-        # One transaction for all PUBACKs of the last quarter second.
-        self.outbox.ack(self._acked)
-        self.status.acked += len(self._acked)
-        self._acked.clear()
-        self._acked_set.clear()
 
     def _publish_status(self, link: BrokerLink, now: float) -> None:
         self._next_status = now + self.config.status_interval
@@ -284,16 +267,14 @@ class Publisher:
         if generation != self._generation:
             return
         now = asyncio.get_running_loop().time()
+        acked = []
         for seq, refusal in acks:
             self._in_flight.discard(seq)
             if refusal == NOT_SENT:
                 self._stale = True
                 continue
             if refusal is None:
-                if not self._acked:
-                    self._acked_since = now
-                self._acked.append(seq)
-                self._acked_set.add(seq)
+                acked.append(seq)
                 self._refused.pop(seq, None)
                 continue
             # The broker said no ("Not authorized", "Quota exceeded", "Payload format
@@ -312,4 +293,7 @@ class Publisher:
                     refusal,
                     self.status.refused[refusal],
                 )
+        if acked:
+            self.outbox.ack(acked)
+            self.status.acked += len(acked)
         self._wake.set()

@@ -29,6 +29,8 @@ from ..totalize.streams import StreamTotal
 log = logging.getLogger(__name__)
 
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
+SAVE_TOTALS_EVERY = 10.0  # s between saves of the running totals (see take_pending)
+REPORTS_TOTALS = frozenset({"totals", "hourly"})  # records committed with the totals they report
 
 
 @dataclass(slots=True)
@@ -263,12 +265,15 @@ class Gateway:
     def take_pending(self, mono: float) -> tuple[list[Record], dict[str, Any] | None]:
         """Records to commit, and the running totals when they are due to be saved.
 
-        Totals are saved with every batch of records (so a record and the total it reports
-        are one transaction) and at least once a second, which bounds what a power cut loses
-        without syncing the SD card at every cycle.
+        Totals are saved with every record that reports them (so a totals or hourly record
+        and the total it reports are one transaction) and otherwise every SAVE_TOTALS_EVERY:
+        a power cut then costs at most that much (plus the outbox's SYNC_EVERY) of
+        integration, which the next start counts as gap time like the outage itself, and
+        the card is not rewritten every second for it.
         """
         records, self.pending = self.pending, []
-        if not records and mono - self._totals_saved_at < 1.0:
+        reports = any(r.kind in REPORTS_TOTALS for r in records)
+        if not reports and mono - self._totals_saved_at < SAVE_TOTALS_EVERY:
             return records, None
         self._totals_saved_at = mono
         return records, {name: s.saved() for name, s in self.streams.items()}

@@ -95,10 +95,10 @@ def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool)
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
         raise
+    # The sync that makes telemetry durable (and so sendable) when no synced commit came.
+    agent.outbox.flush()
     if any(r.kind == "hourly" for r in records):
         agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
         # Balance records are many (one per node a minute): pruned once an hour, like hourly.
         for kind in ("balance", "alarm", "reconciliation"):
             agent.outbox.prune_archive(kind, time.time() - agent.config.balance_retention)
-    if agent.publisher is not None and records:
-        agent.publisher.wake(max(r.priority for r in records))

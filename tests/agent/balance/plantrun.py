@@ -72,6 +72,8 @@ class PlantRun:
             if step % 30 == 29 or step == steps - 1:
                 self.outbox.put(pending, totals=saved)
                 pending, saved = [], None
+                if step == steps - 1:
+                    self.outbox.sync()  # everything sendable, as after a stop
             if each is not None:
                 each(self)
 

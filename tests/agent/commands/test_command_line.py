@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -203,7 +204,10 @@ def test_the_first_demo_on_a_fresh_machine_agrees_with_the_plant_from_its_first_
     assert (tmp_path / "demo" / "demo.log").exists()
     # No stall of the pipeline left a gap in any stream (the demo bridges at most 2 s).
     with sqlite3.connect(tmp_path / "demo" / "state.sqlite") as db:
-        payloads = [bytes(p).decode() for (p,) in db.execute("SELECT payload FROM outbox")]
+        payloads = [
+            (zlib.decompress(p) if packed else bytes(p)).decode()
+            for p, packed in db.execute("SELECT payload, packed FROM outbox")
+        ]
     totals = [json.loads(p) for p in payloads if '"period_start"' in p]
     assert totals, payloads[:3]
     gaps = [s["gap_s"] for t in totals for s in t["streams"]]

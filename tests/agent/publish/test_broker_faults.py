@@ -147,6 +147,10 @@ def test_a_refused_record_waits_its_own_backoff_while_the_others_go():
 
     try:
         run_async(main())
-        assert outbox.depth() == RECORDS  # nothing deleted without a success PUBACK
+        # Nothing deleted without a success PUBACK: the refused record stays, the acked goes.
+        assert outbox.depth() == RECORDS - 1
+        left = {m.seq for m in outbox.take(100)}
+        assert seqs[0] in left
+        assert seqs[1] not in left
     finally:
         outbox.close()

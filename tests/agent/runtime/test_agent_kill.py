@@ -12,8 +12,8 @@ from pathlib import Path
 
 from massgate.agent.core.records import Record
 from massgate.agent.publish.link import ACK_POST
-from massgate.agent.publish.publisher import ACK_BATCH, AHEAD
-from massgate.agent.store.outbox import Outbox
+from massgate.agent.publish.publisher import AHEAD
+from massgate.agent.store.outbox import ACK_BATCH, Outbox
 from tests.conftest import Broker, Subscriber, free_port, start_agent
 
 BACKLOG = 20_000

@@ -40,7 +40,7 @@ def _garbage_over_root_page(path: Path, table: str) -> None:
     db.close()
     with path.open("r+b") as f:
         f.seek((root - 1) * page_size)
-        f.write(os.urandom(4096))
+        f.write(os.urandom(page_size))
 
 
 def _issued(outbox: Outbox) -> set[tuple[str, int, bytes]]:
