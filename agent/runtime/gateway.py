@@ -83,6 +83,7 @@ class Gateway:
         self.next_telemetry: float | None = None
         self._telemetry_from: float | None = None  # the first cycle's time
         self._heard: set[str] = set()  # devices that delivered a batch, good or bad
+        self.sync_now = False  # the records of this cycle are to be synced (and sent) at once
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
@@ -175,6 +176,8 @@ class Gateway:
             self.next_totals = mono + self.config.totals_interval
             self.pending.append(self._totals_record(wall))
         if self.config.telemetry_interval > 0 and self._telemetry_due(mono):
+            # The first values wait for no timed sync: they go as soon as they are committed.
+            self.sync_now = self.sync_now or self.next_telemetry is None
             self.next_telemetry = mono + self.config.telemetry_interval
             self.pending.append(self._telemetry_record(wall))
 

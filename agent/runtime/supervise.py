@@ -95,7 +95,10 @@ def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool)
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
         raise
-    # The sync that makes telemetry durable (and so sendable) when no synced commit came.
+    if agent.gateway.sync_now:
+        agent.gateway.sync_now = False
+        agent.outbox.sync()
+    # The sync that makes records durable (and so sendable) when no synced commit came.
     agent.outbox.flush()
     if any(r.kind == "hourly" for r in records):
         agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)

@@ -75,10 +75,10 @@ log = logging.getLogger(__name__)
 
 ACK_CHUNK = 500  # sequence numbers per DELETE statement
 # Payloads from this size on are stored zlib-compressed (and sent as they were made): a
-# telemetry record of 1,000 points is ~50 kB of JSON that compresses ~4.5:1 at level 1 in
-# ~0.4 ms, and every byte put is written twice (the WAL, then the database file).
+# telemetry record of 1,000 moving points is ~48 kB of JSON that compresses 6.7:1 at level 6
+# in ~1 ms on the build machine (5.2:1 at level 1 in 0.5 ms; 7.1:1 at level 9 in 3.9 ms).
 PACK_FROM = 1024
-PACK_LEVEL = 1
+PACK_LEVEL = 6
 
 
 # One encoder for every record: json.dumps with options builds a new one per call.

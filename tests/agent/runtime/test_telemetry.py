@@ -47,8 +47,11 @@ def test_the_first_telemetry_goes_with_the_first_answer_of_every_device(tmp_path
     gateway.ingest(_batch("pt1", 0.4, Quality.BAD))  # a failed poll is an answer too
     (first,) = _telemetry(gateway, 0.5)
     assert set(first["points"]) == {"tt1.temperature", "pt1.pressure"}  # type: ignore[arg-type]
+    assert gateway.sync_now, "the first values wait for no timed sync of the outbox"
+    gateway.sync_now = False  # as the processing cycle does once it has synced
     assert _telemetry(gateway, 5.0) == []
     assert len(_telemetry(gateway, 10.5)) == 1, "then every interval"
+    assert not gateway.sync_now, "later telemetry rides on the next sync"
 
 
 def test_a_silent_device_holds_the_first_telemetry_up_one_interval_at_most(tmp_path: Path):
