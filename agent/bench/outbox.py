@@ -60,7 +60,7 @@ def bench_enqueue(directory: Path, *, batch: int, seconds: float, points: int) -
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
-        box.put(records)
+        box.put(records, sync=True)
         done += batch
     elapsed = time.perf_counter() - start
     box.close()
@@ -71,6 +71,7 @@ def fill(path: Path, records: int, points: int, chunk: int = 10_000) -> Outbox:
     box = Outbox(path, max_bytes=BIG, site="b", gateway="g")
     for start in range(0, records, chunk):
         box.put([telemetry(points, i) for i in range(start, min(records, start + chunk))])
+    box.sync()  # all of it sendable from the start of the drain
     return box
 
 

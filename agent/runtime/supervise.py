@@ -90,14 +90,13 @@ def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool)
     records, totals = agent.gateway.take_pending(mono)
     # Group commit: one transaction per cycle for its records and the totals they report.
     try:
-        agent.outbox.put(records, totals=totals)
+        # The first values wait for no timed sync: they go as soon as they are committed.
+        agent.outbox.put(records, totals=totals, sync=agent.gateway.sync_now)
+        agent.gateway.sync_now = False
     except BaseException:
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
         raise
-    if agent.gateway.sync_now:
-        agent.gateway.sync_now = False
-        agent.outbox.sync()
     # The sync that makes records durable (and so sendable) when no synced commit came.
     agent.outbox.flush()
     if any(r.kind == "hourly" for r in records):

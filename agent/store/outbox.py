@@ -439,15 +439,21 @@ class Outbox:
         *,
         totals: dict[str, Any] | None = None,
         meta: dict[str, str] | None = None,
+        sync: bool = False,
     ) -> list[int]:
         """Commit records (and stream totals, and meta values) in one transaction.
+
+        The commit is synced when `sync` is set, or when what it holds asks for it (see the
+        module's note); otherwise it rides on the next sync.
 
         Returns the records' sequence numbers (of records held from an earlier put that
         failed for a full disk as well). Records of an archived kind are also copied to the
         archive, where they stay after the broker has acknowledged them. When the disk is
         full and no room can be made, the records are held and [] is returned.
         """
-        return self._guarded(lambda: self._put_or_hold(records, totals, meta, force=False))
+        return self._guarded(
+            lambda: self._put_or_hold(records, totals, meta, force=False, sync=sync)
+        )
 
     def _put_or_hold(
         self,
@@ -456,6 +462,7 @@ class Outbox:
         meta: dict[str, str] | None,
         *,
         force: bool,
+        sync: bool = False,
     ) -> list[int]:
         held = bool(self._held or self._held_totals or self._held_meta)
         if held:
@@ -477,7 +484,7 @@ class Outbox:
             self._expire(now)
         for attempt in (1, 2):
             try:
-                seqs = self._put(records, totals, meta)
+                seqs = self._put(records, totals, meta, sync=sync)
             except sqlite3.OperationalError as exc:
                 if not disk_full(exc):
                     raise
@@ -521,12 +528,15 @@ class Outbox:
         records: Sequence[Record],
         totals: dict[str, Any] | None,
         meta: dict[str, str] | None,
+        *,
+        sync: bool,
     ) -> list[int]:
         conn = self.conn
         next_seq = int(self._meta("next_seq"))
         top = max((int(r.priority) for r in records), default=-1)  # -1: running totals only
         sync = (
-            top >= Priority.ALARM
+            sync
+            or top >= Priority.ALARM
             or bool(meta)
             or next_seq + len(records) > self._reserved  # the reservation must not be lost
             or time.monotonic() - self._synced_at >= SYNC_EVERY

@@ -61,6 +61,9 @@ def test_records_are_sent_only_after_a_sync_and_alarms_are_synced_at_once(
     assert box.syncs == syncs + 2
     assert [m.seq for m in box.take(10)][-1] == more[0]
     assert woken[-1] == 0
+    first_values = box.put([_telemetry(5)], sync=True)  # the agent's first telemetry
+    assert box.syncs == syncs + 3
+    assert [m.seq for m in box.take(10)][-1] == first_values[0]
     box.close()
 
 
