@@ -422,13 +422,13 @@ class Outbox:
         if self._held or self._held_totals or self._held_meta:
             with contextlib.suppress(sqlite3.Error):
                 self._put_or_hold([], None, None, force=True)
-        with contextlib.suppress(sqlite3.Error):
-            self.sync()  # a clean stop leaves nothing to re-send and nothing unsynced
             if self._held:
                 log.error(
                     "outbox: %d records could not be written (disk full) and are lost at exit",
                     len(self._held),
                 )
+        with contextlib.suppress(sqlite3.Error):
+            self.sync()  # a clean stop leaves nothing to re-send and nothing unsynced
         self.conn.close()
 
     # --- the contract ---------------------------------------------------------------------
@@ -723,6 +723,8 @@ class Outbox:
         too full to record a deletion keeps it waiting; nothing raises for that.
         """
         now = time.monotonic()
+        if now - self._full_at < FULL_RETRY:
+            return FULL_RETRY - (now - self._full_at)  # the disk was full a moment ago
         sync_at = self._synced_at + SYNC_EVERY if self._unsynced is not None else math.inf
         acks_at = self._acked_at + ACK_HOLD if len(self._acked) < ACK_BATCH else now
         if now >= min(sync_at, acks_at):
