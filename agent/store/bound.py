@@ -23,6 +23,7 @@ FULL_RETRY = 1.0  # s between tries to write held records while the disk is full
 DISK_CHECK = 2.0  # s between looks at the free space on the outbox's disk
 DISK_RESERVE = 4 * 1024 * 1024  # bytes left free on the disk (WAL, journal, other programs)
 DISK_OVERHEAD = 2.0  # bytes of file (indexes, pages, archive copy) per byte of payload
+SEQ_END = (1 << 63) - 1  # above every sequence number
 EXPIRE_EVERY = 60.0  # s between maximum-age sweeps
 DROP_LOG_EVERY = 60.0  # s between warnings about dropped records
 # A change of wall minus monotonic time beyond this is a step of the clock, not drift.
@@ -76,15 +77,22 @@ def expire(
     for priority, age in max_age.items():
         if stepped_at is not None and now - age < stepped_at:
             continue  # every record is younger than `age` counted from the step
-        count, size = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
-            "WHERE priority = ? AND created < ?",
+        # The records of a priority are made in seq order: the expired ones are those before
+        # the first that is not, found by reading outbox_evict from the head of the range
+        # (as many rows as have expired, plus one). A record made after the wall clock
+        # stepped back goes with those made before it, not by its earlier time stamp.
+        young = conn.execute(
+            "SELECT seq FROM outbox WHERE priority = ? AND created >= ? ORDER BY seq LIMIT 1",
             (int(priority), now - age),
+        ).fetchone()
+        below = young[0] if young is not None else SEQ_END
+        count, size = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE priority = ? AND seq < ?",
+            (int(priority), below),
         ).fetchone()
         if count:
             conn.execute(
-                "DELETE FROM outbox WHERE priority = ? AND created < ?",
-                (int(priority), now - age),
+                "DELETE FROM outbox WHERE priority = ? AND seq < ?", (int(priority), below)
             )
             dropped[int(priority)] = int(count)
             freed += int(size)

@@ -34,9 +34,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
            "size" INTEGER NOT NULL)""",
         'CREATE INDEX IF NOT EXISTS "outbox_evict" ON "outbox" ("priority", "seq")',
         'CREATE INDEX IF NOT EXISTS "outbox_send" ON "outbox" ("priority" DESC, "seq")',
-        # The oldest record of each priority, for max-age expiry and the oldest age the
-        # status shows every second: both run on the event loop, and the backlog is largest
-        # during an outage, exactly when they run.
         'CREATE INDEX IF NOT EXISTS "outbox_age" ON "outbox" ("priority", "created")',
         'CREATE TABLE IF NOT EXISTS "meta" ("key" TEXT PRIMARY KEY, "value" TEXT)',
         """CREATE TABLE IF NOT EXISTS "totals" (
@@ -50,6 +47,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 2: payloads stored zlib-compressed where that saves the SD card (see outbox.PACK_FROM)
         'ALTER TABLE "outbox" ADD COLUMN "packed" INTEGER NOT NULL DEFAULT 0',
+    ),
+    # 3: two indexes fewer to write at every commit and every deletion. The send order, the
+    # oldest record of a priority and max-age expiry all read outbox_evict (priority, seq):
+    # records of one priority are made in seq order.
+    (
+        'DROP INDEX IF EXISTS "outbox_send"',
+        'DROP INDEX IF EXISTS "outbox_age"',
     ),
 )
 

@@ -106,12 +106,14 @@ ACK_BATCH = 2000  # ... or fewer, when this many are waiting
 T = TypeVar("T")
 
 
-# One index lookup per priority (outbox_age), not a scan of the backlog: min(created) over
-# the whole table cannot use an index that leads with priority.
+# The oldest record: one index lookup per priority (outbox_evict, the first of its range),
+# not a scan of the backlog; the status reads it every second, during an outage too. The
+# first record made counts, whatever its time stamp says after the wall clock stepped back.
 OLDEST = (
     "SELECT min(oldest) FROM ("
     + " UNION ALL ".join(
-        f"SELECT (SELECT min(created) FROM outbox WHERE priority = {int(p)}) AS oldest"
+        f"SELECT (SELECT created FROM outbox WHERE priority = {int(p)} ORDER BY seq LIMIT 1)"
+        " AS oldest"
         for p in Priority
     )
     + ")"
@@ -672,33 +674,30 @@ class Outbox:
         self, n: int, *, exclude: Iterable[int], after: tuple[int, int] | None
     ) -> list[Message]:
         skip = set(exclude) | self._acked.keys()
-        if after is None:
-            rows = self.conn.execute(
-                "SELECT seq, priority, kind, payload, packed FROM outbox WHERE seq <= ? "
-                "ORDER BY priority DESC, seq LIMIT ?",
-                (self.durable, n + len(skip)),
-            ).fetchall()
-            kept = [row for row in rows if row[0] not in skip][:n]
-        else:
-            # Records before the key were taken already; some after it may be too (in flight
-            # or acknowledged but not yet deleted), and are skipped without reading them all.
-            kept = []
-            while not kept:
+        # One range of outbox_evict per priority, highest first; records before the key were
+        # taken already, and some after it may be too (in flight, or acknowledged and not yet
+        # deleted): they are stepped over a read at a time, not all read first.
+        top, last = after if after is not None else (int(max(Priority)), -1)
+        kept: list[tuple[int, int, str, bytes, int]] = []
+        for priority in range(top, -1, -1):
+            seq = last if priority == top else -1
+            while len(kept) < n:
                 rows = self.conn.execute(
                     "SELECT seq, priority, kind, payload, packed FROM outbox "
-                    "WHERE (priority < ? OR (priority = ? AND seq > ?)) AND seq <= ? "
-                    "ORDER BY priority DESC, seq LIMIT ?",
-                    (after[0], after[0], after[1], self.durable, n),
+                    "WHERE priority = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    (priority, seq, self.durable, n),
                 ).fetchall()
-                if not rows:
+                kept += [row for row in rows if row[0] not in skip]
+                if len(rows) < n:
                     break
-                kept = [row for row in rows if row[0] not in skip]
-                after = (rows[-1][1], rows[-1][0])
+                seq = rows[-1][0]
+            if len(kept) >= n:
+                break
         return [
             Message(
                 seq, priority, self._topic(kind), zlib.decompress(payload) if packed else payload
             )
-            for seq, priority, kind, payload, packed in kept
+            for seq, priority, kind, payload, packed in kept[:n]
         ]
 
     def _topic(self, kind: str) -> str:

@@ -134,30 +134,68 @@ def test_take_continues_after_a_key_and_skips_what_is_out(outbox: Outbox):
 
 
 def test_what_runs_every_second_reads_an_index_not_the_backlog(tmp_path):
-    """oldest_age (the status, every second) and max-age expiry run on the event loop; a
-    scan of the outbox there took 210-407 ms at 300 k records. The plans must use indexes."""
+    """oldest_age (the status, every second), max-age expiry and take() run on the event
+    loop; a scan of the outbox there took 210-407 ms at 300 k records. The plans must read
+    a range of outbox_evict (priority, seq), the one index the outbox keeps up."""
     from massgate.agent.store.outbox import OLDEST
 
     outbox = Outbox(tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g")
     try:
         outbox.put([Record("telemetry", {"i": i}, 1_800_000_000.0 + i) for i in range(100)])
         plans = {  # query: how each of its reads of the outbox must go
-            OLDEST: "COVERING INDEX outbox_age (priority=?)",
-            "SELECT count(*), coalesce(sum(size), 0) FROM outbox "
-            "WHERE priority = 0 AND created < 1": "INDEX outbox_age (priority=? AND created<?)",
-            "DELETE FROM outbox WHERE priority = 0 AND created < 1": (
-                "INDEX outbox_age (priority=? AND created<?)"
+            OLDEST: "INDEX outbox_evict (priority=?)",
+            "SELECT seq FROM outbox WHERE priority = 0 AND created >= 1 ORDER BY seq LIMIT 1": (
+                "INDEX outbox_evict (priority=?)"
+            ),
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE priority = 0 AND seq < 9": (
+                "INDEX outbox_evict (priority=? AND seq<?)"
+            ),
+            "DELETE FROM outbox WHERE priority = 0 AND seq < 9": (
+                "INDEX outbox_evict (priority=? AND seq<?)"
+            ),
+            "SELECT seq, priority, kind, payload, packed FROM outbox "
+            "WHERE priority = 0 AND seq > 1 AND seq <= 9 ORDER BY seq LIMIT 5": (
+                "INDEX outbox_evict (priority=? AND seq>? AND seq<?)"
             ),
         }
         for query, name in plans.items():
             plan = [row[3] for row in outbox.conn.execute("EXPLAIN QUERY PLAN " + query)]
             assert not any(step.startswith("SCAN outbox") for step in plan), (name, plan)
-            # Every read of the outbox goes through outbox_age, led by priority then created:
-            # the oldest of a priority is the first entry of its range.
+            assert not any("TEMP B-TREE" in step for step in plan), (name, plan)  # no sort
             reads = [step for step in plan if step.startswith(("SEARCH outbox", "SCAN outbox"))]
             assert reads, (name, plan)
             assert all(step.endswith(name) for step in reads), (name, plan)
         assert outbox.oldest_age(now=1_800_000_100.0) == 100.0
+
+        def steps(query: str) -> int:
+            """SQLite's virtual-machine steps for one run of the query."""
+            count = [0]
+
+            def tick() -> int:
+                count[0] += 1
+                return 0
+
+            outbox.conn.set_progress_handler(tick, 1)
+            try:
+                outbox.conn.execute(query).fetchall()
+            finally:
+                outbox.conn.set_progress_handler(None, 0)
+            return count[0]
+
+        nothing_due = (
+            "SELECT seq FROM outbox WHERE priority = 0 AND created >= 1 ORDER BY seq LIMIT 1"
+        )
+        small = {q: steps(q) for q in (OLDEST, nothing_due)}
+        outbox.put([Record("telemetry", {"i": i}, 1_800_000_100.0 + i) for i in range(10_000)])
+        for query, before in small.items():
+            assert steps(query) <= before + 20, "the work grew with the backlog: " + query
+        indexes = {
+            name
+            for (name,) in outbox.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'"
+            )
+        }
+        assert indexes == {"outbox_evict"}, "every index is written at every commit"
     finally:
         outbox.close()
 
@@ -196,5 +234,41 @@ def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
         outbox.put([Record("telemetry", {"i": 12}, clock["wall"])])
         assert outbox.depth() == 2  # the one from half an hour ago and the new one
         assert outbox.dropped() == {"telemetry": 11}
+    finally:
+        outbox.close()
+
+
+def test_records_made_after_the_clock_stepped_back_expire_in_the_order_they_were_made(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """Their time stamps say they are older than the records before them; they are not."""
+    from types import SimpleNamespace
+
+    from massgate.agent.store import outbox as outbox_module
+
+    clock = {"wall": 1_800_000_000.0, "mono": 1000.0}
+    monkeypatch.setattr(
+        outbox_module,
+        "time",
+        SimpleNamespace(time=lambda: clock["wall"], monotonic=lambda: clock["mono"]),
+    )
+    outbox = Outbox(
+        tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g", max_age={"telemetry": 3600}
+    )
+    try:
+        before = outbox.put([Record("telemetry", {"i": i}, clock["wall"]) for i in range(5)])
+        clock["wall"] -= 1000.0  # the clock steps back by a quarter of an hour
+        clock["mono"] += 1.0
+        after = outbox.put([Record("telemetry", {"i": i}, clock["wall"]) for i in range(5, 10)])
+        clock["wall"] += 4000.0  # the first five are 50 minutes old, the next five look older
+        clock["mono"] += 4000.0
+        outbox.put([])  # a put runs the expiry
+        outbox.put([Record("telemetry", {"i": 10}, clock["wall"])])
+        assert outbox.dropped() == {}
+        assert {m.seq for m in outbox.take(100)} >= set(before + after)
+        clock["wall"] += 700.0  # the first five are over an hour old now, and go
+        clock["mono"] += 700.0
+        outbox.put([Record("telemetry", {"i": 11}, clock["wall"])])
+        assert outbox.dropped() == {"telemetry": 10}, "and the five made after them with them"
     finally:
         outbox.close()
