@@ -329,6 +329,10 @@ class Outbox:
             # disk says how much waits to be checkpointed.
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA journal_size_limit=0")
+            # Debian's SQLite is built with SECURE_DELETE: every page a deletion frees would be
+            # zeroed, and so written to the WAL again, which doubled what a record cost the card.
+            # FAST zeroes freed content only where the page is written anyway.
+            conn.execute("PRAGMA secure_delete=FAST")
             conn.execute("BEGIN IMMEDIATE")
             start = str(first_seq())
             made = conn.execute(
@@ -749,16 +753,30 @@ class Outbox:
             self._guarded(lambda: self._commit_waiting(sync=True))
 
     def _commit_waiting(self, *, sync: bool) -> None:
+        if sync and not self._acked and self.path != ":memory:":
+            self._sync_wal()
+            return
         with self._transaction(synced=sync):
             freed, deleted = self._delete_acked()
-            if sync and not deleted:
-                # A commit that changes nothing writes nothing, and syncs nothing.
-                self.conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('synced', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (utc(time.time()),),
-                )
         self._deleted(freed, deleted)
+
+    def _sync_wal(self) -> None:
+        """A sync with nothing to commit: the WAL file itself. Its frames are the commits not
+        yet synced (SQLite appends them in order, each commit marked in its last frame), so
+        once the file is on the card they survive a power cut as a synced commit would.
+        Cheaper than a commit written to get SQLite's sync: no frame, no page."""
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # nothing written since the last checkpoint emptied it
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.syncs += 1
+        self._synced_at = time.monotonic()
+        self._durable_now()
 
     def acked_waiting(self) -> int:
         """Acknowledged records not yet deleted."""

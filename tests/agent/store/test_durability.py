@@ -57,7 +57,9 @@ def test_records_are_sent_only_after_a_sync_and_alarms_are_synced_at_once(
     assert woken[-1] == 3  # the publisher is woken for an alarm
     more = box.put([_telemetry(4)])
     monkeypatch.setattr(outbox_module, "SYNC_EVERY", 0.0)
-    box.flush()  # due now: a sync with nothing else to write
+    wal = os.stat(tmp_path / "state.sqlite-wal").st_size
+    box.flush()  # due now: a sync with nothing else to write, of the WAL file itself
+    assert os.stat(tmp_path / "state.sqlite-wal").st_size == wal, "no commit written for it"
     assert box.syncs == syncs + 2
     assert [m.seq for m in box.take(10)][-1] == more[0]
     assert woken[-1] == 0
