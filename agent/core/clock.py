@@ -24,13 +24,27 @@ _CHECK_EVERY = 10.0  # s: the state changes once per boot or so
 _cache: list[tuple[float, bool]] = []  # (monotonic time of the check, its answer)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once: find_library runs `ldconfig -p` in a child process,
+    which every clock check (every 10 s, on the event loop) used to fork anew. The process's
+    own symbols (CDLL(None)) include libc's wherever Python is linked to it."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        name = ctypes.util.find_library("c")
+        try:
+            return ctypes.CDLL(name, use_errno=True) if name is not None else None
+        except OSError:
+            return None
+
+
 def _kernel_synced() -> bool | None:
     """The kernel's view (set by chrony, ntpd and timesyncd alike), or None if unknown."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
         timex = ctypes.create_string_buffer(512)  # modes = 0: read only
         state = libc.adjtimex(timex)
     except (OSError, AttributeError):
