@@ -7,6 +7,7 @@ transaction with the running totals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,12 +23,15 @@ from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
+from ..totalize.engine import Engine, PythonEngine
 from ..totalize.engine import load as load_engine
+from ..totalize.engine import loaded as engine_loaded
 from ..totalize.inventories import InventoryGauge
 from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
 
+FIRST_VALUES_WAIT = 10.0  # s: without telemetry, how long the first values may take at most
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
 SAVE_TOTALS_EVERY = 10.0  # s between saves of the running totals (see take_pending)
 REPORTS_TOTALS = frozenset({"totals", "hourly"})  # records committed with the totals they report
@@ -52,8 +56,18 @@ class Gateway:
         # A stream whose configuration a reload did not change goes on integrating in
         # memory: the reload is a gap like any other, bridged up to max_gap. A changed or new
         # one starts from the state saved in the outbox (as after a restart).
-        # numba is imported only by an agent that integrates with it.
-        engine = load_engine(config.engine) if config.streams or config.inventories else None
+        # numba is imported only by an agent that integrates with it, and not before the
+        # first values are out (see wanted_engine): until then the Python twins integrate,
+        # which give the same bits.
+        integrates = bool(config.streams or config.inventories)
+        self.wanted_engine = (
+            config.engine if integrates and not engine_loaded(config.engine) else None
+        )
+        engine = (
+            (PythonEngine() if self.wanted_engine else load_engine(config.engine))
+            if integrates
+            else None
+        )
         self.streams = {
             s.name: (
                 carried[s.name]
@@ -84,6 +98,8 @@ class Gateway:
         self._telemetry_from: float | None = None  # the first cycle's time
         self._heard: set[str] = set()  # devices that delivered a batch, good or bad
         self.sync_now = False  # the records of this cycle are to be synced (and sent) at once
+        # Set in the cycle that makes the first values (every device heard once, or a wait).
+        self.first_values = asyncio.Event()
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
@@ -93,6 +109,14 @@ class Gateway:
             cause or ""
         )
         self._audit(outbox)
+
+    def use_engine(self, engine: Engine) -> None:
+        """Integrate with `engine` from the next cycle on (numba's kernels, once loaded)."""
+        for stream in self.streams.values():
+            stream.engine = engine
+        for gauge in self.inventories.values():
+            gauge.engine = engine
+        self.wanted_engine = None
 
     def _audit(self, outbox: Outbox) -> None:
         """Record what changed in the computation since the last run, with old and new values."""
@@ -175,6 +199,8 @@ class Gateway:
         if final or mono >= self.next_totals:
             self.next_totals = mono + self.config.totals_interval
             self.pending.append(self._totals_record(wall))
+        if not self.first_values.is_set() and self._first_values_due(mono):
+            self.first_values.set()  # what waited for the first values to go may start
         if self.config.telemetry_interval > 0 and self._telemetry_due(mono):
             # The first values wait for no timed sync: they go as soon as they are committed.
             self.sync_now = self.sync_now or self.next_telemetry is None
@@ -188,10 +214,14 @@ class Gateway:
         """
         if self.next_telemetry is not None:
             return mono >= self.next_telemetry
+        return self._first_values_due(mono)
+
+    def _first_values_due(self, mono: float) -> bool:
         if self._telemetry_from is None:
             self._telemetry_from = mono
         every_device = len(self._heard) >= len(self.config.devices)
-        return every_device or mono >= self._telemetry_from + self.config.telemetry_interval
+        wait = self.config.telemetry_interval or FIRST_VALUES_WAIT
+        return every_device or mono >= self._telemetry_from + wait
 
     def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
         self.alarms.append(event)

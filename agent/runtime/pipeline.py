@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ..publish.status import LinkStatus
 if TYPE_CHECKING:
     from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
+from ..totalize.engine import Engine, warmed
 from ..totalize.streams import StreamTotal
 from .gateway import Gateway, outbox_reset_record
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
@@ -247,6 +249,56 @@ async def _run(
     return next_config
 
 
+async def _load_engine(gateway: Gateway, stop: asyncio.Event) -> None:
+    """numba's kernels, loaded on a thread once the first values are out.
+
+    Until then the Python twins integrate (the same bits): importing numba and loading its
+    kernels takes most of a second of a core with a warm cache (tens of seconds cold, on a
+    Raspberry Pi), and neither the first polls nor the first values wait for it. The thread
+    is a daemon: a stop does not wait for a compile either.
+    """
+    name = gateway.wanted_engine
+    assert name is not None
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.ensure_future(stop.wait())
+    first = asyncio.ensure_future(gateway.first_values.wait())
+    done: asyncio.Future[Engine | BaseException] = loop.create_future()
+
+    def settle(result: Engine | BaseException) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    def load() -> None:
+        try:
+            result: Engine | BaseException = warmed(name)
+        except Exception as exc:  # a damaged cache, an llvmlite that will not load
+            result = exc
+        loop.call_soon_threadsafe(settle, result)
+
+    try:
+        await asyncio.wait({stopped, first}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            return
+        threading.Thread(target=load, name="numba-load", daemon=True).start()
+        either: set[asyncio.Future[Any]] = {stopped, done}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            return
+        result = done.result()
+        if isinstance(result, BaseException):
+            log.error(
+                "numba's kernels could not be loaded (%r): the totalizer goes on with its Python "
+                "engine, the same kilograms with more CPU",
+                result,
+            )
+            return
+        gateway.use_engine(result)
+        log.info("totalizer: numba's kernels loaded; they integrate from this cycle on")
+    finally:
+        stopped.cancel()
+        first.cancel()
+
+
 async def _pipeline(
     agent: Agent,
     batches: asyncio.Queue[Batch],
@@ -290,6 +342,8 @@ async def _pipeline(
                 ),
                 name="publisher",
             )
+        if gateway.wanted_engine is not None:
+            group.create_task(_load_engine(gateway, stop_polling), name="engine")
         log.info(
             "massgate running: %d devices, %d streams, %d nodes",
             len(pollers),

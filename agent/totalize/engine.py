@@ -8,12 +8,14 @@ CPU time and the memory, never a kilogram.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import reference
+from .state import new_state
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,11 @@ class PythonEngine:
 Engine = PythonEngine  # what an engine offers; kernels.py has the same functions
 
 
+def loaded(name: str) -> bool:
+    """Whether load(name) would return at once: the Python engine, or numba's once imported."""
+    return name == "python" or f"{__package__}.kernels" in sys.modules
+
+
 def load(name: str = "numba") -> Engine:
     """The engine a configuration names; numba's is imported only here, when asked for.
 
@@ -144,3 +151,34 @@ def load(name: str = "numba") -> Engine:
 
 
 _said_missing = False
+
+
+def warmed(name: str) -> Engine:
+    """load(name) with every kernel called once on two samples, with the argument types the
+    totalizer passes: numba compiles a kernel (or reads it from NUMBA_CACHE_DIR) at its first
+    call, and that first call should not be a processing cycle's (the pipeline runs this on a
+    thread of its own while the Python engine integrates)."""
+    engine = load(name)
+    if isinstance(engine, PythonEngine):
+        return engine
+    t, ones, good = np.array([0.0, 0.1]), np.ones(2), np.ones(2, dtype=np.bool_)
+    engine.integrate_flow(t, ones, good, new_state(), 60.0, 0.0)
+    engine.integrate_volume(
+        t,
+        ones,
+        ones * 293.15,
+        ones * 1e5,
+        good,
+        new_state(),
+        60.0,
+        0.0,
+        1000.0,
+        293.15,
+        2e-4,
+        5e-10,
+    )
+    engine.difference_register(t, ones, good, new_state(), 1e6, 1e3)
+    engine.strapping(ones, np.array([0.0, 2.0]), np.array([0.0, 4.0]))
+    engine.density_linear(ones * 293.15, 1000.0, 293.15, 2e-4)
+    engine.linear_density(293.15, 1e5, 1000.0, 293.15, 2e-4, 5e-10)
+    return engine

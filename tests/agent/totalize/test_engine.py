@@ -100,37 +100,60 @@ def test_the_python_engine_gives_the_kernels_kilograms_to_the_bit(tmp_path: Path
     assert any(m is not None for m in masses["python"])
 
 
-def _numba_loaded(config: Path) -> bool:
-    """Whether an agent's pipeline on `config` (one cycle with every tag read) imports numba."""
+def _imports(config: Path, *, stop_first: bool = False) -> list[str]:
+    """What an agent's pipeline on `config` has imported when: after its first cycles (every
+    tag read, the first values made), and after the engine loader has run (or been stopped)."""
     script = f"""
-import sys
+import asyncio, sys
 from pathlib import Path
 from massgate.agent import config as config_module
 from massgate.agent.core.samples import Batch, Quality
 from massgate.agent.runtime.gateway import Gateway
+from massgate.agent.runtime.pipeline import _load_engine
 from massgate.agent.store.outbox import Outbox
 config = config_module.load(Path({str(config)!r}))
 gateway = Gateway(config, Outbox(":memory:", max_bytes=1 << 20, site="a", gateway="b"))
-for mono in (1.0, 2.0):
-    for device in config.devices:
-        values = {{point.tag: 1.0 for point in device.points}}
-        gateway.ingest(Batch(device.name, mono, 1.8e9 + mono, values, Quality.GOOD))
-    gateway.cycle(mono, 1.8e9 + mono)
-assert gateway.streams["feed"].net > 0
-print("numba" in sys.modules)
+
+async def main():
+    stop = asyncio.Event()
+    if {stop_first!r}:
+        stop.set()
+    loader = asyncio.ensure_future(_load_engine(gateway, stop)) if gateway.wanted_engine else None
+    for mono in (1.0, 2.0):
+        for device in config.devices:
+            values = {{point.tag: 1.0 for point in device.points}}
+            gateway.ingest(Batch(device.name, mono, 1.8e9 + mono, values, Quality.GOOD))
+        gateway.cycle(mono, 1.8e9 + mono)
+    assert gateway.first_values.is_set()
+    print("numba" in sys.modules)
+    if loader is not None:
+        await loader
+    print("numba" in sys.modules, type(gateway.streams["feed"].engine).__name__)
+    before = gateway.streams["feed"].net
+    gateway.ingest(Batch("ft101", 3.0, 1.8e9 + 3.0, {{"ft101.mass_flow": 1.0}}, Quality.GOOD))
+    gateway.cycle(3.0, 1.8e9 + 3.0)
+    assert gateway.streams["feed"].net > before > 0
+
+asyncio.run(main())
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip() == "True"
+    return done.stdout.split()
 
 
 def test_an_agent_on_the_python_engine_never_imports_numba(tmp_path: Path):
     _config(tmp_path, "python")
-    assert not _numba_loaded(tmp_path / "python.yaml")
+    assert _imports(tmp_path / "python.yaml") == ["False", "False", "PythonEngine"]
+
+
+def test_numba_is_loaded_after_the_first_values_and_then_integrates(tmp_path: Path):
+    """The first polls and the first values do not wait for numba's import and kernels."""
     _config(tmp_path, "numba")
-    assert _numba_loaded(tmp_path / "numba.yaml"), "the default engine is numba's"
+    assert _imports(tmp_path / "numba.yaml") == ["False", "True", "module"]
+    # An agent stopped before its first values never loads it.
+    assert _imports(tmp_path / "numba.yaml", stop_first=True) == ["False", "False", "PythonEngine"]
 
 
 def test_without_numba_the_default_engine_is_the_python_one_said_once():
