@@ -25,9 +25,16 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("MQTT publisher (paho)", "import massgate.agent.publish.publisher"),
     ("Python engine (the kernels' twins)", "import massgate.agent.totalize.engine"),
     ("numba and llvmlite imported", "import numba"),
+    ("numba's kernels module (nothing compiled yet)", "import massgate.agent.totalize.kernels"),
     (
-        "numba's kernels loaded and called once",
-        "from massgate.agent.bench.totalizer import warm_cache; warm_cache()",
+        "the first kernel called (numba sets up LLVM's code generator)",
+        "import numpy as np; from massgate.agent.totalize import kernels, state; "
+        "kernels.integrate_flow(np.array([0.0, 0.1]), np.ones(2), np.ones(2, dtype=np.bool_), "
+        "state.new_state(), 60.0, 0.0)",
+    ),
+    (
+        "every other kernel called once",
+        "from massgate.agent.totalize.engine import warmed; warmed('numba')",
     ),
     ("OPC UA driver (asyncua), when a device uses it", "import massgate.drivers.opcua.client"),
 )

@@ -30,7 +30,7 @@ from ..publish.status import LinkStatus
 if TYPE_CHECKING:
     from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
-from ..totalize.engine import Engine, warmed
+from ..totalize.engine import Engine, kernels_for, warmed
 from ..totalize.streams import StreamTotal
 from .gateway import Gateway, outbox_reset_record
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
@@ -259,6 +259,8 @@ async def _load_engine(gateway: Gateway, stop: asyncio.Event) -> None:
     """
     name = gateway.wanted_engine
     assert name is not None
+    config = gateway.config
+    kernels = kernels_for(config.streams, config.inventories)  # numba's memory is per kernel
     loop = asyncio.get_running_loop()
     stopped = asyncio.ensure_future(stop.wait())
     first = asyncio.ensure_future(gateway.first_values.wait())
@@ -270,7 +272,7 @@ async def _load_engine(gateway: Gateway, stop: asyncio.Event) -> None:
 
     def load() -> None:
         try:
-            result: Engine | BaseException = warmed(name)
+            result: Engine | BaseException = warmed(name, kernels)
         except Exception as exc:  # a damaged cache, an llvmlite that will not load
             result = exc
         loop.call_soon_threadsafe(settle, result)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import reference
 from .state import new_state
+
+if TYPE_CHECKING:
+    from ..config.model import InventoryConfig, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -153,32 +157,73 @@ def load(name: str = "numba") -> Engine:
 _said_missing = False
 
 
-def warmed(name: str) -> Engine:
-    """load(name) with every kernel called once on two samples, with the argument types the
-    totalizer passes: numba compiles a kernel (or reads it from NUMBA_CACHE_DIR) at its first
-    call, and that first call should not be a processing cycle's (the pipeline runs this on a
-    thread of its own while the Python engine integrates)."""
+KERNELS = (
+    "integrate_flow",
+    "integrate_volume",
+    "difference_register",
+    "strapping",
+    "density_linear",
+    "linear_density",
+)
+
+
+def kernels_for(
+    streams: Iterable[StreamConfig], inventories: Iterable[InventoryConfig]
+) -> set[str]:
+    """The kernels a configuration calls (a few more where it is cheaper to be sure): the
+    first kernel costs numba's code generator, ~45 MB; each further one ~2 MB."""
+    used: set[str] = set()
+    for stream in streams:
+        if stream.mass_total is not None:
+            used.add("difference_register")
+        elif stream.volume_flow is not None:
+            model = stream.density.model if stream.density is not None else "constant"
+            if model in ("constant", "linear"):
+                used.add("integrate_volume")
+            else:
+                used |= {"integrate_flow", "density_linear", "linear_density"}
+        else:
+            used.add("integrate_flow")
+    for inventory in inventories:
+        if inventory.strapping is not None:
+            used.add("strapping")
+        if inventory.density is not None:
+            used |= {"density_linear", "linear_density"}
+    return used
+
+
+def warmed(name: str, kernels: Iterable[str] = KERNELS) -> Engine:
+    """load(name) with the kernels named called once on two samples, with the argument
+    types the totalizer passes: numba compiles a kernel (or reads it from NUMBA_CACHE_DIR) at
+    its first call, and that first call should not be a processing cycle's (the pipeline
+    runs this on a thread of its own while the Python engine integrates)."""
     engine = load(name)
     if isinstance(engine, PythonEngine):
         return engine
     t, ones, good = np.array([0.0, 0.1]), np.ones(2), np.ones(2, dtype=np.bool_)
-    engine.integrate_flow(t, ones, good, new_state(), 60.0, 0.0)
-    engine.integrate_volume(
-        t,
-        ones,
-        ones * 293.15,
-        ones * 1e5,
-        good,
-        new_state(),
-        60.0,
-        0.0,
-        1000.0,
-        293.15,
-        2e-4,
-        5e-10,
-    )
-    engine.difference_register(t, ones, good, new_state(), 1e6, 1e3)
-    engine.strapping(ones, np.array([0.0, 2.0]), np.array([0.0, 4.0]))
-    engine.density_linear(ones * 293.15, 1000.0, 293.15, 2e-4)
-    engine.linear_density(293.15, 1e5, 1000.0, 293.15, 2e-4, 5e-10)
+    calls: dict[str, Callable[[], object]] = {
+        "integrate_flow": lambda: engine.integrate_flow(t, ones, good, new_state(), 60.0, 0.0),
+        "integrate_volume": lambda: engine.integrate_volume(
+            t,
+            ones,
+            ones * 293.15,
+            ones * 1e5,
+            good,
+            new_state(),
+            60.0,
+            0.0,
+            1000.0,
+            293.15,
+            2e-4,
+            5e-10,
+        ),
+        "difference_register": lambda: engine.difference_register(
+            t, ones, good, new_state(), 1e6, 1e3
+        ),
+        "strapping": lambda: engine.strapping(ones, np.array([0.0, 2.0]), np.array([0.0, 4.0])),
+        "density_linear": lambda: engine.density_linear(ones * 293.15, 1000.0, 293.15, 2e-4),
+        "linear_density": lambda: engine.linear_density(293.15, 1e5, 1000.0, 293.15, 2e-4, 5e-10),
+    }
+    for kernel in kernels:
+        calls[kernel]()
     return engine

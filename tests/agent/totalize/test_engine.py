@@ -173,3 +173,50 @@ print(all(isinstance(e, PythonEngine) for e in engines))
     assert done.stdout.strip() == "True"
     assert done.stderr.count("numba cannot be imported") == 1, done.stderr
     assert "Python engine" in done.stderr
+
+
+def test_only_the_kernels_a_configuration_calls_are_warmed(tmp_path: Path):
+    from massgate.agent.totalize.engine import KERNELS, kernels_for
+
+    config = _config(tmp_path, "numba")
+    used = kernels_for(config.streams, config.inventories)
+    assert used <= set(KERNELS)
+    # feed (mass flow), feed_register (a totalizer register), and a volume meter.
+    assert {"integrate_flow", "difference_register"} <= used
+    assert kernels_for(config.streams[:1], ()) == {"integrate_flow"}
+    assert kernels_for((), ()) == set()
+
+
+def test_a_cycle_compiles_no_kernel_the_warm_up_left_out(tmp_path: Path):
+    """Every kernel the plant's cycles call was compiled (or read from the cache) by the
+    warm-up, off the event loop: none gets its first signature in a cycle."""
+    _config(tmp_path, "numba")
+    script = f"""
+import math
+from pathlib import Path
+from massgate.agent import config as config_module
+from massgate.agent.core.samples import Batch, Quality
+from massgate.agent.runtime.gateway import Gateway
+from massgate.agent.store.outbox import Outbox
+from massgate.agent.totalize import kernels
+from massgate.agent.totalize.engine import KERNELS, kernels_for, warmed
+config = config_module.load(Path({str(tmp_path / "numba.yaml")!r}))
+gateway = Gateway(config, Outbox(":memory:", max_bytes=1 << 20, site="a", gateway="b"))
+gateway.use_engine(warmed("numba", kernels_for(config.streams, config.inventories)))
+before = {{k: len(getattr(kernels, k).signatures) for k in KERNELS}}
+values = {{"ft101.mass_flow": 1.0, "ft101.mass_total": 5.0, "ft102.volume_flow": 0.001,
+          "tt102.temperature": 300.0, "pt102.pressure": 2e5, "lt100.level": 1.5}}
+for mono in (1.0, 2.0, 3.0):
+    for device in config.devices:
+        tags = {{t: v for t, v in values.items() if t.startswith(device.name + ".")}}
+        gateway.ingest(Batch(device.name, mono, 1.8e9 + mono, tags, Quality.GOOD))
+    gateway.cycle(mono, 1.8e9 + mono)
+after = {{k: len(getattr(kernels, k).signatures) for k in KERNELS}}
+assert gateway.streams["product"].net > 0 and gateway.streams["feed"].net > 0
+assert after == before, (before, after)
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
