@@ -200,16 +200,15 @@ def test_what_runs_every_second_reads_an_index_not_the_backlog(tmp_path):
         outbox.close()
 
 
-def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-):
-    """A gateway without RTC booted at an old time, then NTP stepped the clock forward by
-    years: the records made before look years old. They count their age from the step."""
+def _aging_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, wall: float
+) -> tuple[dict[str, float], Outbox]:
+    """An outbox whose telemetry may be an hour old at most, on clocks the test moves."""
     from types import SimpleNamespace
 
     from massgate.agent.store import outbox as outbox_module
 
-    clock = {"wall": 1_500_000_000.0, "mono": 1000.0}
+    clock = {"wall": wall, "mono": 1000.0}
     monkeypatch.setattr(
         outbox_module,
         "time",
@@ -218,6 +217,15 @@ def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
     outbox = Outbox(
         tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g", max_age={"telemetry": 3600}
     )
+    return clock, outbox
+
+
+def test_a_clock_that_steps_forward_does_not_expire_the_backlog_at_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A gateway without RTC booted at an old time, then NTP stepped the clock forward by
+    years: the records made before look years old. They count their age from the step."""
+    clock, outbox = _aging_outbox(tmp_path, monkeypatch, wall=1_500_000_000.0)
     try:
         outbox.put([Record("telemetry", {"i": i}, clock["wall"]) for i in range(10)])
         clock["wall"] += 300_000_000.0  # NTP: from 2017 to 2026 in one step
@@ -242,19 +250,7 @@ def test_records_made_after_the_clock_stepped_back_expire_in_the_order_they_were
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """Their time stamps say they are older than the records before them; they are not."""
-    from types import SimpleNamespace
-
-    from massgate.agent.store import outbox as outbox_module
-
-    clock = {"wall": 1_800_000_000.0, "mono": 1000.0}
-    monkeypatch.setattr(
-        outbox_module,
-        "time",
-        SimpleNamespace(time=lambda: clock["wall"], monotonic=lambda: clock["mono"]),
-    )
-    outbox = Outbox(
-        tmp_path / "o.sqlite", max_bytes=10**9, site="s", gateway="g", max_age={"telemetry": 3600}
-    )
+    clock, outbox = _aging_outbox(tmp_path, monkeypatch, wall=1_800_000_000.0)
     try:
         before = outbox.put([Record("telemetry", {"i": i}, clock["wall"]) for i in range(5)])
         clock["wall"] -= 1000.0  # the clock steps back by a quarter of an hour
