@@ -189,8 +189,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     )
     state_dir.mkdir(parents=True, exist_ok=True)
     # The plant's clock starts when it is made. On a fresh machine numba compiles the
-    # totalizer's kernels at their first call, seconds in which the plant would move mass
-    # that the agent could not integrate: compile them first.
+    # totalizer's kernels for seconds of a core; the agent would integrate on its Python
+    # engine meanwhile (the same kilograms), but the plant and the agent's first table would
+    # share the machine with the compiler: compile them first, once.
     print("preparing the totalizer (compiled once, then cached) ...", flush=True)
     from ..bench.totalizer import warm_cache  # noqa: PLC0415  # numba only when it runs
 
