@@ -34,6 +34,7 @@ class DeviceHealth:
         self.good = 0
         self.failed = 0
         self.last_good: float | None = None  # wall time of the last good poll
+        self.first_good: float | None = None  # ... and of the first, in this process
         self.last_error: str | None = None
         self.down_since: float | None = None  # wall time of the first failure in this run
         self.stopped = False  # given up for good (a configuration error)
@@ -54,6 +55,7 @@ class DeviceHealth:
         """A good poll (or a connected session)."""
         self.good += 1
         self.last_good = time.time()
+        self.first_good = self.first_good or self.last_good
         self.last_attempt = time.monotonic()
         if self.last_error is None:
             return
@@ -126,6 +128,7 @@ class DeviceHealth:
             "good": self.good,
             "failed": self.failed,
             "last_good": self.last_good,
+            "first_good": self.first_good,
             "down_since": self.down_since,
             "last_error": self.last_error,
             "stopped": self.stopped,

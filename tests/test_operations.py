@@ -76,6 +76,7 @@ def test_agent_under_systemd_protocols(broker: Broker, subscriber: Subscriber, t
         assert status["pid"] == agent.pid
         assert status["devices"]["ft101"]["up"]
         assert status["devices"]["ft101"]["last_good"] is not None
+        assert status["devices"]["ft101"]["first_good"] <= status["devices"]["ft101"]["last_good"]
         down = status["devices"]["ft900"]
         assert not down["up"]
         assert down["failed_polls"] >= 3

@@ -224,7 +224,7 @@ def run_agent(
         deadline = time.monotonic() + 120
         while True:
             snap = _status(state_sock, deadline, proc, log)
-            firsts = [d["last_good"] for d in snap["devices"].values() if d["last_good"]]
+            firsts = [d["first_good"] for d in snap["devices"].values() if d["first_good"]]
             if firsts:
                 from datetime import datetime  # noqa: PLC0415
 

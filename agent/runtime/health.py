@@ -33,6 +33,7 @@ def devices(pollers: Sequence[Poller]) -> dict[str, dict[str, Any]]:
             "up": p.up,
             "endpoint": p.device.endpoint,
             "last_good": utc(h.last_good),
+            "first_good": utc(h.first_good),
             "down_since": utc(h.down_since),
             "good_polls": h.good,
             "failed_polls": h.failed,
