@@ -25,6 +25,7 @@ from ..config import DEFAULT_DRAIN_RATE, BrokerEndpoint, MqttConfig
 from ..core.records import Record
 from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
+from ..store.writer import Writer
 from .localbroker import LOOPBACK, BrokerUnavailable, LocalBroker, free_port
 
 BIG = 4 << 30  # an outbox bound the benchmark never reaches (4 GiB)
@@ -94,8 +95,10 @@ def mqtt_config(broker: LocalBroker, in_flight: int) -> MqttConfig:
 
 
 def drain_ours(box: Outbox, config: MqttConfig, *, drain_rate: float = 0.0) -> float:
-    """Seconds from start until the outbox is empty (every record PUBACKed and deleted)."""
-    publisher = Publisher(box, config, "b", "g", drain_rate=drain_rate)
+    """Seconds from start until the outbox is empty (every record PUBACKed), with the outbox
+    on a writer thread as the agent runs it."""
+    writer = Writer()
+    publisher = Publisher(box, config, "b", "g", drain_rate=drain_rate, writer=writer)
 
     async def main() -> float:
         stop = asyncio.Event()
@@ -110,7 +113,10 @@ def drain_ours(box: Outbox, config: MqttConfig, *, drain_rate: float = 0.0) -> f
         await task
         return elapsed
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        writer.close()
 
 
 STALL_TICK = 0.01  # s: the timer whose lateness is the event loop's stall
@@ -122,9 +128,11 @@ def outage_stall(box: Outbox, config: MqttConfig, *, seconds: float, points: int
 
     What the agent's loop does then: a cycle's telemetry committed every CYCLE, the oldest
     record's age looked up every second (the status), and the publisher trying a broker
-    that is not there; a 10 ms timer measures how late the loop runs it.
+    that is not there; a 10 ms timer measures how late the loop runs it. The commits go to
+    the outbox's writer thread, as the agent's do.
     """
-    publisher = Publisher(box, config, "b", "g")
+    writer = Writer()
+    publisher = Publisher(box, config, "b", "g", writer=writer)
 
     async def main() -> float:
         stop = asyncio.Event()
@@ -143,8 +151,8 @@ def outage_stall(box: Outbox, config: MqttConfig, *, seconds: float, points: int
         end = loop.time() + seconds
         i, next_status = 0, 0.0
         while loop.time() < end:
-            box.put([telemetry(points, 10_000_000 + i)])
-            publisher.wake(0)
+            await writer.call(box.put, [telemetry(points, 10_000_000 + i)])
+            await writer.call(box.flush)
             i += 1
             if loop.time() >= next_status:
                 box.oldest_age()
@@ -155,7 +163,10 @@ def outage_stall(box: Outbox, config: MqttConfig, *, seconds: float, points: int
         await task
         return worst
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        writer.close()
 
 
 def drain_raw(payloads: list[tuple[str, bytes]], config: MqttConfig) -> float:

@@ -32,15 +32,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import MqttConfig
 from ..core.records import topic
 from ..store.outbox import Message, Outbox
+from ..store.writer import Writer
 from .link import NOT_SENT, STATUS_SEQ, BrokerLink, _Events, _Outgoing
 from .status import LinkStatus, status_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REFUSED_RETRY_FIRST = 5.0  # s before a record the broker refused is sent again; doubles
 REFUSED_RETRY_MAX = 60.0  # a fixed ACL is noticed within a minute
@@ -77,10 +79,32 @@ class Publisher:
     _refused_said: dict[str, float] = field(default_factory=dict)  # reason -> logged at
     _dropped_seen: dict[str, int] | None = None
     skip_drain: bool = False  # stop without draining the outbox (a reload)
+    # The outbox's writer thread (store/writer.py), which the agent's publisher hands every
+    # call on the outbox to; None runs them here (benches and tests without a pipeline).
+    writer: Writer | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
 
     def __post_init__(self) -> None:
         # Records become sendable when a sync has made them durable, not when put.
-        self.outbox.on_durable = self.wake
+        self.outbox.on_durable = self._durable
+
+    def _durable(self, priority: int) -> None:
+        # Called where the outbox commits: the writer thread, so the wake hops to the loop.
+        if self._loop is not None and self.writer is not None:
+            self._loop.call_soon_threadsafe(self.wake, priority)
+        else:
+            self.wake(priority)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.writer is None:
+            return fn(*args, **kwargs)
+        return await self.writer.call(fn, *args, **kwargs)
+
+    def _submit(self, fn: Callable[..., object], *args: Any) -> None:
+        if self.writer is None:
+            fn(*args)
+        else:
+            self.writer.submit(fn, *args)
 
     def stalled(self, now: float, limit: float) -> str | None:
         """What is wrong with the MQTT thread, if anything (`now` is monotonic)."""
@@ -118,6 +142,7 @@ class Publisher:
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         link = BrokerLink(
             self.config,
             status_topic=self.status_topic,
@@ -131,7 +156,7 @@ class Publisher:
         link.start()
         try:
             while not stop.is_set():
-                delay = self._pass(link, loop.time())
+                delay = await self._pass(link, loop.time())
                 self._wake.clear()
                 stop_task = asyncio.ensure_future(stop.wait())
                 wake_task = asyncio.ensure_future(self._wake.wait())
@@ -143,7 +168,7 @@ class Publisher:
             # Drain what is already committed, within the graceful timeout (not on a reload).
             deadline = loop.time() + (0.0 if self.skip_drain else drain_timeout)
             while self.status.connected and loop.time() < deadline:
-                delay = self._pass(link, loop.time())
+                delay = await self._pass(link, loop.time())
                 if not self._in_flight and not self._buffer and self.outbox.depth() == 0:
                     break
                 self._wake.clear()
@@ -154,10 +179,14 @@ class Publisher:
             await asyncio.to_thread(link.join, 10.0)
             link.close()
 
-    def _pass(self, link: BrokerLink, now: float) -> float:
+    async def _pass(self, link: BrokerLink, now: float) -> float:
         """Let the outbox delete what was acknowledged, fill the window; returns how long to
         wait at most."""
-        wait = min(0.5, max(self.outbox.flush(), 0.01))
+        if self.writer is None:
+            wait = min(0.5, max(self.outbox.flush(), 0.01))
+        else:
+            self.writer.submit(self.outbox.flush)  # deletions due go, on the writer thread
+            wait = 0.25 if self.outbox.acked_waiting() else 0.5
         if not self.status.connected:
             return wait
         if self._refused:
@@ -193,7 +222,7 @@ class Publisher:
             self._evictions = self.outbox.evictions
             self._stale = True  # what was taken may have been dropped since
         if self._stale or not self._buffer:
-            self._refill()
+            await self._refill()
         batch: list[_Outgoing] = []
         while self._buffer and len(batch) < room:
             message = self._buffer.popleft()
@@ -206,21 +235,27 @@ class Publisher:
             self._tokens -= len(batch)
         return wait
 
-    def _refill(self) -> None:
+    async def _refill(self) -> None:
         # Refused records wait for their own retry time; the others go on meanwhile.
         waiting = {seq for seq, (at, _) in self._refused.items() if at != math.inf}
         exclude = self._in_flight | waiting
-        if self._stale or self._cursor is None:
-            taken = self.outbox.take(PREFETCH, exclude=exclude)
+        # Consumed before the take: whatever makes the buffer stale while the writer thread
+        # reads (a reconnect, a record not sent, a record of higher priority) is seen after.
+        fresh, self._stale = self._stale or self._cursor is None, False
+        if fresh:
+            taken = await self._call(self.outbox.take, PREFETCH, exclude=exclude)
         else:
             # Continuing from the cursor still skips what is in flight or acknowledged: a
             # retake for a higher priority can move the cursor past records of lower priority
             # that were already handed over.
-            taken = self.outbox.take(PREFETCH, after=self._cursor, exclude=exclude)
+            taken = await self._call(
+                self.outbox.take, PREFETCH, after=self._cursor, exclude=exclude
+            )
+        if self._stale:
+            return  # taken again at the next pass
         self._buffer = deque(taken)
         if taken:
             self._cursor = (taken[-1].priority, taken[-1].seq)
-        self._stale = False
 
     def _publish_status(self, link: BrokerLink, now: float) -> None:
         self._next_status = now + self.config.status_interval
@@ -294,6 +329,6 @@ class Publisher:
                     self.status.refused[refusal],
                 )
         if acked:
-            self.outbox.ack(acked)
+            self._submit(self.outbox.ack, acked)
             self.status.acked += len(acked)
         self._wake.set()

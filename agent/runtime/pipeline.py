@@ -30,6 +30,7 @@ from ..publish.status import LinkStatus
 if TYPE_CHECKING:
     from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
+from ..store.writer import Writer
 from ..totalize.engine import Engine, kernels_for, warmed
 from ..totalize.streams import StreamTotal
 from .gateway import Gateway, outbox_reset_record
@@ -64,6 +65,7 @@ class Agent:
     outbox: Outbox
     pollers: list[Poller]
     publisher: Publisher | None
+    writer: Writer  # the outbox's SQLite calls while the pipeline runs
     started: float = field(default_factory=time.time)
     health: dict[str, Any] = field(default_factory=dict)  # the latest snapshot, replaced whole
     reload_error: str | None = None
@@ -175,6 +177,8 @@ async def _run(
         )
     except REFUSALS as exc:
         raise StartError(f"cannot open the outbox {config.outbox.path}: {why(exc)}") from None
+    # From the pipeline's first cycle to its last, the outbox is this thread's alone.
+    writer = Writer()
     try:
         if outbox.reset is not None:
             outbox_reset_record(outbox)
@@ -198,6 +202,7 @@ async def _run(
                     config.gateway.site,
                     config.gateway.id,
                     drain_rate=config.outbox.drain_rate,
+                    writer=writer,
                 )
             except REFUSALS as exc:
                 raise StartError(f"cannot set up TLS for the broker: {why(exc)}") from None
@@ -210,7 +215,9 @@ async def _run(
             carried.link = publisher.status
         else:
             log.warning("no MQTT broker configured: records are kept in the outbox %s", outbox.path)
-        agent = Agent(config, gateway, outbox, pollers, publisher, started=started, opened=opened)
+        agent = Agent(
+            config, gateway, outbox, pollers, publisher, writer, started=started, opened=opened
+        )
         agent.reload_error = refused
         agent.locks = locks
         if publisher is not None:
@@ -245,6 +252,7 @@ async def _run(
             if metrics is not None:
                 metrics.close()
     finally:
+        writer.close()  # every call handed over is done; the outbox is the loop's again
         outbox.close()
     return next_config
 
@@ -353,7 +361,7 @@ async def _pipeline(
             len(gateway.nodes),
         )
         while not shutdown.is_set():
-            guarded_cycle(agent, batches)
+            await guarded_cycle(agent, batches)
             now = time.monotonic()
             if now >= next_health:
                 next_health = now + SNAPSHOT_EVERY
@@ -395,7 +403,7 @@ async def _pipeline(
         for drivers in agent.opened:
             await drivers.close()
         try:
-            process_batches(agent, batches, final=True)
+            await process_batches(agent, batches, final=True)
         except Exception:  # the last cycle too: logged, and the stop goes on
             log.exception("the final processing cycle failed; what it made stays unsaved")
         if on_cycle is not None:

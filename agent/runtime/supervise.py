@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from massgate.drivers.base import FatalError, Poller
 
+from ..core.records import Record
 from ..core.samples import Batch
 
 if TYPE_CHECKING:  # the pipeline imports this module
@@ -57,11 +58,11 @@ async def supervised(
         delay = min(delay * 2, RESTART_MAX)
 
 
-def guarded_cycle(agent: Agent, batches: asyncio.Queue[Batch]) -> None:
+async def guarded_cycle(agent: Agent, batches: asyncio.Queue[Batch]) -> None:
     """One processing cycle; an unexpected exception is logged, counted and the next cycle
     tries again (the records it made are kept for it, see process_batches)."""
     try:
-        process_batches(agent, batches, final=False)
+        await process_batches(agent, batches, final=False)
     except Exception as exc:
         count = agent.restarts.get("cycle", 0) + 1
         agent.restarts["cycle"] = count
@@ -79,7 +80,9 @@ async def poll_device(poller: Poller, stop: asyncio.Event) -> None:
         poller.health.stop(str(exc))
 
 
-def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> None:
+async def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool) -> None:
+    """Ingest what the drivers sent, run the cycle on the event loop, and commit what it made
+    on the outbox's writer thread (store/writer.py), so that no poll waits for the card."""
     while True:
         try:
             agent.gateway.ingest(batches.get_nowait())
@@ -88,19 +91,26 @@ def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final: bool)
     mono = time.monotonic()
     agent.gateway.cycle(mono, time.time(), final=final)
     records, totals = agent.gateway.take_pending(mono)
-    # Group commit: one transaction per cycle for its records and the totals they report.
+    # The first values wait for no timed sync: they go as soon as they are committed.
+    sync, agent.gateway.sync_now = agent.gateway.sync_now, False
     try:
-        # The first values wait for no timed sync: they go as soon as they are committed.
-        agent.outbox.put(records, totals=totals, sync=agent.gateway.sync_now)
-        agent.gateway.sync_now = False
+        await agent.writer.call(commit, agent, records, totals, sync=sync)
     except BaseException:
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
+        agent.gateway.sync_now = agent.gateway.sync_now or sync
         raise
+
+
+def commit(agent: Agent, records: list[Record], totals: Any, *, sync: bool) -> None:
+    """On the writer thread: one transaction for the cycle's records and the totals they
+    report (a group commit), then what is due (a timed sync, deletions, archive pruning)."""
+    outbox = agent.outbox
+    outbox.put(records, totals=totals, sync=sync)
     # The sync that makes records durable (and so sendable) when no synced commit came.
-    agent.outbox.flush()
+    outbox.flush()
     if any(r.kind == "hourly" for r in records):
-        agent.outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
+        outbox.prune_archive("hourly", time.time() - agent.config.hourly_retention)
         # Balance records are many (one per node a minute): pruned once an hour, like hourly.
         for kind in ("balance", "alarm", "reconciliation"):
-            agent.outbox.prune_archive(kind, time.time() - agent.config.balance_retention)
+            outbox.prune_archive(kind, time.time() - agent.config.balance_retention)

@@ -64,7 +64,9 @@ class NewerSchema(ValueError):
 
 def connect(path: str) -> sqlite3.Connection:
     """Open (or make) the database, WAL with synchronous=FULL, its schema brought up to date."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    # check_same_thread off: the running agent hands the connection to its writer thread
+    # (store/writer.py), which then alone uses it; before and after, the event loop does.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         # Takes effect only in a new file (before its first table): every commit writes
         # each page it changes whole to the WAL, and a cycle's commit changes a few bytes in

@@ -162,6 +162,8 @@ class Outbox:
         self._acked: dict[int, None] = {}  # acknowledged, to delete with the next commit
         self._acked_at = math.inf  # monotonic time of the oldest of them
         self.evictions = 0  # goes up whenever records are dropped, so readers re-take
+        self._last_seq = 0  # kept by _refresh() after every commit
+        self._oldest: float | None = None
         self.conn = self._open()
         self._limit = max_bytes  # lowered when the disk has less room than the bound
         self._full_at = -math.inf  # monotonic time of the last disk-full error
@@ -223,7 +225,8 @@ class Outbox:
             # is sent. A checkpoint syncs the WAL, then the database file.
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.syncs += 2
-        self.durable = int(self._meta("next_seq")) - 1
+        self._refresh()
+        self.durable = self._last_seq
 
     # --- sequence numbers never go backwards ----------------------------------------------
 
@@ -367,11 +370,19 @@ class Outbox:
         finally:
             if not synced:
                 conn.execute("PRAGMA synchronous=FULL")
+        self._refresh()
         if synced:
             self.syncs += 1
             self._synced_at = time.monotonic()
             self._durable_now()
         self._checkpoint()
+
+    def _refresh(self) -> None:
+        """After a commit: what status and health read every second, kept in memory so that
+        reading it touches no SQLite (the connection is the writer thread's)."""
+        self._last_seq = int(self._meta("next_seq")) - 1
+        oldest = self.conn.execute(OLDEST).fetchone()[0]
+        self._oldest = None if oldest is None else float(oldest)
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database once it holds WAL_CHECKPOINT bytes, as SQLite's
@@ -395,7 +406,7 @@ class Outbox:
 
     def _durable_now(self) -> None:
         """After a sync: everything committed so far is on the disk, and may be sent."""
-        last = int(self._meta("next_seq")) - 1
+        last = self._last_seq
         priority, self._unsynced = self._unsynced, None
         if last > self.durable:
             self.durable = last
@@ -827,13 +838,13 @@ class Outbox:
 
     def last_seq(self) -> int:
         """The sequence number of the newest record put (one less than the first if none)."""
-        return int(self._meta("next_seq")) - 1
+        return self._last_seq
 
     def oldest_age(self, now: float | None = None) -> float | None:
-        row = self._guarded(lambda: self.conn.execute(OLDEST).fetchone())
-        if row[0] is None:
+        """How old the oldest record waiting is (by the first made of each priority)."""
+        if self._oldest is None:
             return None
-        return (now if now is not None else time.time()) - float(row[0])
+        return (now if now is not None else time.time()) - self._oldest
 
     def meta(self, key: str) -> str | None:
         """A value stored with `put(meta=...)`, None when never stored."""

@@ -135,7 +135,7 @@ def test_a_refused_record_waits_its_own_backoff_while_the_others_go():
         publisher._connected(1, "mqtts://broker", 20)
         publisher._acks_in(1, [(seqs[0], "Not authorized"), (seqs[1], None)])
         first_wait = publisher._refused[seqs[0]][0] - loop.time()
-        publisher._refill()
+        await publisher._refill()
         taken = [m.seq for m in publisher._buffer]
         assert seqs[0] not in taken  # waits for its retry time
         assert seqs[2] in taken  # the records behind it go on

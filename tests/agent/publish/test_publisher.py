@@ -62,16 +62,16 @@ def test_nothing_is_deleted_while_the_broker_does_not_acknowledge(broker: Broker
     assert broker.process is not None
     count = 20
 
-    # The publisher's passes (each deletes what was acknowledged, at least every ACK_FLUSH),
+    # The publisher's passes (each lets the outbox delete what was acknowledged),
     # counted; after each one the condition the test waits for is looked at, so the test
     # waits on the publisher's own progress, not for a guessed time.
     passes = [0]
     real_pass = publisher._pass
     waiting: list[tuple[object, asyncio.Event]] = []
 
-    def counted(link, now):
+    async def counted(link, now):
         passes[0] += 1
-        delay = real_pass(link, now)
+        delay = await real_pass(link, now)
         for condition, event in waiting:
             if condition():
                 event.set()

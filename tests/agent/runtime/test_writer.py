@@ -1,0 +1,65 @@
+"""The outbox's commits run on its writer thread: a card slow to write stalls no poll."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from massgate.agent import config as config_module
+from massgate.agent.runtime.pipeline import Agent, run
+from massgate.agent.store.outbox import Outbox
+from massgate.drivers.modbus.poller import DevicePoller
+from tests.conftest import free_port, run_async
+
+POLLS = 5  # polls that must happen while a commit waits for the card
+BOUND = 20.0  # s a commit waits at most (reached only where the commit stalls the loop)
+
+
+def test_a_commit_waiting_for_the_card_stalls_no_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
+        f"  - {{name: ft, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
+        "profile: coriolis, poll_interval: 50ms, timeout: 20ms, degrade_after: 1000}\n"
+        "telemetry: {interval: 100ms}\n"
+    )
+    config = config_module.load(path)
+    held = threading.Event()  # a commit is waiting for the card
+    card = threading.Event()  # the card has written it
+    waited_out: list[bool] = []
+    polls_while_held = [0]
+    real_put, real_poll = Outbox.put, DevicePoller.poll
+
+    def slow_put(self: Outbox, records, **kwargs):  # type: ignore[no-untyped-def]
+        if records and not held.is_set():
+            held.set()
+            waited_out.append(not card.wait(BOUND))
+        return real_put(self, records, **kwargs)
+
+    async def poll(self: DevicePoller):  # type: ignore[no-untyped-def]
+        if held.is_set() and not card.is_set():
+            polls_while_held[0] += 1
+            if polls_while_held[0] >= POLLS:
+                card.set()
+        return await real_poll(self)
+
+    monkeypatch.setattr(Outbox, "put", slow_put)
+    monkeypatch.setattr(DevicePoller, "poll", poll)
+
+    async def main() -> None:
+        shutdown = asyncio.Event()
+
+        def on_cycle(agent: Agent) -> None:
+            if card.is_set() and agent.outbox.depth() > 0:
+                shutdown.set()
+
+        await asyncio.wait_for(run(config, shutdown=shutdown, on_cycle=on_cycle), 120)
+
+    run_async(main())
+    assert waited_out == [False], "the loop was stalled by the commit: no poll ran meanwhile"
+    assert polls_while_held[0] >= POLLS
