@@ -94,19 +94,21 @@ async def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final:
     # The first values wait for no timed sync: they go as soon as they are committed.
     sync, agent.gateway.sync_now = agent.gateway.sync_now, False
     try:
-        await agent.writer.call(commit, agent, records, totals, sync=sync)
+        # Group commit: one transaction for the cycle's records and the totals they report.
+        await agent.writer.call(agent.outbox.put, records, totals=totals, sync=sync)
     except BaseException:
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
         agent.gateway.sync_now = agent.gateway.sync_now or sync
         raise
+    # Committed: whatever fails from here on must not put the records back.
+    await agent.writer.call(housekeeping, agent, records)
 
 
-def commit(agent: Agent, records: list[Record], totals: Any, *, sync: bool) -> None:
-    """On the writer thread: one transaction for the cycle's records and the totals they
-    report (a group commit), then what is due (a timed sync, deletions, archive pruning)."""
+def housekeeping(agent: Agent, records: list[Record]) -> None:
+    """On the writer thread, after the cycle's commit: what is due (a timed sync, deletions,
+    archive pruning)."""
     outbox = agent.outbox
-    outbox.put(records, totals=totals, sync=sync)
     # The sync that makes records durable (and so sendable) when no synced commit came.
     outbox.flush()
     if any(r.kind == "hourly" for r in records):

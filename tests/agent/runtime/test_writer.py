@@ -63,3 +63,50 @@ def test_a_commit_waiting_for_the_card_stalls_no_poll(
     run_async(main())
     assert waited_out == [False], "the loop was stalled by the commit: no poll ran meanwhile"
     assert polls_while_held[0] >= POLLS
+
+
+def test_a_failure_after_the_commit_does_not_commit_the_records_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a commit that failed puts the cycle's records back for the next one."""
+    from types import SimpleNamespace
+
+    from massgate.agent.core.samples import Batch, Quality
+    from massgate.agent.runtime.gateway import Gateway
+    from massgate.agent.runtime.supervise import process_batches
+    from massgate.agent.store.writer import Writer
+
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
+        f"  - {{name: ft, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
+        "profile: coriolis}\n"
+    )
+    config = config_module.load(path)
+    outbox = Outbox(config.outbox.path, max_bytes=1 << 20, site="s", gateway="g")
+    writer = Writer()
+    agent = SimpleNamespace(
+        config=config, gateway=Gateway(config, outbox), outbox=outbox, writer=writer
+    )
+
+    def broken_flush(self: Outbox) -> float:
+        raise RuntimeError("a bug after the commit")
+
+    async def main() -> None:
+        batches: asyncio.Queue[Batch] = asyncio.Queue()
+        batches.put_nowait(Batch("ft", 1.0, 1.8e9, {"ft.mass_flow": 1.0}, Quality.GOOD))
+        with monkeypatch.context() as patched:
+            patched.setattr(Outbox, "flush", broken_flush)
+            with pytest.raises(RuntimeError, match="after the commit"):
+                await process_batches(agent, batches, final=False)  # type: ignore[arg-type]
+        assert agent.gateway.pending == []
+        await process_batches(agent, batches, final=False)  # type: ignore[arg-type]
+
+    try:
+        run_async(main())
+        outbox.sync()
+        kinds = [m.topic.rsplit("/", 1)[1] for m in outbox.take(100)]
+        assert kinds.count("telemetry") == 1, kinds
+    finally:
+        writer.close()
+        outbox.close()
