@@ -283,7 +283,8 @@ async def _load_engine(gateway: Gateway, stop: asyncio.Event) -> None:
             result: Engine | BaseException = warmed(name, kernels)
         except Exception as exc:  # a damaged cache, an llvmlite that will not load
             result = exc
-        loop.call_soon_threadsafe(settle, result)
+        with contextlib.suppress(RuntimeError):  # the agent stopped meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result)
 
     try:
         await asyncio.wait({stopped, first}, return_when=asyncio.FIRST_COMPLETED)
