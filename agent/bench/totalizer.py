@@ -188,10 +188,10 @@ def warm_cache() -> float:
     deploy/install.sh runs this as the service user at install time, so that the service's
     first start on a Raspberry Pi loads compiled kernels instead of compiling them.
     """
+    from ..totalize.engine import warmed  # noqa: PLC0415  # numba only when it runs
+
     started = time.perf_counter()
-    sample = signal(16)
-    for call in _numba_calls().values():
-        call(sample)
+    warmed("numba")  # the warm-up the agent itself runs, with the totalizer's argument types
     return time.perf_counter() - started
 
 

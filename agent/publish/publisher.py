@@ -182,11 +182,8 @@ class Publisher:
     async def _pass(self, link: BrokerLink, now: float) -> float:
         """Let the outbox delete what was acknowledged, fill the window; returns how long to
         wait at most."""
-        if self.writer is None:
-            wait = min(0.5, max(self.outbox.flush(), 0.01))
-        else:
-            self.writer.submit(self.outbox.flush)  # deletions due go, on the writer thread
-            wait = 0.25 if self.outbox.acked_waiting() else 0.5
+        self._submit(self.outbox.flush)  # deletions due go (on the writer thread)
+        wait = 0.25 if self.outbox.acked_waiting() else 0.5
         if not self.status.connected:
             return wait
         if self._refused:

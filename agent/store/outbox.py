@@ -549,7 +549,7 @@ class Outbox:
         sync: bool,
     ) -> list[int]:
         conn = self.conn
-        next_seq = int(self._meta("next_seq"))
+        next_seq = self._last_seq + 1  # kept by _refresh() after every commit
         top = max((int(r.priority) for r in records), default=-1)  # -1: running totals only
         sync = (
             sync

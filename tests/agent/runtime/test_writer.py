@@ -18,17 +18,25 @@ POLLS = 5  # polls that must happen while a commit waits for the card
 BOUND = 20.0  # s a commit waits at most (reached only where the commit stalls the loop)
 
 
-def test_a_commit_waiting_for_the_card_stalls_no_poll(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _config(tmp_path: Path, device: str = "", rest: str = "") -> config_module.Config:
+    """One Coriolis meter that nobody serves (its polls fail fast), and `rest`."""
     path = tmp_path / "m.yaml"
     path.write_text(
         f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
         f"  - {{name: ft, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
-        "profile: coriolis, poll_interval: 50ms, timeout: 20ms, degrade_after: 1000}\n"
-        "telemetry: {interval: 100ms}\n"
+        f"profile: coriolis{device}}}\n" + rest
     )
-    config = config_module.load(path)
+    return config_module.load(path)
+
+
+def test_a_commit_waiting_for_the_card_stalls_no_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(
+        tmp_path,
+        ", poll_interval: 50ms, timeout: 20ms, degrade_after: 1000",
+        "telemetry: {interval: 100ms}\n",
+    )
     held = threading.Event()  # a commit is waiting for the card
     card = threading.Event()  # the card has written it
     waited_out: list[bool] = []
@@ -76,13 +84,7 @@ def test_a_failure_after_the_commit_does_not_commit_the_records_again(
     from massgate.agent.runtime.supervise import process_batches
     from massgate.agent.store.writer import Writer
 
-    path = tmp_path / "m.yaml"
-    path.write_text(
-        f"gateway: {{site: s, id: g, state_dir: {tmp_path / 'state'}}}\ndevices:\n"
-        f"  - {{name: ft, protocol: modbus_tcp, host: 127.0.0.1, port: {free_port()}, "
-        "profile: coriolis}\n"
-    )
-    config = config_module.load(path)
+    config = _config(tmp_path)
     outbox = Outbox(config.outbox.path, max_bytes=1 << 20, site="s", gateway="g")
     writer = Writer()
     agent = SimpleNamespace(
