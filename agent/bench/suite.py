@@ -57,7 +57,7 @@ def outbox(args: argparse.Namespace) -> list[Figure]:
     figures += [
         Figure("outbox", "drain to TLS Mosquitto, QoS 1", ours, "messages/s"),
         Figure("outbox", "raw paho, same messages", raw, "messages/s"),
-        Figure("outbox", "drain against raw paho", ours / raw * 100, "%", "≥ 80"),
+        Figure("outbox", "drain against raw paho", ours / raw * 100, "%", "≥ 85"),
         # The target is for the default 1,000,000-record backlog.
         Figure(
             "outbox",

@@ -114,3 +114,68 @@ def test_nothing_is_deleted_while_the_broker_does_not_acknowledge(broker: Broker
         run_async(asyncio.wait_for(main(), 60))
     finally:
         outbox.close()
+
+
+@pytest.mark.parametrize(("protocol", "listening"), [("5", True), ("5", False), ("3.1.1", True)])
+def test_every_plain_puback_takes_the_short_path_and_deletes_its_record(
+    broker: Broker,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str,
+    listening: bool,
+):
+    """The link decodes a PUBACK of a packet id and a reason code itself (link.py, _Client):
+    with the paho installed, paho's own decoder is never asked, with a subscriber ("Success")
+    or without ("No matching subscribers", MQTT 5), and every record is still deleted on its
+    PUBACK. A paho whose insides moved takes its own way, and this test says so."""
+    import paho.mqtt._packet as packet
+
+    subscriber = request.getfixturevalue("subscriber") if listening else None
+    decoded = []
+    real = packet.decode_puback
+    monkeypatch.setattr(packet, "decode_puback", lambda *a: decoded.append(a) or real(*a))
+    outbox = Outbox(":memory:", max_bytes=10_000_000, site="s", gateway="g")
+    seqs = outbox.put([Record("totals", {"i": i}, 1_800_000_000.0) for i in range(200)])
+    config = mqtt_config(broker.port, ca=broker.pki.ca, in_flight=5, protocol=protocol)
+    publisher = Publisher(outbox, config, "s", "g")
+
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=20)
+    assert outbox.depth() == 0
+    assert publisher.status.acked == 200
+    if subscriber is not None:
+        assert subscriber.wait_for(lambda: len(subscriber.records("totals")) == 200)
+        assert sorted(m["seq"] for m in subscriber.records("totals")) == seqs
+    assert decoded == []
+    outbox.close()
+
+
+def test_a_stop_ends_with_a_disconnect_so_the_broker_keeps_the_goodbye(pki, tmp_path: Path):
+    """paho leaves writing to the link's loop; a stop still writes DISCONNECT, so Mosquitto
+    ends the session as asked and does not publish the will ("connection lost") over the
+    retained goodbye."""
+    import time
+
+    b = Broker(pki, tmp_path, pki.server_cert, pki.server_key, extra=("log_type notice",))
+    b.start()
+    try:
+        outbox = Outbox(":memory:", max_bytes=10_000_000, site="s", gateway="g")
+        outbox.put([Record("totals", {"i": 1}, 1_800_000_000.0)])
+        config = mqtt_config(b.port, ca=pki.ca)
+        publish_until(Publisher(outbox, config, "s", "g"), lambda: outbox.depth() == 0)
+        assert outbox.depth() == 0
+        outbox.close()
+        assert b.log_path is not None
+        ended: list[str] = []
+        for _ in range(200):  # Mosquitto logs the end of the session when it has seen it
+            ended = [
+                line
+                for line in b.log_path.read_text(errors="replace").splitlines()
+                if config.client_id in line and ("disconnected" in line or "closed" in line)
+            ]
+            if ended:
+                break
+            time.sleep(0.05)
+    finally:
+        b.stop()
+    assert ended, "Mosquitto logged no end of the session"
+    assert "disconnected" in ended[0], ended
