@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint deps mosquitto socat systemd-analyze clean help
+.PHONY: test lint deps mosquitto socat systemd-analyze postgresql clean help
 
 help:
-	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto, socat and systemd-analyze if missing, run pytest"
+	@echo "make test   - create $(VENV), install massgate with its test extra, install Mosquitto, socat, systemd-analyze and PostgreSQL if missing, run pytest"
 	@echo "make lint   - ruff and mypy"
 	@echo "make clean  - remove $(VENV) and caches"
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-deps: $(VENV)/.installed mosquitto socat systemd-analyze
+deps: $(VENV)/.installed mosquitto socat systemd-analyze postgresql
 
 # apt_install PACKAGE: install a Debian package as root or with password-less sudo.
 define apt_install
@@ -49,6 +49,15 @@ socat:
 systemd-analyze:
 	@if command -v systemd-analyze >/dev/null 2>&1; then exit 0; fi; \
 	$(call apt_install,systemd)
+
+# PostgreSQL's server from Debian's packages, for `massgate ingest` (its tests start their own
+# server with initdb on a temporary directory and a free loopback port; the system's
+# cluster is left stopped).
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	$(call apt_install,postgresql); \
+	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then \
+	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true; fi
 
 # Two workers: most tests wait on brokers, slaves and plants in real time, so two of them
 # share two cores well (about 5 minutes instead of 9); the slowest are listed at the end.

@@ -46,4 +46,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "report:setup", "print the kept balance windows and alarms per node for a time range"
     ),
+    "ingest": Command(
+        "ingest:setup",
+        "store every gateway's records in PostgreSQL, and account for every sequence number",
+    ),
 }

@@ -113,7 +113,7 @@ def _client_id(value: Any) -> str:
     return client_id
 
 
-def _env_name(value: Any) -> str:
+def env_name(value: Any) -> str:
     result = text(value)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", result):
         raise Invalid(f"'{result}' is not the name of an environment variable")
@@ -154,7 +154,7 @@ def parse_mqtt(s: Section, resolve: Any, default_client_id: str, user: Any) -> M
         in_flight=s.take("in_flight", integer(1, 65535), 20),
         username=s.take("username", text, None),
         password_file=s.take("password_file", resolve, None),
-        password_env=s.take("password_env", _env_name, None),
+        password_env=s.take("password_env", env_name, None),
         client_id=s.take("client_id", _client_id, default_client_id),
         status_interval=s.take(
             "status_interval", quantity(units.TIME, minimum=1.0, maximum=DAY), 60.0

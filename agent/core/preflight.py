@@ -195,6 +195,31 @@ def tls_problems(
     return problems
 
 
+def read_secret(*, file: Path | None, env: str | None, where: str) -> str | None:
+    """A password from its environment variable or its file (None when neither is given).
+
+    Read at every connection attempt, so a corrected file takes effect without a restart.
+    Raises ValueError saying what is missing, under `where` (the section), never the secret.
+    """
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"{where}.password_env: the environment variable {env} is not set")
+        return value
+    if file is not None:
+        path = credential_path(file)
+        if path is None:
+            raise ValueError(
+                f"{where}.password_file names {CREDENTIALS}, which systemd sets only for a "
+                "service with LoadCredential="
+            )
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{where}.password_file: cannot read {path}: {exc.strerror}") from None
+    return None
+
+
 def credential_path(path: Path) -> Path | None:
     """The file a password path names; None for a systemd credential outside the service.
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import random
 import select
@@ -73,25 +72,7 @@ def read_password(config: MqttConfig) -> str | None:
     Read at every connection attempt, so a corrected file takes effect without a restart.
     Raises ValueError saying what is missing (but not the secret).
     """
-    if config.password_env is not None:
-        value = os.environ.get(config.password_env)
-        if value is None:
-            raise ValueError(
-                f"mqtt.password_env: the environment variable {config.password_env} is not set"
-            )
-        return value
-    if config.password_file is not None:
-        path = preflight.credential_path(config.password_file)
-        if path is None:
-            raise ValueError(
-                f"mqtt.password_file names {preflight.CREDENTIALS}, which systemd sets only "
-                "for a service with LoadCredential="
-            )
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"mqtt.password_file: cannot read {path}: {exc.strerror}") from None
-    return None
+    return preflight.read_secret(file=config.password_file, env=config.password_env, where="mqtt")
 
 
 def describe_failure(endpoint: BrokerEndpoint, exc: BaseException) -> str:

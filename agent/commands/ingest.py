@@ -1,0 +1,134 @@
+"""`massgate ingest run|report CONFIG`: the other end of the pipe, into PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..core.yamlsource import ConfigError
+from .common import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, print_config_error, setup_logging
+
+COLUMNS = (
+    ("site", "site"),
+    ("gateway", "gateway"),
+    ("epoch", "epoch"),
+    ("received", "received"),
+    ("duplicates", "dupl."),
+    ("stored", "stored"),
+    ("first_seq", "first"),
+    ("last_seq", "last"),
+    ("missing", "missing"),
+    ("pending", "in outbox"),
+    ("dropped", "dropped"),
+    ("unexplained", "UNEXPLAINED"),
+)
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Store every gateway's records in PostgreSQL (run), or print what arrived from each "
+        "gateway and every missing sequence number, explained or not (report). CONFIG is the "
+        "ingest's own YAML file: mqtt (as the agent's, with a client_id of its own), database "
+        "(url, password_file or password_env) and take (sites, shared)."
+    )
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = sub.add_parser(
+        "run",
+        help="subscribe and store until SIGTERM or Ctrl-C",
+        description=(
+            "Subscribe to the gateways' topics with a persistent MQTT 5 session and store each "
+            "record in PostgreSQL before acknowledging it; duplicates are counted, not stored "
+            "twice. Exits 0 on SIGTERM/SIGINT, 2 for a bad configuration."
+        ),
+    )
+    run.add_argument("config", metavar="CONFIG", help="the ingest's YAML configuration file")
+    run.set_defaults(func=run_main)
+    report = sub.add_parser(
+        "report",
+        help="what arrived per gateway, duplicates and gaps",
+        description=(
+            "Per gateway and epoch: records received, duplicates, stored, the sequence numbers "
+            "seen, and the missing ones: still in the gateway's outbox (its last status), "
+            "dropped by it (counted), or UNEXPLAINED. Exits 0 when nothing is unexplained, "
+            "1 when something is, 2 for a bad configuration or an unreachable database."
+        ),
+    )
+    report.add_argument("config", metavar="CONFIG", help="the ingest's YAML configuration file")
+    report.add_argument("--json", action="store_true", help="the rows as a JSON document")
+    report.set_defaults(func=report_main)
+
+
+def _load(path: str) -> Any:
+    from ..ingest.config import load  # noqa: PLC0415  (psycopg and paho only for ingest)
+
+    try:
+        return load(Path(path))
+    except ConfigError as exc:
+        print_config_error(exc)
+        return None
+
+
+def run_main(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    setup_logging(args.verbose)
+    from ..ingest.consumer import Ingest  # noqa: PLC0415
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Ingest(config).run(stop)
+    return EXIT_OK
+
+
+def report_main(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    from ..ingest.store import Store  # noqa: PLC0415
+
+    try:
+        store = Store(
+            config.database.url,
+            password=config.database.password(),
+            prefix=config.mqtt.topic_prefix,
+        )
+    except Exception as exc:  # psycopg's errors, a missing password
+        print(f"error: cannot open {config.database.shown}: {exc}".strip(), file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        rows = store.accounting()
+        rejected = store.rejected()
+    finally:
+        store.close()
+    unexplained = sum(int(r["unexplained"] or 0) for r in rows)
+    if args.json:
+        print(
+            json.dumps(
+                {"gateways": rows, "rejected": rejected, "unexplained": unexplained},
+                default=str,
+                indent=1,
+            )
+        )
+    else:
+        _print_table(rows)
+        print(f"rejected messages (massgate.rejects): {rejected}")
+        print(f"unexplained missing records: {unexplained}")
+    return EXIT_FAILED if unexplained else EXIT_OK
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no records yet")
+        return
+    cells = [[str(r[key]) if r[key] is not None else "-" for key, _ in COLUMNS] for r in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title) in enumerate(COLUMNS)]
+    print("  ".join(title.ljust(w) for (_, title), w in zip(COLUMNS, widths, strict=True)))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))

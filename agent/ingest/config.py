@@ -1,0 +1,168 @@
+"""The ingest's own small YAML file: the brokers (the agent's `mqtt` section, same keys and
+checks), the database, and which gateways to take.
+
+    mqtt:
+      brokers: [mqtts://broker.example.com:8883]
+      ca_file: ca.pem
+      client_id: massgate-ingest-1        # one per ingest process; the session is kept by it
+      session_expiry: 7d                  # how long the broker keeps our session offline
+    database:
+      url: postgresql://ingest@db.example.com:5432/plant
+      password_file: db-password          # or password_env
+    take:
+      sites: [north]                      # default: every site under the topic prefix
+      shared: ingest                      # share the load: $share/ingest/... (MQTT 5)
+
+Errors are reported like the agent's: `file:line: path: what`, all of them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config.model import MqttConfig
+from ..config.uplink import env_name, parse_mqtt
+from ..core import preflight, units
+from ..core.values import DAY, Files
+from ..core.yamlsource import Invalid, Report, Section, integer, load_file, name, quantity, text
+
+MAX_SESSION_EXPIRY = 0xFFFFFFFE  # s: the largest MQTT 5 expiry short of "never"
+DEFAULT_SESSION_EXPIRY = 7 * DAY  # a week offline without losing a record at the broker
+DEFAULT_BATCH = 2000  # records written in one transaction at most
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def password(self) -> str | None:
+        """The password from its file or environment variable; never logged."""
+        return preflight.read_secret(
+            file=self.password_file, env=self.password_env, where="database"
+        )
+
+    @property
+    def shown(self) -> str:
+        """The URL without a password, for logs and reports."""
+        url = urlsplit(self.url)
+        host = url.hostname or "(local socket)"
+        port = f":{url.port}" if url.port else ""
+        user = f"{url.username}@" if url.username else ""
+        return f"{url.scheme}://{user}{host}{port}{url.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    source: Path
+    mqtt: MqttConfig
+    database: DatabaseConfig
+    sites: tuple[str, ...] = ()  # () takes every site
+    shared: str | None = None  # MQTT shared-subscription group
+    session_expiry: float = DEFAULT_SESSION_EXPIRY
+    batch: int = DEFAULT_BATCH
+
+    def topics(self) -> list[str]:
+        """The topic filters subscribed to: every record and status of the sites taken."""
+        prefix = self.mqtt.topic_prefix
+        filters = [f"{prefix}/{site}/+/+" for site in self.sites] or [f"{prefix}/+/+/+"]
+        if self.shared is not None:
+            return [f"$share/{self.shared}/{f}" for f in filters]
+        return filters
+
+
+def _database_url(value: Any) -> str:
+    url = text(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise Invalid(
+            f"'{url}' is not a PostgreSQL URL like postgresql://ingest@db.example.com:5432/plant"
+        )
+    if parts.password:
+        raise Invalid(
+            "the URL holds a password; give it by 'password_file' or 'password_env' so that it "
+            "is not in this file"
+        )
+    try:
+        parts.port  # noqa: B018  # raises for a port that is not a number
+    except ValueError:
+        raise Invalid(f"'{url}' has an invalid port") from None
+    return url
+
+
+def load(path: Path) -> IngestConfig:
+    """Read and check an ingest configuration. Raises ConfigError listing every problem."""
+    raw = load_file(path)
+    report = Report(str(path))
+    root = Section(raw, path="", report=report, line=1)
+    user = preflight.service_user(path)
+    resolve = Files(base=path.resolve().parent, user=user).resolve
+    mqtt_section = root.section("mqtt")
+    mqtt = None
+    session_expiry = DEFAULT_SESSION_EXPIRY
+    if mqtt_section is not None:
+        # Our own key in the agent's section: taken before the shared parser finishes it.
+        session_expiry = mqtt_section.take(
+            "session_expiry",
+            quantity(units.TIME, minimum=60.0, maximum=float(MAX_SESSION_EXPIRY)),
+            DEFAULT_SESSION_EXPIRY,
+        )
+        if not mqtt_section.has("client_id"):
+            mqtt_section.fail(
+                "client_id",
+                "give each ingest process a client id of its own: the broker keeps the "
+                "session (and the records waiting in it) by that id",
+            )
+        mqtt = parse_mqtt(mqtt_section, resolve, "massgate-ingest", user)
+        if mqtt.protocol != "5":
+            mqtt_section.fail(
+                "protocol", "ingest needs MQTT 5 (session expiry, shared subscriptions)"
+            )
+    database = None
+    if (db := root.section("database")) is not None:
+        url = db.take("url", _database_url)
+        password_file = db.take("password_file", resolve, None)
+        password_env = db.take("password_env", env_name, None)
+        if password_file is not None and password_env is not None:
+            db.fail(
+                "password_env", "give the password by 'password_file' or 'password_env', not both"
+            )
+        if password_file is not None:
+            try:
+                preflight.password_file(password_file, user=user)
+            except preflight.PreflightError as exc:
+                db.fail("password_file", str(exc))
+        db.finish()
+        database = DatabaseConfig(url, password_file, password_env)
+    sites: tuple[str, ...] = ()
+    shared = None
+    batch = DEFAULT_BATCH
+    if (take := root.section("take", required=False)) is not None:
+        sites = take.take("sites", _sites, ()) or ()  # None when it was refused
+        shared = take.take("shared", name, None)
+        batch = take.take("batch", integer(1, 100_000), DEFAULT_BATCH) or DEFAULT_BATCH
+        take.finish()
+    root.finish()
+    report.raise_if_any()
+    # Both sections are required: raise_if_any has said so when one is missing.
+    assert mqtt is not None
+    assert database is not None
+    return IngestConfig(
+        source=path,
+        mqtt=mqtt,
+        database=database,
+        sites=sites,
+        shared=shared,
+        session_expiry=session_expiry,
+        batch=batch,
+    )
+
+
+def _sites(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise Invalid("expected a list of site ids, e.g. [north, south]")
+    return tuple(name(v) for v in value)

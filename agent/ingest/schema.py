@@ -1,0 +1,160 @@
+"""The database the ingest writes, made and migrated by the ingest itself.
+
+Everything lives in the schema `massgate`:
+
+- `records`: every record of every gateway, once: (site, gateway, epoch, seq) is the key, so
+  a re-delivery or a gateway's re-send is a duplicate, not a second row. The payload is kept
+  whole as jsonb; `created` is the gateway's time, `received_at` the database's.
+- `arrivals`: per gateway and epoch, how many records arrived and how many of them were
+  duplicates (counted as they come, since duplicates leave no row).
+- `gateway_status`: each gateway's newest online status (its outbox depth, drops and last
+  sequence number), which explains the gaps in `records`.
+- `rejects`: messages that are not records (not JSON, no sequence number), kept with the
+  reason instead of being dropped.
+- views: `mass_balance_events` (the balance records in the shape of a mass-balance event:
+  time, site, gateway, node, window_start, window_end, in_kg, out_kg, accumulation_kg,
+  imbalance_kg, relative, tolerance_kg, status), `totals` (one row per stream and totals period)
+  and `accounting` (what arrived, and every missing sequence number explained or not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERSION = 1
+
+# Each migration takes the database from the version before it to its own; they run in one
+# transaction with the version row, under an advisory lock, so two ingest processes starting
+# together migrate once.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE massgate.records (
+    site text NOT NULL,
+    gateway text NOT NULL,
+    epoch text NOT NULL,
+    seq bigint NOT NULL,
+    kind text NOT NULL,
+    created timestamptz,
+    payload jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, gateway, epoch, seq)
+);
+CREATE INDEX records_kind_created ON massgate.records (kind, created);
+
+CREATE TABLE massgate.arrivals (
+    site text NOT NULL,
+    gateway text NOT NULL,
+    epoch text NOT NULL,
+    received bigint NOT NULL DEFAULT 0,
+    duplicates bigint NOT NULL DEFAULT 0,
+    first_at timestamptz NOT NULL DEFAULT now(),
+    last_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, gateway, epoch)
+);
+
+CREATE TABLE massgate.gateway_status (
+    site text NOT NULL,
+    gateway text NOT NULL,
+    epoch text,
+    depth bigint,
+    dropped bigint,
+    last_seq bigint,
+    payload jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, gateway)
+);
+
+CREATE TABLE massgate.rejects (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    reason text NOT NULL,
+    payload bytea NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE VIEW massgate.mass_balance_events AS
+SELECT
+    created AS time, site, gateway,
+    payload->>'node' AS node,
+    payload->>'window' AS window_kind,
+    (payload->>'window_start')::timestamptz AS window_start,
+    (payload->>'window_end')::timestamptz AS window_end,
+    (payload->>'in_kg')::double precision AS in_kg,
+    (payload->>'out_kg')::double precision AS out_kg,
+    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
+    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
+    (payload->>'relative')::double precision AS relative,
+    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
+    payload->>'status' AS status,
+    epoch, seq
+FROM massgate.records WHERE kind = 'balance';
+
+CREATE VIEW massgate.totals AS
+SELECT
+    r.site, r.gateway, s->>'stream' AS stream,
+    (s->>'period_start')::timestamptz AS period_start,
+    (s->>'period_end')::timestamptz AS period_end,
+    (s->>'mass_kg')::double precision AS mass_kg,
+    (s->>'forward_kg')::double precision AS forward_kg,
+    (s->>'reverse_kg')::double precision AS reverse_kg,
+    (s->>'estimated_kg')::double precision AS estimated_kg,
+    (s->>'gap_s')::double precision AS gap_s,
+    r.epoch, r.seq
+FROM massgate.records r, jsonb_array_elements(r.payload->'streams') s
+WHERE r.kind = 'totals' AND jsonb_typeof(r.payload->'streams') = 'array';
+
+CREATE VIEW massgate.accounting AS
+WITH seen AS (
+    SELECT site, gateway, epoch, count(*) AS stored, min(seq) AS first_seq, max(seq) AS max_seq
+    FROM massgate.records GROUP BY site, gateway, epoch
+), known AS (
+    SELECT a.site, a.gateway, a.epoch, a.received, a.duplicates,
+        coalesce(s.stored, 0) AS stored, s.first_seq,
+        greatest(coalesce(s.max_seq, 0),
+            CASE WHEN g.epoch = a.epoch THEN coalesce(g.last_seq, 0) ELSE 0 END) AS last_seq,
+        CASE WHEN g.epoch = a.epoch THEN coalesce(g.depth, 0) ELSE 0 END AS pending,
+        CASE WHEN g.epoch = a.epoch THEN coalesce(g.dropped, 0) ELSE 0 END AS dropped,
+        g.received_at AS status_at
+    FROM massgate.arrivals a
+    LEFT JOIN seen s USING (site, gateway, epoch)
+    LEFT JOIN massgate.gateway_status g USING (site, gateway)
+), gaps AS (
+    -- Numbers before the first one stored are not counted: the ingest was not yet taking
+    -- this gateway (its session did not exist); first_seq says where it began.
+    SELECT *, CASE WHEN first_seq IS NULL THEN 0 ELSE last_seq - first_seq + 1 - stored END
+        AS missing
+    FROM known
+)
+SELECT site, gateway, epoch, received, duplicates, stored, first_seq, last_seq, missing,
+    pending, dropped, greatest(missing - pending - dropped, 0) AS unexplained, status_at
+FROM gaps;
+""",
+}
+
+
+def migrate(conn: Any) -> int:
+    """Bring the database to VERSION; returns the version it was at. `conn` is a psycopg
+    connection (not in a transaction)."""
+    with conn.transaction():
+        # One ingest migrates; another starting at the same time waits here, then finds
+        # the work done.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('massgate.schema'))")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS massgate")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS massgate.meta (key text PRIMARY KEY, value text NOT NULL)"
+        )
+        row = conn.execute("SELECT value FROM massgate.meta WHERE key = 'version'").fetchone()
+        found = int(row[0]) if row else 0
+        if found > VERSION:
+            raise RuntimeError(
+                f"the database's massgate schema is version {found}, newer than this massgate "
+                f"knows ({VERSION}); upgrade massgate"
+            )
+        for version in range(found + 1, VERSION + 1):
+            conn.execute(MIGRATIONS[version])
+        conn.execute(
+            "INSERT INTO massgate.meta VALUES ('version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(VERSION),),
+        )
+    return found

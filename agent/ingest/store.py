@@ -1,0 +1,248 @@
+"""Writing a batch of MQTT messages into PostgreSQL, in one transaction.
+
+A message is a record (stored once by site, gateway, epoch and seq; a second copy counts as
+a duplicate), a gateway's status (its newest online one kept, for the accounting), or
+neither (not JSON, no sequence number, a topic that is not ours): then it goes to `rejects`
+with the reason. Nothing a message holds can make the batch fail: each is checked here
+before the database sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from .schema import migrate
+
+EPOCH = re.compile(r"[0-9a-f]{16}")
+MAX_SEQ = 2**53 - 1  # the envelope's bound: a JSON number every consumer reads exactly
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class Written:
+    """What one batch did."""
+
+    stored: int = 0
+    duplicates: int = 0
+    statuses: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    site: str
+    gateway: str
+    epoch: str
+    seq: int
+    kind: str
+    created: str | None
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    site: str
+    gateway: str
+    online: bool
+    epoch: str | None
+    depth: int | None
+    dropped: int | None
+    last_seq: int | None
+    payload: str
+
+
+class Rejected(ValueError):
+    """Why a message is not a record or a status."""
+
+
+def parse(message: Incoming, prefix: str) -> _Record | _Status:
+    """The record or status in `message`; raises Rejected saying why it is neither."""
+    head = f"{prefix}/"
+    if not message.topic.startswith(head):
+        raise Rejected(f"the topic is not under '{prefix}/'")
+    levels = message.topic[len(head) :].split("/")
+    if len(levels) != 3 or not all(levels):
+        raise Rejected("the topic is not <prefix>/<site>/<gateway>/<kind>")
+    site, gateway, kind = levels
+    try:
+        text = message.payload.decode("utf-8")
+        body = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Rejected("the payload is not a JSON object")
+    if "\\u0000" in text:
+        raise Rejected("the payload holds a NUL character, which PostgreSQL's jsonb refuses")
+    for key, expected in (("site", site), ("gateway", gateway), ("kind", kind)):
+        if key in body and body[key] != expected:
+            raise Rejected(f"the topic says {key} '{expected}', the payload '{body[key]}'")
+    if kind == "status":
+        return _status(site, gateway, body, text)
+    epoch, seq = body.get("epoch"), body.get("seq")
+    if not isinstance(epoch, str) or not EPOCH.fullmatch(epoch):
+        raise Rejected("no epoch (16 hexadecimal digits)")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        raise Rejected(f"no sequence number (an integer from 1 to {MAX_SEQ})")
+    return _Record(site, gateway, epoch, seq, kind, _time(body.get("created")), text)
+
+
+def _time(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ:
+        return value
+    return None
+
+
+def _status(site: str, gateway: str, body: dict[str, Any], text: str) -> _Status:
+    outbox = body.get("outbox")
+    if body.get("status") != "online" or not isinstance(outbox, dict):
+        return _Status(site, gateway, False, None, None, None, None, text)
+    dropped = outbox.get("dropped")
+    drops = None
+    if isinstance(dropped, dict):
+        counts = [_count(v) for v in dropped.values()]
+        drops = sum(c for c in counts if c is not None)
+    epoch = outbox.get("epoch")
+    return _Status(
+        site,
+        gateway,
+        True,
+        epoch if isinstance(epoch, str) and EPOCH.fullmatch(epoch) else None,
+        _count(outbox.get("depth")),
+        drops,
+        _count(outbox.get("last_seq")),
+        text,
+    )
+
+
+class Store:
+    """One PostgreSQL connection; `write` stores a batch in one transaction."""
+
+    def __init__(self, url: str, *, password: str | None, prefix: str) -> None:
+        self.prefix = prefix
+        self.conn = psycopg.connect(url, password=password, connect_timeout=10)
+        self.conn.autocommit = True  # transactions are explicit (conn.transaction())
+        try:
+            migrate(self.conn)
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming (site text, gateway text, epoch text, "
+                "seq bigint, kind text, created timestamptz, payload jsonb) ON COMMIT DELETE ROWS"
+            )
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def write(self, messages: list[Incoming]) -> Written:
+        """Store the batch; returns what it did. Raises psycopg's errors (nothing of the
+        batch is stored then, and the caller acknowledges none of it)."""
+        written = Written()
+        records: list[_Record] = []
+        statuses: list[_Status] = []
+        rejects: list[tuple[str, str, bytes]] = []
+        for message in messages:
+            try:
+                parsed = parse(message, self.prefix)
+            except Rejected as exc:
+                rejects.append((message.topic, str(exc), message.payload))
+                written.reasons[str(exc).split(":")[0]] += 1
+                continue
+            if isinstance(parsed, _Status):
+                statuses.append(parsed)
+            else:
+                records.append(parsed)
+        arrived = Counter((r.site, r.gateway, r.epoch) for r in records)
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            if records:
+                with cur.copy(
+                    "COPY incoming (site, gateway, epoch, seq, kind, created, payload) FROM STDIN"
+                ) as copy:
+                    for r in records:
+                        copy.write_row(
+                            (r.site, r.gateway, r.epoch, r.seq, r.kind, r.created, r.payload)
+                        )
+                cur.execute(
+                    "INSERT INTO massgate.records "
+                    "(site, gateway, epoch, seq, kind, created, payload) "
+                    "SELECT site, gateway, epoch, seq, kind, created, payload FROM incoming "
+                    "ON CONFLICT DO NOTHING RETURNING site, gateway, epoch"
+                )
+                stored = Counter(tuple(row) for row in cur.fetchall())
+                cur.executemany(
+                    "INSERT INTO massgate.arrivals AS a (site, gateway, epoch, received, "
+                    "duplicates) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (site, gateway, epoch) DO UPDATE SET "
+                    "received = a.received + excluded.received, "
+                    "duplicates = a.duplicates + excluded.duplicates, last_at = now()",
+                    [(*key, n, n - stored.get(key, 0)) for key, n in arrived.items()],
+                )
+                written.stored = sum(stored.values())
+                written.duplicates = len(records) - written.stored
+            for s in statuses:  # in order: the newest one stays
+                if s.online:
+                    cur.execute(
+                        "INSERT INTO massgate.gateway_status AS g (site, gateway, epoch, depth, "
+                        "dropped, last_seq, payload) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (site, gateway) DO UPDATE SET epoch = excluded.epoch, "
+                        "depth = excluded.depth, dropped = excluded.dropped, "
+                        "last_seq = excluded.last_seq, payload = excluded.payload, "
+                        "received_at = now()",
+                        (s.site, s.gateway, s.epoch, s.depth, s.dropped, s.last_seq, s.payload),
+                    )
+                else:
+                    # An offline status (the goodbye, the will) says nothing of the outbox:
+                    # the figures of the last online one stay.
+                    cur.execute(
+                        "INSERT INTO massgate.gateway_status AS g (site, gateway, payload) "
+                        "VALUES (%s, %s, %s) ON CONFLICT (site, gateway) DO UPDATE SET "
+                        "payload = excluded.payload, received_at = now()",
+                        (s.site, s.gateway, s.payload),
+                    )
+            written.statuses = len(statuses)
+            if rejects:
+                cur.executemany(
+                    "INSERT INTO massgate.rejects (topic, reason, payload) VALUES (%s, %s, %s)",
+                    rejects,
+                )
+                written.rejected = len(rejects)
+        return written
+
+    def accounting(self) -> list[dict[str, Any]]:
+        """Per gateway and epoch: what arrived, duplicates, and the missing numbers, explained
+        (still in the gateway's outbox, or dropped by it) or not."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT site, gateway, epoch, received, duplicates, stored, first_seq, "
+                "last_seq, missing, pending, dropped, unexplained, status_at "
+                "FROM massgate.accounting ORDER BY site, gateway, epoch"
+            )
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def rejected(self) -> int:
+        row = self.conn.execute("SELECT count(*) FROM massgate.rejects").fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,324 @@
+"""`massgate ingest` against a real Mosquitto and a real PostgreSQL: stored before it is
+acknowledged, once, and every sequence number accounted for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from massgate.agent.core.records import Record
+from massgate.agent.core.yamlsource import ConfigError
+from massgate.agent.ingest import config as ingest_config
+from massgate.agent.ingest.consumer import Ingest
+from massgate.agent.ingest.store import Incoming, Store
+from massgate.agent.publish.publisher import Publisher
+from massgate.agent.store.outbox import Outbox
+from tests.conftest import Broker, mqtt_config, publish_until
+
+EPOCH = "0123456789abcdef"
+
+
+def write_config(tmp_path: Path, broker: Broker, database: str, **take: Any) -> Path:
+    path = tmp_path / "ingest.yaml"
+    lines = [
+        "mqtt:",
+        f"  brokers: [mqtts://127.0.0.1:{broker.port}]",
+        f"  ca_file: {broker.pki.ca}",
+        f"  client_id: ingest-{tmp_path.name[-20:]}",
+        "database:",
+        f"  url: {database}",
+    ]
+    if take:
+        lines += ["take:", *(f"  {k}: {json.dumps(v)}" for k, v in take.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
+    """Poll `condition` every 50 ms for at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def count(database: str, sql: str = "SELECT count(*) FROM massgate.records") -> int:
+    try:
+        with psycopg.connect(database) as conn:
+            row = conn.execute(sql).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0  # not made yet
+    return int(row[0]) if row else 0
+
+
+class Running:
+    """An Ingest on a thread of the test, stopped at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.ingest = Ingest(ingest_config.load(path))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.ingest.run, args=(self.stop,), name="ingest")
+
+    def __enter__(self) -> Ingest:
+        self.thread.start()
+        assert self.ingest.connected.wait(30), self.ingest.counts.last_error
+        return self.ingest
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def records(n: int) -> list[Record]:
+    kinds = ("telemetry", "totals", "alarm", "balance")
+    return [Record(kinds[i % 4], {"i": i}, 1_800_000_000.0 + i) for i in range(n)]
+
+
+def test_a_gateway_s_records_are_stored_once_and_every_number_is_accounted_for(
+    broker: Broker, database: str, tmp_path: Path
+):
+    with Running(write_config(tmp_path, broker, database)) as ingest:
+        outbox = Outbox(":memory:", max_bytes=50_000_000, site="north", gateway="skid-1")
+        seqs = outbox.put(records(400))
+        payloads = [(m.topic, m.payload) for m in outbox.take(400)]
+        publisher = Publisher(outbox, mqtt_config(broker.port, ca=broker.pki.ca), "north", "skid-1")
+        publish_until(publisher, lambda: outbox.depth() == 0, limit=30)
+        assert outbox.depth() == 0
+        assert until(lambda: count(database) == 400)
+        # The gateway sends them all again (a PUBACK lost with the link): duplicates.
+        again = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        again.tls_set(ca_certs=str(broker.pki.ca))
+        again.connect("127.0.0.1", broker.port)
+        again.loop_start()
+        infos = [again.publish(topic, payload, qos=1) for topic, payload in payloads]
+        for info in infos:
+            info.wait_for_publish(30)
+        again.disconnect()
+        again.loop_stop()
+        assert until(lambda: ingest.counts.duplicates == 400)
+        outbox.close()
+    assert count(database) == 400
+    with psycopg.connect(database) as conn:
+        stored = [r[0] for r in conn.execute("SELECT seq FROM massgate.records ORDER BY seq")]
+        assert stored == seqs
+        row = conn.execute(
+            "SELECT received, duplicates, stored, missing, unexplained "
+            "FROM massgate.accounting WHERE site = 'north' AND gateway = 'skid-1'"
+        ).fetchone()
+        assert row == (800, 400, 400, 0, 0)
+        status = conn.execute(
+            "SELECT last_seq, depth FROM massgate.gateway_status WHERE gateway = 'skid-1'"
+        ).fetchone()
+        assert status is not None
+        events = conn.execute("SELECT count(*) FROM massgate.mass_balance_events").fetchone()
+        assert events == (100,)
+
+
+def test_ingest_killed_midway_loses_nothing(broker: Broker, database: str, tmp_path: Path):
+    """SIGKILL between a write and its PUBACKs: the broker sends again what was not
+    acknowledged, and the database keeps one copy of each."""
+    path = write_config(tmp_path, broker, database)
+    command = [sys.executable, "-m", "massgate.agent.commands.cli", "ingest", "run", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    logs = tmp_path / "ingest.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with logs.open("ab") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    first = start()
+    try:
+        # The session exists once the schema does and the first status arrives.
+        assert until(lambda: count(database, "SELECT count(*) FROM massgate.meta") > 0)
+        n = 3000
+        outbox = Outbox(":memory:", max_bytes=200_000_000, site="north", gateway="skid-2")
+        outbox.put(records(n))
+        publisher = Publisher(outbox, mqtt_config(broker.port, ca=broker.pki.ca), "north", "skid-2")
+        killed = threading.Event()
+
+        def kill_midway() -> None:
+            if until(lambda: count(database) >= 300, limit=60):
+                first.send_signal(signal.SIGKILL)
+            killed.set()
+
+        killer = threading.Thread(target=kill_midway)
+        killer.start()
+        publish_until(publisher, lambda: outbox.depth() == 0, limit=60)
+        killer.join(70)
+        assert killed.is_set()
+        assert first.wait(10) == -signal.SIGKILL
+        assert outbox.depth() == 0  # the broker took every one
+        assert count(database) < n  # the kill came midway
+        second = start()
+        try:
+            assert until(lambda: count(database) == n, limit=90), count(database)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, logs.read_text()
+        outbox.close()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    with psycopg.connect(database) as conn:
+        row = conn.execute(
+            "SELECT stored, missing, unexplained FROM massgate.accounting WHERE gateway = 'skid-2'"
+        ).fetchone()
+    assert row == (n, 0, 0)
+
+
+def test_what_is_not_a_record_is_kept_with_its_reason(
+    broker: Broker, database: str, tmp_path: Path
+):
+    with Running(write_config(tmp_path, broker, database)):
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.tls_set(ca_certs=str(broker.pki.ca))
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        bad = [
+            ("massgate/north/skid-3/telemetry", b"\xff\xfe not json"),
+            ("massgate/north/skid-3/telemetry", b'{"epoch": "0123456789abcdef"}'),
+            ("massgate/north/skid-3/totals", b'{"epoch": "nope", "seq": 1}'),
+            ("massgate/north/skid-3/totals", b'{"epoch": "0123456789abcdef", "seq": 1e400}'),
+            (
+                "massgate/north/skid-3/alarm",
+                b'{"site": "south", "epoch": "0123456789abcdef", "seq": 1}',
+            ),
+            (
+                "massgate/north/skid-3/alarm",
+                b'{"epoch": "0123456789abcdef", "seq": 2, "x": "\\u0000"}',
+            ),
+            ("massgate/north/skid-3/alarm", b"[1, 2]"),
+        ]
+        for topic, payload in bad:
+            client.publish(topic, payload, qos=1).wait_for_publish(30)
+        client.publish(
+            "massgate/north/skid-3/alarm",
+            json.dumps({"epoch": EPOCH, "seq": 3, "kind": "alarm"}).encode(),
+            qos=1,
+        ).wait_for_publish(30)
+        client.disconnect()
+        client.loop_stop()
+        assert until(lambda: count(database, "SELECT count(*) FROM massgate.rejects") == len(bad))
+        assert until(lambda: count(database) == 1)
+    with psycopg.connect(database) as conn:
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM massgate.rejects ORDER BY id")]
+    assert reasons[0].startswith("not JSON")
+    assert reasons[1].startswith("no sequence number")
+    assert reasons[2].startswith("no epoch")
+    assert reasons[3].startswith("no sequence number")
+    assert "the payload 'south'" in reasons[4]
+    assert "NUL" in reasons[5]
+    assert "not a JSON object" in reasons[6]
+
+
+def _record(seq: int, gateway: str = "skid-4") -> Incoming:
+    body = {
+        "schema": 1,
+        "kind": "telemetry",
+        "site": "north",
+        "gateway": gateway,
+        "epoch": EPOCH,
+        "seq": seq,
+    }
+    return Incoming(f"massgate/north/{gateway}/telemetry", json.dumps(body).encode())
+
+
+def _status(depth: int, last_seq: int, dropped: int = 0) -> Incoming:
+    body = {
+        "schema": 1,
+        "kind": "status",
+        "site": "north",
+        "gateway": "skid-4",
+        "status": "online",
+        "outbox": {
+            "depth": depth,
+            "dropped": {"telemetry": dropped},
+            "last_seq": last_seq,
+            "epoch": EPOCH,
+        },
+    }
+    return Incoming("massgate/north/skid-4/status", json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("depth", "dropped", "unexplained"), [(4, 0, 0), (2, 0, 2), (2, 1, 1), (0, 4, 0)]
+)
+def test_a_gap_is_explained_by_the_gateway_s_outbox_or_its_drops(
+    database: str, depth: int, dropped: int, unexplained: int
+):
+    """1-5 and 8-10 arrived; 6, 7, 11 and 12 are missing (the status says 12 were made)."""
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        store.write([_record(s) for s in (1, 2, 3, 4, 5, 8, 9, 10)])
+        store.write([_status(depth, 12, dropped)])
+        (row,) = store.accounting()
+    finally:
+        store.close()
+    assert (row["stored"], row["last_seq"], row["missing"]) == (8, 12, 4)
+    assert (row["pending"], row["dropped"], row["unexplained"]) == (depth, dropped, unexplained)
+
+
+def test_the_schema_is_made_once_and_a_newer_one_is_refused(database: str):
+    Store(database, password=None, prefix="massgate").close()
+    Store(database, password=None, prefix="massgate").close()  # already there: nothing to do
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("UPDATE massgate.meta SET value = '99' WHERE key = 'version'")
+    with pytest.raises(RuntimeError, match="version 99, newer than"):
+        Store(database, password=None, prefix="massgate")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqtt: {brokers: [mqtts://b:8883]}\ndatabase: {url: postgresql://h/db}\n", "client_id"),
+        (
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i}\ndatabase: {url: 'postgresql://u:pw@h/db'}\n",
+            "holds a password",
+        ),
+        (
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i}\ndatabase: {url: mysql://h/db}\n",
+            "PostgreSQL URL",
+        ),
+        (
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i, protocol: '3.1.1'}\ndatabase: {url: postgresql://h/db}\n",
+            "needs MQTT 5",
+        ),
+        ("mqtt: {brokers: [mqtts://b:8883], client_id: i}\n", "database"),
+        (
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i}\ndatabase: {url: postgresql://h/db}\n"
+            "take: {sites: [a/b]}\n",
+            "may contain only",
+        ),
+        (
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i}\ndatabase: {url: postgresql://h/db}\n"
+            "take: {sharde: x}\n",
+            "sharde",
+        ),
+    ],
+)
+def test_a_bad_ingest_configuration_is_said_with_its_line(tmp_path: Path, text: str, expected: str):
+    path = tmp_path / "ingest.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        ingest_config.load(path)
+    said = "\n".join(str(p) for p in raised.value.problems)
+    assert expected in said
+    assert str(path) in said
