@@ -74,15 +74,16 @@ def _load(path: str) -> Any:
 
 
 def run_main(args: argparse.Namespace) -> int:
+    # First of all: a stop asked for while the ingest is still starting is a clean stop too.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_CONFIG
     setup_logging(args.verbose)
     from ..ingest.consumer import Ingest  # noqa: PLC0415
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     Ingest(config).run(stop)
     return EXIT_OK
 

@@ -233,6 +233,16 @@ class Ingest:
             client.loop_stop()
             if store is not None:
                 store.close()
+            c = self.counts
+            log.info(
+                "ingest: stopped; %d records stored, %d duplicates, %d statuses, %d rejected; "
+                "%d acknowledged",
+                c.stored,
+                c.duplicates,
+                c.statuses,
+                c.rejected,
+                c.acked,
+            )
 
     def _store(self, store: Store, batch: list[_Arrived], stop: threading.Event) -> Store | None:
         """Write the batch (retrying through database outages), then acknowledge it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,6 +183,77 @@ def test_ingest_killed_midway_loses_nothing(broker: Broker, database: str, tmp_p
             "SELECT stored, missing, unexplained FROM massgate.accounting WHERE gateway = 'skid-2'"
         ).fetchone()
     assert row == (n, 0, 0)
+
+
+def test_two_ingests_share_the_load_and_a_killed_one_loses_nothing(
+    broker: Broker, database: str, tmp_path: Path
+):
+    """Two ingest processes on one MQTT shared subscription ($share/ingest/...), one SIGKILLed
+    midway and started again (its session, with what was in flight to it, waits at the
+    broker): every record stored, none twice."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    paths = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        paths.append(write_config(folder, broker, database, shared="ingest"))
+    logs = [path.parent / "ingest.log" for path in paths]
+
+    def start(path: Path) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "massgate.agent.commands.cli", "ingest", "run", str(path)]
+        with (path.parent / "ingest.log").open("ab") as log:
+            return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def said(log: Path) -> str:
+        return log.read_text() if log.exists() else ""
+
+    def sessions() -> int:
+        return sum(said(log).count("ingest: connected") for log in logs)
+
+    running = [start(paths[0]), start(paths[1])]
+    try:
+        assert until(lambda: sessions() == 2)
+        n = 3000
+        outbox = Outbox(":memory:", max_bytes=200_000_000, site="north", gateway="skid-5")
+        outbox.put(records(n))
+        publisher = Publisher(outbox, mqtt_config(broker.port, ca=broker.pki.ca), "north", "skid-5")
+        killed = threading.Event()
+
+        def kill_midway() -> None:
+            if until(lambda: count(database) >= 300, limit=60):
+                running[0].send_signal(signal.SIGKILL)
+            killed.set()
+
+        killer = threading.Thread(target=kill_midway)
+        killer.start()
+        publish_until(publisher, lambda: outbox.depth() == 0, limit=60)
+        killer.join(70)
+        assert killed.is_set()
+        assert running[0].wait(10) == -signal.SIGKILL
+        assert outbox.depth() == 0
+        running[0] = start(paths[0])
+        assert until(lambda: sessions() == 3)  # it resumed its session
+        assert until(lambda: count(database) == n, limit=90), count(database)
+        outbox.close()
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = [process.wait(30) for process in running]
+    assert codes == [0, 0], said(logs[0]) + said(logs[1])
+    with psycopg.connect(database) as conn:
+        (stored,) = conn.execute(
+            "SELECT count(*) FROM massgate.records WHERE gateway = 'skid-5'"
+        ).fetchone() or (0,)
+        (received,) = conn.execute(
+            "SELECT received FROM massgate.arrivals WHERE gateway = 'skid-5'"
+        ).fetchone() or (0,)
+    assert stored == n
+    assert received >= n
+    # Shared: the one never killed took a part of the records, not all of them (as it would
+    # with a subscription of its own).
+    (acked,) = re.findall(r"(\d+) acknowledged", said(logs[1]))
+    assert 0 < int(acked) < n
 
 
 def test_what_is_not_a_record_is_kept_with_its_reason(
