@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import psycopg
-
 from .localbroker import LOOPBACK, free_port
 
 START_WITHIN = 30.0  # s for a new cluster to accept connections
@@ -139,6 +137,8 @@ class LocalPostgres:
         self._wait_ready(log)
 
     def _wait_ready(self, log: Path) -> None:
+        import psycopg  # noqa: PLC0415  # the ingest extra, only where a database is started
+
         deadline = time.monotonic() + START_WITHIN
         while True:
             assert self.process is not None
@@ -160,6 +160,8 @@ class LocalPostgres:
 
     def create_database(self, name: str) -> str:
         """A new empty database on this server; returns its URL."""
+        import psycopg  # noqa: PLC0415
+
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)

@@ -26,7 +26,7 @@ from ..core.records import Record
 from ..publish.publisher import Publisher
 from ..store.outbox import Outbox
 from ..store.writer import Writer
-from .localbroker import LOOPBACK, BrokerUnavailable, LocalBroker, free_port
+from .localbroker import LOOPBACK, BrokerUnavailable, LocalBroker, Mosquitto, free_port
 
 BIG = 4 << 30  # an outbox bound the benchmark never reaches (4 GiB)
 
@@ -76,7 +76,7 @@ def fill(path: Path, records: int, points: int, chunk: int = 10_000) -> Outbox:
     return box
 
 
-def mqtt_config(broker: LocalBroker, in_flight: int) -> MqttConfig:
+def mqtt_config(broker: LocalBroker | Mosquitto, in_flight: int) -> MqttConfig:
     return MqttConfig(
         brokers=(BrokerEndpoint(host=LOOPBACK, port=broker.port, tls=True),),
         ca_file=broker.ca,

@@ -77,6 +77,24 @@ def outbox(args: argparse.Namespace) -> list[Figure]:
     return figures
 
 
+def ingest(args: argparse.Namespace) -> list[Figure]:
+    from .ingest import figures_for  # noqa: PLC0415
+
+    f = figures_for(args)
+    return [
+        Figure("ingest", "broker to PostgreSQL", f.ingest_per_s, "records/s", "≥ 20000"),
+        Figure("ingest", "plain psycopg COPY, same rows", f.copy_per_s, "records/s"),
+        Figure(
+            "ingest",
+            f"stored of {f.fault_records}, broker restart and SIGKILL",
+            f.stored,
+            "records",
+            f"= {f.fault_records}",
+        ),
+        Figure("ingest", "unexplained gaps", f.unexplained, "records", "= 0"),
+    ]
+
+
 def e2e(args: argparse.Namespace) -> list[Figure]:
     from .e2e import bench_e2e  # noqa: PLC0415
 
@@ -138,6 +156,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "drivers": drivers,
     "totalizer": totalizer,
     "outbox": outbox,
+    "ingest": ingest,
     "e2e": e2e,
     "footprint": footprint,
 }

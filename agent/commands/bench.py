@@ -6,6 +6,7 @@ import argparse
 
 from ..bench import suite as bench_all
 from ..bench.drivers import bench_drivers, bench_profile
+from ..bench.ingest import add_arguments as _ingest_arguments
 from ..bench.outbox import add_arguments as _outbox_arguments
 
 
@@ -30,6 +31,10 @@ def main(args: argparse.Namespace) -> int:
 
         print(footprint.render(footprint.footprint()))
         return 0
+    if args.what == "ingest":
+        from ..bench import ingest as bench_ingest  # noqa: PLC0415
+
+        return bench_ingest.cmd_bench_ingest(args)
     if args.what == "outbox":
         from ..bench import outbox as bench_outbox  # noqa: PLC0415
 
@@ -79,6 +84,9 @@ def setup(p: argparse.ArgumentParser) -> None:
         "(massgate run, pinned to one CPU) to a local TLS Mosquitto: points/s, CPU share, "
         "memory, start-up to the first poll and to the first value at the broker, storage "
         "written and disk syncs per hour, on numba's engine and on the Python one. "
+        "'ingest': records/s from the broker into a local PostgreSQL through massgate ingest, "
+        "next to a plain psycopg COPY of the same rows, and the unexplained gaps after a "
+        "broker restart and a SIGKILL of the ingest (needs mosquitto and PostgreSQL). "
         "'footprint': the resident memory each part of the agent adds (interpreter, numpy, "
         "drivers, pipeline, paho, numba, the kernels, asyncua). "
         "Without an argument: all of them, one table."
@@ -86,7 +94,7 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "what",
         nargs="?",
-        choices=("all", "drivers", "totalizer", "outbox", "e2e", "footprint"),
+        choices=("all", "drivers", "totalizer", "outbox", "ingest", "e2e", "footprint"),
         default="all",
         help="what to measure (default: all of them, in one table)",
     )
@@ -133,3 +141,4 @@ def setup(p: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=main)
     _outbox_arguments(p)
+    _ingest_arguments(p)

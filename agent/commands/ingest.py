@@ -67,6 +67,15 @@ def _load(path: str) -> Any:
     from ..ingest.config import load  # noqa: PLC0415  (psycopg and paho only for ingest)
 
     try:
+        import psycopg  # noqa: F401, PLC0415
+    except ImportError:
+        print(
+            "error: massgate ingest needs psycopg: pip install 'massgate[ingest]'",
+            file=sys.stderr,
+        )
+        return None
+
+    try:
         return load(Path(path))
     except ConfigError as exc:
         print_config_error(exc)

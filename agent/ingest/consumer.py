@@ -78,6 +78,7 @@ class Ingest:
         self.config = config
         self.counts = Counts()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker took our filters (SUBACK)
         self._arrived: queue.SimpleQueue[_Arrived] = queue.SimpleQueue()
         self._generation = 0
         self._client: Any = None
@@ -97,8 +98,19 @@ class Ingest:
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.config.topics()])
         self.connected.set()
 
+    def _on_subscribe(self, client: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
+        refused = [c.getName() for c in codes if c.is_failure]
+        if refused:
+            # An ACL that denies our filters: said, and the records wait at the broker.
+            self.counts.last_error = f"the broker refused the subscription: {', '.join(refused)}"
+            log.error("ingest: %s", self.counts.last_error)
+            return
+        log.info("ingest: subscribed to %s", ", ".join(self.config.topics()))
+        self.subscribed.set()
+
     def _on_disconnect(self, client: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         self._generation += 1  # what arrived on that connection is not acknowledged now
         if self._stopping:
             log.info("ingest: disconnected; the broker keeps the session")
@@ -148,6 +160,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = int(self.config.session_expiry)
         # Never more unacknowledged than two batches: the broker holds the rest.

@@ -70,6 +70,15 @@ def test_bench_outbox_measures_enqueue_both_drains_and_a_backlog():
     assert 0 <= f.outage_stall_s < 30  # measured (seconds × 5 of outage), not judged here
 
 
+def test_bench_ingest_stores_every_record_through_a_broker_restart_and_a_sigkill():
+    from massgate.agent.bench.ingest import bench_ingest
+
+    f = bench_ingest(records=500, fault_records=1500, points=3)
+    assert f.ingest_per_s > 0
+    assert f.copy_per_s > 0
+    assert (f.stored, f.unexplained) == (1500, 0)
+
+
 def test_bench_e2e_runs_a_small_site_through_the_whole_agent():
     """5 devices × 4 points polled once a second is 20 points/s: the bench must see that."""
     import json
@@ -102,4 +111,5 @@ def test_bench_with_a_bad_choice_says_what_there_is():
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
-    assert "choose from 'all', 'drivers', 'totalizer', 'outbox', 'e2e', 'footprint'" in done.stderr
+    choices = "'all', 'drivers', 'totalizer', 'outbox', 'ingest', 'e2e', 'footprint'"
+    assert f"choose from {choices}" in done.stderr
