@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -182,10 +183,17 @@ def render(figures: list[Figure]) -> str:
 
 def run(names: list[str], args: argparse.Namespace) -> int:
     figures: list[Figure] = []
+    missed = 0
     for name in names:
-        figures += BENCHES[name](args)
+        try:
+            figures += BENCHES[name](args)
+        except (RuntimeError, ImportError) as exc:
+            # What this machine lacks for one benchmark (Mosquitto, PostgreSQL, psycopg on a
+            # gateway) is said, and the others still run.
+            print(f"massgate bench {name}: not measured: {exc}", file=sys.stderr)
+            missed += 1
     if args.json:
         print(json.dumps([asdict(f) for f in figures], indent=2, ensure_ascii=False))
     else:
         print(render(figures))
-    return 0
+    return 1 if missed else 0
