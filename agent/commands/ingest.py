@@ -93,7 +93,11 @@ def run_main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     from ..ingest.consumer import Ingest  # noqa: PLC0415
 
-    Ingest(config).run(stop)
+    try:
+        Ingest(config).run(stop)
+    except ValueError as exc:  # the broker password's file or variable is missing
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     return EXIT_OK
 
 

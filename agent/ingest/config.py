@@ -118,6 +118,12 @@ def load(path: Path) -> IngestConfig:
                 "session (and the records waiting in it) by that id",
             )
         mqtt = parse_mqtt(mqtt_section, resolve, "massgate-ingest", user)
+        if len(mqtt.brokers) > 1:
+            # Said, not ignored: the session (and what waits in it) lives on one broker or
+            # cluster, so the ingest does not hop between the agent's fail-over list.
+            mqtt_section.fail(
+                "brokers", "ingest takes one broker (a cluster's one address), not a list"
+            )
         if mqtt.protocol != "5":
             mqtt_section.fail(
                 "protocol", "ingest needs MQTT 5 (session expiry, shared subscriptions)"

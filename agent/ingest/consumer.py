@@ -232,7 +232,11 @@ class Ingest:
         store = self._open_store(stop)
         if store is None:
             return
-        self._client = client = self._connect()
+        try:
+            self._client = client = self._connect()
+        except BaseException:
+            store.close()
+            raise
         try:
             while not stop.is_set():
                 batch = self._take(stop)

@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -40,6 +40,13 @@ class Written:
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
+    def merge(self, other: Written) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.statuses += other.statuses
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+
 
 @dataclass(frozen=True, slots=True)
 class _Record:
@@ -48,7 +55,7 @@ class _Record:
     epoch: str
     seq: int
     kind: str
-    created: str | None
+    created: datetime | None
     payload: str
 
 
@@ -78,12 +85,18 @@ def parse(message: Incoming, prefix: str) -> _Record | _Status:
         raise Rejected("the topic is not <prefix>/<site>/<gateway>/<kind>")
     site, gateway, kind = levels
     try:
-        text = message.payload.decode("utf-8")
-        body = json.loads(text)
+        body = json.loads(message.payload.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Rejected("the payload is not a JSON object")
+    try:
+        # Written again as jsonb will read it: a lone surrogate escape ("\\ud800"), which
+        # Python takes and PostgreSQL refuses, fails here instead of failing the batch.
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("not JSON that PostgreSQL takes: a lone surrogate escape") from None
     if "\\u0000" in text:
         raise Rejected("the payload holds a NUL character, which PostgreSQL's jsonb refuses")
     for key, expected in (("site", site), ("gateway", gateway), ("kind", kind)):
@@ -99,14 +112,20 @@ def parse(message: Incoming, prefix: str) -> _Record | _Status:
     return _Record(site, gateway, epoch, seq, kind, _time(body.get("created")), text)
 
 
-def _time(value: Any) -> str | None:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _time(value: Any) -> datetime | None:
+    """The record's time, or None for one that is not an ISO 8601 time (the record is kept;
+    its `created` column is empty). Without an offset it is UTC, as the agent writes it."""
     if not isinstance(value, str):
         return None
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return value
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _count(value: Any) -> int | None:
@@ -175,6 +194,30 @@ class Store:
                 statuses.append(parsed)
             else:
                 records.append(parsed)
+        try:
+            self._commit(records, statuses, rejects, written)
+        except psycopg.errors.DataError as exc:
+            # A message the checks above let through and PostgreSQL refuses would fail its
+            # batch at every try: found by writing them one at a time, and kept in rejects
+            # with PostgreSQL's words. A lost connection is not a DataError: it is raised.
+            if len(messages) == 1:
+                reason = f"PostgreSQL refused it: {str(exc).strip()}"
+                written = Written(rejected=1)
+                written.reasons["PostgreSQL refused it"] += 1
+                self._commit([], [], [(messages[0].topic, reason, messages[0].payload)], written)
+                return written
+            written = Written()
+            for message in messages:
+                written.merge(self.write([message]))
+        return written
+
+    def _commit(
+        self,
+        records: list[_Record],
+        statuses: list[_Status],
+        rejects: list[tuple[str, str, bytes]],
+        written: Written,
+    ) -> None:
         arrived = Counter((r.site, r.gateway, r.epoch) for r in records)
         with self.conn.transaction(), self.conn.cursor() as cur:
             if records:
@@ -229,7 +272,6 @@ class Store:
                     rejects,
                 )
                 written.rejected = len(rejects)
-        return written
 
     def accounting(self) -> list[dict[str, Any]]:
         """Per gateway and epoch: what arrived, duplicates, and the missing numbers, explained

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,34 @@ def test_a_gateway_s_records_are_stored_once_and_every_number_is_accounted_for(
         assert events == (100,)
 
 
+def drain_killing(
+    broker: Broker, database: str, gateway: str, victim: subprocess.Popen[bytes], n: int
+) -> None:
+    """A gateway drains n records to the broker while `victim` (an ingest process) is
+    SIGKILLed once 300 are stored; returns when the broker has every one and the victim is
+    gone."""
+    outbox = Outbox(":memory:", max_bytes=200_000_000, site="north", gateway=gateway)
+    outbox.put(records(n))
+    # At most 2,000 a second: the kill at 300 stored comes while most are still to come.
+    config = mqtt_config(broker.port, ca=broker.pki.ca)
+    publisher = Publisher(outbox, config, "north", gateway, drain_rate=2000)
+    killed = threading.Event()
+
+    def kill_midway() -> None:
+        if until(lambda: count(database) >= 300, limit=60):
+            victim.send_signal(signal.SIGKILL)
+        killed.set()
+
+    killer = threading.Thread(target=kill_midway)
+    killer.start()
+    publish_until(publisher, lambda: outbox.depth() == 0, limit=60)
+    killer.join(70)
+    assert killed.is_set()
+    assert victim.wait(10) == -signal.SIGKILL
+    assert outbox.depth() == 0  # the broker took every one
+    outbox.close()
+
+
 def test_ingest_killed_midway_loses_nothing(broker: Broker, database: str, tmp_path: Path):
     """SIGKILL between a write and its PUBACKs: the broker sends again what was not
     acknowledged, and the database keeps one copy of each."""
@@ -151,25 +180,7 @@ def test_ingest_killed_midway_loses_nothing(broker: Broker, database: str, tmp_p
         # The session exists once the broker took the subscription.
         assert until(lambda: logs.exists() and "ingest: subscribed" in logs.read_text())
         n = 3000
-        outbox = Outbox(":memory:", max_bytes=200_000_000, site="north", gateway="skid-2")
-        outbox.put(records(n))
-        # At most 2,000 a second: the kill at 300 stored comes while most are still to come.
-        config = mqtt_config(broker.port, ca=broker.pki.ca)
-        publisher = Publisher(outbox, config, "north", "skid-2", drain_rate=2000)
-        killed = threading.Event()
-
-        def kill_midway() -> None:
-            if until(lambda: count(database) >= 300, limit=60):
-                first.send_signal(signal.SIGKILL)
-            killed.set()
-
-        killer = threading.Thread(target=kill_midway)
-        killer.start()
-        publish_until(publisher, lambda: outbox.depth() == 0, limit=60)
-        killer.join(70)
-        assert killed.is_set()
-        assert first.wait(10) == -signal.SIGKILL
-        assert outbox.depth() == 0  # the broker took every one
+        drain_killing(broker, database, "skid-2", first, n)
         assert count(database) < n  # the kill came midway
         second = start()
         try:
@@ -177,7 +188,6 @@ def test_ingest_killed_midway_loses_nothing(broker: Broker, database: str, tmp_p
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0, logs.read_text()
-        outbox.close()
     finally:
         if first.poll() is None:
             first.kill()
@@ -219,29 +229,10 @@ def test_two_ingests_share_the_load_and_a_killed_one_loses_nothing(
     try:
         assert until(lambda: sessions() == 2)
         n = 3000
-        outbox = Outbox(":memory:", max_bytes=200_000_000, site="north", gateway="skid-5")
-        outbox.put(records(n))
-        # At most 2,000 a second: the kill at 300 stored comes while most are still to come.
-        config = mqtt_config(broker.port, ca=broker.pki.ca)
-        publisher = Publisher(outbox, config, "north", "skid-5", drain_rate=2000)
-        killed = threading.Event()
-
-        def kill_midway() -> None:
-            if until(lambda: count(database) >= 300, limit=60):
-                running[0].send_signal(signal.SIGKILL)
-            killed.set()
-
-        killer = threading.Thread(target=kill_midway)
-        killer.start()
-        publish_until(publisher, lambda: outbox.depth() == 0, limit=60)
-        killer.join(70)
-        assert killed.is_set()
-        assert running[0].wait(10) == -signal.SIGKILL
-        assert outbox.depth() == 0
+        drain_killing(broker, database, "skid-5", running[0], n)
         running[0] = start(paths[0])
         assert until(lambda: sessions() == 3)  # it resumed its session
         assert until(lambda: count(database) == n, limit=90), count(database)
-        outbox.close()
     finally:
         for process in running:
             if process.poll() is None:
@@ -382,6 +373,11 @@ def test_the_schema_is_made_once_and_a_newer_one_is_refused(database: str):
         ),
         ("mqtt: {brokers: [mqtts://b:8883], client_id: i}\n", "database"),
         (
+            "mqtt: {brokers: [mqtts://b:8883, mqtts://c:8883], client_id: i}\n"
+            "database: {url: postgresql://h/db}\n",
+            "one broker",
+        ),
+        (
             "mqtt: {brokers: [mqtts://b:8883], client_id: i}\ndatabase: {url: postgresql://h/db}\n"
             "take: {sites: [a/b]}\n",
             "may contain only",
@@ -401,3 +397,38 @@ def test_a_bad_ingest_configuration_is_said_with_its_line(tmp_path: Path, text: 
     said = "\n".join(str(p) for p in raised.value.problems)
     assert expected in said
     assert str(path) in said
+
+
+def test_what_postgresql_would_refuse_is_kept_with_the_reason_and_the_rest_is_stored(
+    database: str,
+):
+    """JSON that Python reads and jsonb does not: NaN, a lone surrogate (refused before the
+    database), a number beyond a double (PostgreSQL refuses it; the batch is written again a
+    message at a time, so that one message does not hold up the others for ever)."""
+    head = '"schema": 1, "kind": "telemetry", "epoch": "0123456789abcdef"'
+    payloads = [
+        f'{{{head}, "seq": 1}}',
+        f'{{{head}, "seq": 2, "x": NaN}}',
+        f'{{{head}, "seq": 3, "x": "\\ud800"}}',
+        f'{{{head}, "seq": 4, "x": 1e400}}',
+        f'{{{head}, "seq": 5, "created": "2026-12-06T10:00:00"}}',
+    ]
+    topic = "massgate/north/skid-6/telemetry"
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        written = store.write([Incoming(topic, p.encode()) for p in payloads])
+        reasons = [
+            r[0] for r in store.conn.execute("SELECT reason FROM massgate.rejects ORDER BY id")
+        ]
+        seqs = [r[0] for r in store.conn.execute("SELECT seq FROM massgate.records ORDER BY seq")]
+        (created,) = store.conn.execute(
+            "SELECT created FROM massgate.records WHERE seq = 5"
+        ).fetchone() or (None,)
+    finally:
+        store.close()
+    assert (written.stored, written.rejected) == (2, 3)
+    assert seqs == [1, 5]
+    assert reasons[0] == "not JSON: NaN is not a JSON number"
+    assert "lone surrogate" in reasons[1]
+    assert reasons[2].startswith("PostgreSQL refused it")
+    assert created == datetime(2026, 12, 6, 10, tzinfo=UTC)  # no offset: UTC, as the agent's
