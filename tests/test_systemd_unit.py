@@ -1,5 +1,6 @@
-"""The unit file: valid to systemd, hardened to an exposure of 2.0 or less, and saying what
-the agent does (notify, watchdog, reload through a check, a stop longer than the drain)."""
+"""The unit files: valid to systemd, hardened to an exposure of 2.0 or less, and saying what
+the agent does (notify, watchdog, reload through a check, a stop longer than the drain) and
+what the ingest does."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from massgate.agent.runtime.pipeline import GRACEFUL_TIMEOUT
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "massgate.service"
+INGEST = UNIT.parent / "massgate-ingest.service"
 TARGET = 2.0
 
 
@@ -19,11 +23,11 @@ def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _service() -> dict[str, list[str]]:
+def _service(unit: Path = UNIT) -> dict[str, list[str]]:
     """[Service] keys with every value: systemd repeats keys, which configparser refuses."""
     values: dict[str, list[str]] = {}
     section = None
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -36,21 +40,25 @@ def _service() -> dict[str, list[str]]:
     return values
 
 
-def test_exposure_is_at_most_two():
-    result = _analyze("security", "--offline=yes", str(UNIT))
-    found = re.search(r"Overall exposure level for massgate\.service: (\d+\.\d+)", result.stdout)
+@pytest.mark.parametrize("unit", [UNIT, INGEST], ids=lambda u: u.name)
+def test_exposure_is_at_most_two(unit: Path):
+    result = _analyze("security", "--offline=yes", str(unit))
+    found = re.search(
+        rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)", result.stdout
+    )
     assert found, result.stdout + result.stderr
     exposure = float(found.group(1))
     assert exposure <= TARGET, result.stdout
 
 
-def test_systemd_accepts_every_line(tmp_path: Path):
+@pytest.mark.parametrize("source", [UNIT, INGEST], ids=lambda u: u.name)
+def test_systemd_accepts_every_line(tmp_path: Path, source: Path):
     # verify insists that the binaries exist: point them at a stand-in.
     stand_in = tmp_path / "massgate"
     stand_in.write_text("#!/bin/sh\n")
     stand_in.chmod(0o755)
-    unit = tmp_path / "massgate.service"
-    unit.write_text(UNIT.read_text().replace("/opt/massgate/bin/massgate", str(stand_in)))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/massgate/bin/massgate", str(stand_in)))
     result = _analyze("verify", "--man=no", str(unit))
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # unknown keys are only warned about
@@ -72,3 +80,15 @@ def test_the_unit_says_what_the_agent_does():
     for key in ("StateDirectory", "CacheDirectory", "ConfigurationDirectory"):
         assert service[key] == ["massgate"]
     assert len(service["DeviceAllow"]) >= 2
+
+
+def test_the_ingest_unit_says_what_the_ingest_does():
+    service = _service(INGEST)
+    assert service["ExecStart"] == [
+        "/opt/massgate/bin/massgate ingest run /etc/massgate/ingest.yaml"
+    ]
+    assert service["Restart"] == ["on-failure"]
+    assert service["KillSignal"] == ["SIGTERM"]  # the batch in hand is acknowledged first
+    assert service["DynamicUser"] == ["yes"]
+    assert service["MemoryDenyWriteExecute"] == ["yes"]  # no JIT in the ingest
+    assert "DeviceAllow" not in service
