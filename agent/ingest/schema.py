@@ -13,15 +13,16 @@ Everything lives in the schema `massgate`:
   reason instead of being dropped.
 - views: `mass_balance_events` (the balance records in the shape of a mass-balance event:
   time, site, gateway, node, window_start, window_end, in_kg, out_kg, accumulation_kg,
-  imbalance_kg, relative, tolerance_kg, status), `totals` (one row per stream and totals period)
-  and `accounting` (what arrived, and every missing sequence number explained or not).
+  imbalance_kg, relative, tolerance_kg, status), `totals` (one row per stream and totals period),
+  `hourly`, `alarms`, `telemetry_points` (one row per tag and telemetry record) and
+  `accounting` (what arrived, and every missing sequence number explained or not).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 
 # Each migration takes the database from the version before it to its own; they run in one
 # transaction with the version row, under an advisory lock, so two ingest processes starting
@@ -128,6 +129,45 @@ WITH seen AS (
 SELECT site, gateway, epoch, received, duplicates, stored, first_seq, last_seq, missing,
     pending, dropped, greatest(missing - pending - dropped, 0) AS unexplained, status_at
 FROM gaps;
+""",
+    # Typed views of the other kinds, for Grafana, Directus or an MES to read as they are.
+    2: """
+CREATE VIEW massgate.alarms AS
+SELECT
+    created AS time, site, gateway,
+    payload->>'node' AS node,
+    payload->>'event' AS event,
+    (payload->>'since')::timestamptz AS since,
+    payload->>'hint' AS hint,
+    payload->'balance'->>'status' AS balance_status,
+    (payload->'balance'->>'imbalance_kg')::double precision AS imbalance_kg,
+    epoch, seq
+FROM massgate.records WHERE kind = 'alarm';
+
+CREATE VIEW massgate.hourly AS
+SELECT
+    site, gateway,
+    payload->>'stream' AS stream,
+    (payload->>'hour_start')::timestamptz AS hour_start,
+    (payload->>'hour_end')::timestamptz AS hour_end,
+    (payload->>'quantity_kg')::double precision AS quantity_kg,
+    (payload->>'forward_kg')::double precision AS forward_kg,
+    (payload->>'reverse_kg')::double precision AS reverse_kg,
+    (payload->>'estimated_kg')::double precision AS estimated_kg,
+    (payload->>'faulted_s')::double precision AS faulted_s,
+    epoch, seq
+FROM massgate.records WHERE kind = 'hourly';
+
+CREATE VIEW massgate.telemetry_points AS
+SELECT
+    r.created AS time, r.site, r.gateway, p.key AS tag,
+    CASE WHEN jsonb_typeof(p.value->'value') = 'number'
+        THEN (p.value->>'value')::double precision END AS value,
+    p.value->>'quality' AS quality,
+    r.epoch, r.seq
+FROM massgate.records r, jsonb_each(r.payload->'points') p
+WHERE r.kind = 'telemetry' AND jsonb_typeof(r.payload->'points') = 'object'
+    AND jsonb_typeof(p.value) = 'object';
 """,
 }
 

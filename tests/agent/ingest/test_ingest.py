@@ -432,3 +432,61 @@ def test_what_postgresql_would_refuse_is_kept_with_the_reason_and_the_rest_is_st
     assert "lone surrogate" in reasons[1]
     assert reasons[2].startswith("PostgreSQL refused it")
     assert created == datetime(2026, 12, 6, 10, tzinfo=UTC)  # no offset: UTC, as the agent's
+
+
+def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_records(database: str):
+    from massgate.agent.ingest.schema import MIGRATIONS, VERSION
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA massgate")
+        conn.execute("CREATE TABLE massgate.meta (key text PRIMARY KEY, value text NOT NULL)")
+        conn.execute(MIGRATIONS[1])
+        conn.execute("INSERT INTO massgate.meta VALUES ('version', '1')")
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        store.write([_record(1)])
+    finally:
+        store.close()
+    store = Store(database, password=None, prefix="massgate")  # and again: nothing to do
+    store.close()
+    with psycopg.connect(database) as conn:
+        (version,) = conn.execute(
+            "SELECT value FROM massgate.meta WHERE key = 'version'"
+        ).fetchone() or ("",)
+        (stored,) = conn.execute("SELECT count(*) FROM massgate.records").fetchone() or (0,)
+    assert (int(version), stored) == (VERSION, 1)
+
+
+def test_each_kind_reads_as_a_typed_view(database: str):
+    envelope = {"schema": 1, "site": "north", "gateway": "skid-7", "epoch": EPOCH}
+    bodies = [
+        {"kind": "telemetry", "seq": 1, "created": "2026-12-06T10:00:00.000000Z",
+         "points": {"pump.flow": {"value": 1.5, "quality": "good"},
+                    "pump.temp": {"value": None, "quality": "bad"}}},
+        {"kind": "hourly", "seq": 2, "stream": "feed", "hour_start": "2026-12-06T09:00:00.000000Z",
+         "hour_end": "2026-12-06T10:00:00.000000Z", "quantity_kg": 1200.5},
+        {"kind": "alarm", "seq": 3, "node": "tank", "event": "raised",
+         "balance": {"status": "alarm", "imbalance_kg": -42.0}},
+    ]  # fmt: skip
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        store.write(
+            [
+                Incoming(
+                    f"massgate/north/skid-7/{b['kind']}", json.dumps({**envelope, **b}).encode()
+                )
+                for b in bodies
+            ]
+        )
+        points = store.conn.execute(
+            "SELECT tag, value, quality FROM massgate.telemetry_points ORDER BY tag"
+        ).fetchall()
+        hourly = store.conn.execute("SELECT stream, quantity_kg FROM massgate.hourly").fetchall()
+        alarms = store.conn.execute(
+            "SELECT node, event, balance_status, imbalance_kg FROM massgate.alarms"
+        ).fetchall()
+    finally:
+        store.close()
+    assert points == [("pump.flow", 1.5, "good"), ("pump.temp", None, "bad")]
+    assert hourly == [("feed", 1200.5)]
+    assert alarms == [("tank", "raised", "alarm", -42.0)]
