@@ -166,24 +166,19 @@ class Ingest:
         # Never more unacknowledged than two batches: the broker holds the rest.
         props.ReceiveMaximum = min(2 * self.config.batch, 65535)
         endpoint = config.brokers[0]
+        where: dict[str, Any] = {
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "keepalive": round(config.keepalive),
+            "clean_start": False,
+            "properties": props,
+        }
         try:
-            client.connect(
-                endpoint.host,
-                endpoint.port,
-                keepalive=round(config.keepalive),
-                clean_start=False,
-                properties=props,
-            )
+            client.connect(**where)
         except OSError as exc:
             # paho's own loop retries; the first attempt is said here.
             log.error("ingest: %s; retrying", describe_failure(endpoint, exc))
-            client.connect_async(
-                endpoint.host,
-                endpoint.port,
-                keepalive=round(config.keepalive),
-                clean_start=False,
-                properties=props,
-            )
+            client.connect_async(**where)
         client.loop_start()
         return client
 

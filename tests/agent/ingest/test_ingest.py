@@ -4,6 +4,7 @@ acknowledged, once, and every sequence number accounted for."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -490,3 +491,21 @@ def test_each_kind_reads_as_a_typed_view(database: str):
     assert points == [("pump.flow", 1.5, "good"), ("pump.temp", None, "bad")]
     assert hourly == [("feed", 1200.5)]
     assert alarms == [("tank", "raised", "alarm", -42.0)]
+
+
+def test_an_ingest_started_before_its_broker_says_so_and_connects_when_it_comes(
+    pki, database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    from massgate.agent.bench.localbroker import free_port
+
+    caplog.set_level(logging.INFO, logger="massgate.agent.ingest")
+    later = Broker(pki, tmp_path, pki.server_cert, pki.server_key, port=free_port())
+    running = Running(write_config(tmp_path, later, database))
+    running.thread.start()
+    try:
+        assert until(lambda: "connection refused" in caplog.text, limit=30), caplog.text
+        later.start()
+        assert running.ingest.subscribed.wait(60), caplog.text
+    finally:
+        running.__exit__()
+        later.stop()
