@@ -177,8 +177,9 @@ class Store:
         self.conn.close()
 
     def write(self, messages: list[Incoming]) -> Written:
-        """Store the batch; returns what it did. Raises psycopg's errors (nothing of the
-        batch is stored then, and the caller acknowledges none of it)."""
+        """Store the batch; returns what it did. Raises psycopg's errors: the caller then
+        acknowledges none of the batch, and whatever of it was stored (by the one-at-a-time
+        fallback below) comes again and counts as duplicates."""
         written = Written()
         records: list[_Record] = []
         statuses: list[_Status] = []
