@@ -61,6 +61,19 @@ def mqtt_config(
     )
 
 
+def until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
+    """Whether `condition()` holds within `limit` seconds, looked at every 50 ms.
+
+    For what has no event to wait on: another process's log, a row count in PostgreSQL.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def publish_until(publisher: Any, done: Any, *, limit: float = 20.0) -> None:
     """Run a Publisher until `done()` (checked every 50 ms, at most `limit` seconds), then
     stop it and wait for it to finish."""

@@ -65,15 +65,29 @@ def _until(condition: Callable[[], bool], what: str, limit: float = WAIT) -> Non
         time.sleep(0.02)
 
 
-def _count(url: str, sql: str = "SELECT count(*) FROM massgate.records") -> int:
-    import psycopg  # noqa: PLC0415  # the ingest extra; `massgate bench --help` goes without
+class _Counter:
+    """Rows in a table, read over one connection kept for the whole phase: a connection per
+    look would start a PostgreSQL backend every 20 ms beside the ingest being timed."""
 
-    try:
-        with psycopg.connect(url) as conn:
-            row = conn.execute(sql).fetchone()
-    except psycopg.errors.UndefinedTable:
-        return 0
-    return int(row[0]) if row else 0
+    def __init__(self, url: str) -> None:
+        import psycopg  # noqa: PLC0415  # the ingest extra; `massgate bench --help` goes without
+
+        self._conn = psycopg.connect(url, autocommit=True)
+
+    def __call__(self, sql: str = "SELECT count(*) FROM massgate.records") -> int:
+        import psycopg  # noqa: PLC0415
+
+        try:
+            row = self._conn.execute(sql).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0  # the ingest has not made its schema yet
+        return int(row[0]) if row else 0
+
+    def __enter__(self) -> _Counter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
 
 
 class _Ingest:
@@ -138,24 +152,25 @@ def _throughput(work: Path, broker: Mosquitto, db: LocalPostgres, box: Outbox, n
     url = db.create_database("throughput")
     ingest = _Ingest(work, broker, url, "bench-ingest")
     marker = box.take(1)
-    ingest.start()
-    try:
-        # Subscribed, and a first record stored: then it stops, and its session collects.
-        _until(lambda: ingest.sessions() >= 1, "the ingest's subscription")
-        _publish(broker, [(m.topic, m.payload) for m in marker])
-        _until(lambda: _count(url) == 1, "the ingest's first record")
-    finally:
-        ingest.stop()
-    payloads = [(m.topic, m.payload) for m in box.take(n + 1)[1:]]
-    _publish(broker, payloads)
-    ingest.start()
-    try:
-        _until(lambda: _count(url) > 1, "the first batch of the backlog")
-        start, first = time.perf_counter(), _count(url)
-        _until(lambda: _count(url) == n + 1, "the whole backlog")
-        return (n + 1 - first) / (time.perf_counter() - start)
-    finally:
-        ingest.stop()
+    with _Counter(url) as count:
+        ingest.start()
+        try:
+            # Subscribed, and a first record stored: then it stops, and its session collects.
+            _until(lambda: ingest.sessions() >= 1, "the ingest's subscription")
+            _publish(broker, [(m.topic, m.payload) for m in marker])
+            _until(lambda: count() == 1, "the ingest's first record")
+        finally:
+            ingest.stop()
+        payloads = [(m.topic, m.payload) for m in box.take(n + 1)[1:]]
+        _publish(broker, payloads)
+        ingest.start()
+        try:
+            _until(lambda: count() > 1, "the first batch of the backlog")
+            start, first = time.perf_counter(), count()
+            _until(lambda: count() == n + 1, "the whole backlog")
+            return (n + 1 - first) / (time.perf_counter() - start)
+        finally:
+            ingest.stop()
 
 
 def _copy(db: LocalPostgres, box: Outbox, n: int) -> float:
@@ -190,8 +205,6 @@ def _faults(
 ) -> tuple[int, int, int]:
     """A gateway drains n records through the ingest; the broker is restarted at a third, the
     ingest SIGKILLed at two thirds. Returns (stored, duplicates, unexplained)."""
-    import psycopg  # noqa: PLC0415
-
     from ..publish.publisher import Publisher  # noqa: PLC0415
 
     url = db.create_database("faults")
@@ -204,31 +217,30 @@ def _faults(
     thread = threading.Thread(
         target=loop.run_until_complete, args=(publisher.run(stop),), name="bench-publisher"
     )
-    ingest.start()
-    try:
-        _until(lambda: ingest.sessions() >= 1, "the ingest's session")
-        thread.start()
-        _until(lambda: _count(url) >= n // 3, "a third of the records")
-        broker.restart()
-        _until(lambda: _count(url) >= 2 * n // 3, "two thirds of the records")
-        ingest.stop(signal.SIGKILL)
+    with _Counter(url) as count:
         ingest.start()
-        _until(lambda: _count(url) >= n, "every record")
-        _until(lambda: box.depth() == 0, "the gateway's outbox empty")
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        if thread.is_alive():
-            thread.join(30)
-        loop.close()
-        ingest.stop()
-        box.close()
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT coalesce(sum(stored), 0), coalesce(sum(duplicates), 0), "
-            "coalesce(sum(unexplained), 0) FROM massgate.accounting"
-        ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+        try:
+            _until(lambda: ingest.sessions() >= 1, "the ingest's session")
+            thread.start()
+            _until(lambda: count() >= n // 3, "a third of the records")
+            broker.restart()
+            _until(lambda: count() >= 2 * n // 3, "two thirds of the records")
+            ingest.stop(signal.SIGKILL)
+            ingest.start()
+            _until(lambda: count() >= n, "every record")
+            _until(lambda: box.depth() == 0, "the gateway's outbox empty")
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            if thread.is_alive():
+                thread.join(30)
+            loop.close()
+            ingest.stop()
+            box.close()
+        return (
+            count("SELECT coalesce(sum(stored), 0) FROM massgate.accounting"),
+            count("SELECT coalesce(sum(duplicates), 0) FROM massgate.accounting"),
+            count("SELECT coalesce(sum(unexplained), 0) FROM massgate.accounting"),
+        )
 
 
 def bench_ingest(

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,26 +49,18 @@ class _Arrived:
 
 
 @dataclass
-class Counts:
+class Counts(Written):
+    """What the ingest has done since it started: the batches' sums, and its own."""
+
     batches: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    statuses: int = 0
-    rejected: int = 0
     acked: int = 0
     connects: int = 0
     db_errors: int = 0
     last_error: str | None = None
-    reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, w: Written) -> None:
         self.batches += 1
-        self.stored += w.stored
-        self.duplicates += w.duplicates
-        self.statuses += w.statuses
-        self.rejected += w.rejected
-        for reason, n in w.reasons.items():
-            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.merge(w)
 
 
 class Ingest:

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from massgate.agent.ingest.consumer import Ingest
 from massgate.agent.ingest.store import Incoming, Store
 from massgate.agent.publish.publisher import Publisher
 from massgate.agent.store.outbox import Outbox
-from tests.conftest import Broker, mqtt_config, publish_until
+from tests.conftest import Broker, mqtt_config, publish_until, until
 
 EPOCH = "0123456789abcdef"
 
@@ -48,16 +46,6 @@ def write_config(tmp_path: Path, broker: Broker, database: str, **take: Any) -> 
         lines += ["take:", *(f"  {k}: {json.dumps(v)}" for k, v in take.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
-    """Poll `condition` every 50 ms for at most `limit` seconds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def count(database: str, sql: str = "SELECT count(*) FROM massgate.records") -> int:

@@ -11,7 +11,7 @@ from massgate.agent.config import MqttConfig
 from massgate.agent.core.records import Record
 from massgate.agent.publish.publisher import Publisher
 from massgate.agent.store.outbox import Outbox
-from tests.conftest import Broker, Subscriber, mqtt_config, publish_until
+from tests.conftest import Broker, Subscriber, mqtt_config, publish_until, until
 
 
 def _mqtt(broker: Broker, ca: Path) -> MqttConfig:
@@ -153,8 +153,6 @@ def test_a_stop_ends_with_a_disconnect_so_the_broker_keeps_the_goodbye(pki, tmp_
     """paho leaves writing to the link's loop; a stop still writes DISCONNECT, so Mosquitto
     ends the session as asked and does not publish the will ("connection lost") over the
     retained goodbye."""
-    import time
-
     b = Broker(pki, tmp_path, pki.server_cert, pki.server_key, extra=("log_type notice",))
     b.start()
     try:
@@ -165,17 +163,17 @@ def test_a_stop_ends_with_a_disconnect_so_the_broker_keeps_the_goodbye(pki, tmp_
         assert outbox.depth() == 0
         outbox.close()
         assert b.log_path is not None
-        ended: list[str] = []
-        for _ in range(200):  # Mosquitto logs the end of the session when it has seen it
-            ended = [
+        log = b.log_path
+
+        def ended() -> list[str]:
+            return [
                 line
-                for line in b.log_path.read_text(errors="replace").splitlines()
+                for line in log.read_text(errors="replace").splitlines()
                 if config.client_id in line and ("disconnected" in line or "closed" in line)
             ]
-            if ended:
-                break
-            time.sleep(0.05)
+
+        # Mosquitto logs the end of the session once it has seen it.
+        assert until(lambda: bool(ended()), limit=10), "Mosquitto logged no end of the session"
     finally:
         b.stop()
-    assert ended, "Mosquitto logged no end of the session"
-    assert "disconnected" in ended[0], ended
+    assert "disconnected" in ended()[0], ended()
