@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..config import BATCH, CALENDAR, NodeConfig, NodeTerms
 from ..core.records import utc
-from ..totalize.inventories import InventoryGauge
-from ..totalize.streams import StreamTotal
 from .alarm import Alarm
 from .drift import Drift
 from .terms import (
@@ -35,8 +33,10 @@ from .terms import (
     OUT,
     WARNING,
     AlarmEvent,
+    Metered,
     Snapshot,
     Terms,
+    Weighed,
     WindowResult,
 )
 from .windows import batch_label, next_boundary, previous_boundary
@@ -51,8 +51,8 @@ class NodeBalance:
         self,
         config: NodeConfig,
         terms: NodeTerms,
-        streams: dict[str, StreamTotal],
-        gauges: dict[str, InventoryGauge],
+        streams: Mapping[str, Metered],
+        gauges: Mapping[str, Weighed],
     ) -> None:
         self.config = config
         self.groups = (terms.inputs, terms.outputs, terms.generation, terms.consumption)
@@ -117,7 +117,7 @@ class NodeBalance:
         for i, stream in enumerate(self.streams):
             moved = b.flows[i] - a.flows[i]
             sums[self.group_of[i]] += moved
-            variance += (stream.config.accuracy / 2.0 * moved) ** 2
+            variance += (stream.accuracy / 2.0 * moved) ** 2
         for gauge in self.inventories:
             variance += 2.0 * gauge.sigma**2  # one reading at each end
         return Terms(

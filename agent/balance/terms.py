@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..core.records import num, utc
 
 OK = "ok"
 WARNING = "warning"  # outside tolerance, not yet for the persistence time
@@ -14,6 +17,25 @@ INCONCLUSIVE = "inconclusive"
 RAISED, CLEARED, REPEATED, DRIFT = "raised", "cleared", "repeated", "drift"
 
 IN, OUT, GEN, CONS = 0, 1, 2, 3
+
+
+class Metered(Protocol):
+    """A stream as a balance sees it: the gateway's own running total (StreamTotal) or, upstream,
+    a gateway's totals records (ingest.remote)."""
+
+    @property
+    def accuracy(self) -> float: ...  # rated, as a fraction of what it moved (taken as 2σ)
+
+    def net_at(self, mono: float) -> float | None: ...  # cumulative net kg; None: unknown
+
+
+class Weighed(Protocol):
+    """An inventory as a balance sees it: its gauge here, or its readings upstream."""
+
+    @property
+    def sigma(self) -> float: ...  # kg, one reading
+
+    def mass_at(self, mono: float) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +121,40 @@ class AlarmEvent:
     since_wall: float
     result: WindowResult
     hint: str
+
+
+def balance_body(r: WindowResult) -> dict[str, Any]:
+    t = r.terms
+    return {
+        "node": r.node,
+        "window": r.window,
+        "batch": r.label or None,
+        "window_start": utc(r.start_wall),
+        "window_end": utc(r.end_wall),
+        "in_kg": num(t.inflow),
+        "out_kg": num(t.outflow),
+        "generation_kg": num(t.generation),
+        "consumption_kg": num(t.consumption),
+        "inventory_start_kg": num(t.inventory_start),
+        "inventory_end_kg": num(t.inventory_end),
+        "delta_inventory_kg": num(t.delta_inventory),
+        "imbalance_kg": num(r.imbalance),
+        "relative": num(r.relative),
+        "uncertainty_kg": num(r.sigma),
+        "tolerance_kg": num(r.tolerance),
+        "coverage": num(r.coverage),
+        "status": r.status,
+        "alarm_active": r.alarm_active,
+        "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
+    }
+
+
+def alarm_body(event: AlarmEvent) -> dict[str, Any]:
+    return {
+        "node": event.node,
+        "event": event.event,
+        "since": utc(event.since_wall),
+        "at": utc(event.wall),
+        "hint": event.hint,
+        "balance": balance_body(event.result),
+    }

@@ -93,11 +93,28 @@ def run_main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     from ..ingest.consumer import Ingest  # noqa: PLC0415
 
+    judge = None
     try:
+        if config.balances is not None:
+            from ..ingest import site  # noqa: PLC0415
+
+            # Beside the storing, in a thread of its own with its own connection: a slow
+            # judgement never holds back an acknowledgement.
+            judge = threading.Thread(
+                target=site.run,
+                args=(config.balances, config.database.url, config.database.password(), stop),
+                name="site-balances",
+                daemon=True,
+            )
+            judge.start()
         Ingest(config).run(stop)
-    except ValueError as exc:  # the broker password's file or variable is missing
+    except ValueError as exc:  # a password's file or variable is missing
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    finally:
+        stop.set()
+        if judge is not None:
+            judge.join()
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ..core import units, values
@@ -32,13 +33,15 @@ from .model import (
 )
 
 
-def parse_node(s: Section) -> NodeConfig | None:
+def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> NodeConfig | None:
+    """One node; `terms` reads its stream and inventory names (upstream they are
+    GATEWAY/NAME)."""
     node_name = s.take("name", name)
-    inputs = s.take("inputs", names, ())
-    outputs = s.take("outputs", names, ())
-    inventories = s.take("inventories", names, ())
-    generation = s.take("generation", names, ())
-    consumption = s.take("consumption", names, ())
+    inputs = s.take("inputs", terms, ())
+    outputs = s.take("outputs", terms, ())
+    inventories = s.take("inventories", terms, ())
+    generation = s.take("generation", terms, ())
+    consumption = s.take("consumption", terms, ())
     children = s.take("nodes", names, ())
     window: dict[str, Any] = {}
     if isinstance(s.data.get("window"), dict):

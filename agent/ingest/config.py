@@ -12,6 +12,16 @@ checks), the database, and which gateways to take.
     take:
       sites: [north]                      # default: every site under the topic prefix
       shared: ingest                      # share the load: $share/ingest/... (MQTT 5)
+    balances:                             # optional: nodes across gateways (ingest.site)
+      site: north                         # default: the one site taken
+      nodes:
+        - name: tank-farm
+          inputs: [skid-1/feed]           # GATEWAY/STREAM
+          outputs: [skid-2/product]
+          inventories: [skid-2/tank-1]    # GATEWAY/INVENTORY
+          window: 1 h
+          tolerance: {relative: 1 %}
+          persistence: 5 min
 
 Errors are reported like the agent's: `file:line: path: what`, all of them at once.
 """
@@ -23,7 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config.model import MqttConfig
+from ..config.model import BATCH, MqttConfig, NodeConfig, NodeCycle
+from ..config.nodes import node_terms, parse_node
 from ..config.uplink import env_name, parse_mqtt
 from ..core import preflight, units
 from ..core.values import DAY, Files
@@ -57,6 +68,20 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BalancesConfig:
+    """Nodes whose terms are streams and inventories of any gateway of one site, judged
+    upstream on the gateways' totals records (ingest.site)."""
+
+    site: str
+    nodes: tuple[NodeConfig, ...]
+    every: float = 5.0  # s between looks at what has arrived
+    # Gateway time a missing totals record is waited for, once later ones are in (a
+    # re-delivery, or an ingest process down with records in its session); then the span
+    # it covered is judged as missing data: inconclusive, never as zero.
+    wait_for_missing: float = DAY
+
+
+@dataclass(frozen=True, slots=True)
 class IngestConfig:
     source: Path
     mqtt: MqttConfig
@@ -65,6 +90,7 @@ class IngestConfig:
     shared: str | None = None  # MQTT shared-subscription group
     session_expiry: float = DEFAULT_SESSION_EXPIRY
     batch: int = DEFAULT_BATCH
+    balances: BalancesConfig | None = None
 
     def topics(self) -> list[str]:
         """The topic filters subscribed to: every record and status of the sites taken."""
@@ -152,6 +178,9 @@ def load(path: Path) -> IngestConfig:
         shared = take.take("shared", name, None)
         batch = take.take("batch", integer(1, 100_000), DEFAULT_BATCH) or DEFAULT_BATCH
         take.finish()
+    balances = None
+    if (section := root.section("balances", required=False)) is not None:
+        balances = _balances(section, sites)
     root.finish()
     report.raise_if_any()
     # Both sections are required: raise_if_any has said so when one is missing.
@@ -165,6 +194,7 @@ def load(path: Path) -> IngestConfig:
         shared=shared,
         session_expiry=session_expiry,
         batch=batch,
+        balances=balances,
     )
 
 
@@ -172,3 +202,62 @@ def _sites(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise Invalid("expected a list of site ids, e.g. [north, south]")
     return tuple(name(v) for v in value)
+
+
+def gateway_terms(value: Any) -> tuple[str, ...]:
+    """A node's streams or inventories upstream: GATEWAY/NAME each."""
+    items = value if isinstance(value, list) else [value]
+    found = []
+    for item in items:
+        parts = text(item).split("/")
+        if len(parts) != 2:
+            raise Invalid(
+                f"'{item}' is not GATEWAY/NAME: a node here takes a stream or inventory of a "
+                "gateway, like skid-1/feed"
+            )
+        found.append("/".join(name(p) for p in parts))
+    return tuple(found)
+
+
+def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
+    site = s.take("site", name, sites[0] if len(sites) == 1 else None)
+    if site is None and not s.has("site"):
+        s.fail(None, "'site' is required when 'take.sites' does not name exactly one site")
+    elif site is not None and sites and site not in sites:
+        s.fail("site", f"'{site}' is not among the sites taken ({', '.join(sites)})")
+    every = s.take("every", quantity(units.TIME, minimum=0.1, maximum=3600.0), 5.0)
+    wait = s.take("wait_for_missing", quantity(units.TIME, minimum=0.0, maximum=30 * DAY), DAY)
+    items = s.sections("nodes", required=True)
+    nodes = [parse_node(n, gateway_terms) for n in items]
+    s.finish()
+    seen: dict[str, int] = {}
+    for i, (item, node) in enumerate(zip(items, nodes, strict=True)):
+        if node is None:
+            continue
+        if node.window_kind == BATCH:
+            item.fail(
+                "window",
+                "a node across gateways has a rolling or calendar window: a batch tag is read "
+                "by one gateway, so balance its batches there",
+            )
+        if node.name in seen:
+            item.fail("name", f"'{node.name}' is already used by nodes[{seen[node.name]}]")
+        seen.setdefault(node.name, i)
+        roles = [*node.inputs, *node.outputs, *node.generation, *node.consumption]
+        if twice := sorted({r for r in roles if roles.count(r) > 1}):
+            item.fail(
+                "outputs", f"{twice} can be only one of input, output, generation, consumption"
+            )
+        for child in node.nodes:
+            if child not in {n.name for n in nodes if n is not None}:
+                item.fail("nodes", f"no node named '{child}'")
+    if not s.ok or any(n is None for n in nodes) or not all(i.ok for i in items):
+        return None
+    parsed = tuple(n for n in nodes if n is not None)
+    try:
+        node_terms(parsed)
+    except NodeCycle as exc:
+        items[next(i for i, n in enumerate(parsed) if n.name == exc.node)].fail("nodes", str(exc))
+        return None
+    assert site is not None
+    return BalancesConfig(site=site, nodes=parsed, every=every, wait_for_missing=wait)

@@ -16,13 +16,17 @@ Everything lives in the schema `massgate`:
   imbalance_kg, relative, tolerance_kg, status), `totals` (one row per stream and totals period),
   `hourly`, `alarms`, `telemetry_points` (one row per tag and telemetry record) and
   `accounting` (what arrived, and every missing sequence number explained or not).
+- `site_balances`, `site_alarms`, `site_progress`: the nodes across gateways that the ingest
+  judges itself (ingest.site): each window once, each alarm event once, and how far each
+  node is judged and what it waits for. `mass_balance_events` has their windows too, with
+  gateway, epoch and seq null.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-VERSION = 2
+VERSION = 3
 
 # Each migration takes the database from the version before it to its own; they run in one
 # transaction with the version row, under an advisory lock, so two ingest processes starting
@@ -168,6 +172,70 @@ SELECT
 FROM massgate.records r, jsonb_each(r.payload->'points') p
 WHERE r.kind = 'telemetry' AND jsonb_typeof(r.payload->'points') = 'object'
     AND jsonb_typeof(p.value) = 'object';
+""",
+    # Balances across gateways, judged by the ingest on the gateways' totals.
+    3: """
+CREATE TABLE massgate.site_balances (
+    site text NOT NULL,
+    node text NOT NULL,
+    window_end timestamptz NOT NULL,
+    window_start timestamptz,
+    status text NOT NULL,
+    payload jsonb NOT NULL,
+    evaluated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, node, window_end)
+);
+
+CREATE TABLE massgate.site_alarms (
+    site text NOT NULL,
+    node text NOT NULL,
+    event text NOT NULL,
+    at timestamptz NOT NULL,
+    since timestamptz,
+    hint text NOT NULL,
+    payload jsonb NOT NULL,
+    evaluated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, node, event, at)
+);
+
+CREATE TABLE massgate.site_progress (
+    site text NOT NULL,
+    node text NOT NULL,
+    evaluated_to timestamptz,
+    waiting text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, node)
+);
+
+CREATE OR REPLACE VIEW massgate.mass_balance_events AS
+SELECT
+    created AS time, site, gateway,
+    payload->>'node' AS node,
+    payload->>'window' AS window_kind,
+    (payload->>'window_start')::timestamptz AS window_start,
+    (payload->>'window_end')::timestamptz AS window_end,
+    (payload->>'in_kg')::double precision AS in_kg,
+    (payload->>'out_kg')::double precision AS out_kg,
+    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
+    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
+    (payload->>'relative')::double precision AS relative,
+    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
+    payload->>'status' AS status,
+    epoch, seq
+FROM massgate.records WHERE kind = 'balance'
+UNION ALL
+SELECT
+    window_end AS time, site, NULL AS gateway, node,
+    payload->>'window' AS window_kind,
+    window_start, window_end,
+    (payload->>'in_kg')::double precision AS in_kg,
+    (payload->>'out_kg')::double precision AS out_kg,
+    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
+    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
+    (payload->>'relative')::double precision AS relative,
+    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
+    status, NULL AS epoch, NULL AS seq
+FROM massgate.site_balances;
 """,
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..balance import audit
 from ..balance.nodes import NodeBalance
 from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
-from ..balance.terms import CLEARED, DRIFT, AlarmEvent, WindowResult
+from ..balance.terms import CLEARED, DRIFT, AlarmEvent, alarm_body, balance_body
 from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
@@ -198,7 +198,7 @@ class Gateway:
             self.next_totals = mono + self.config.totals_interval
         if final or mono >= self.next_totals:
             self.next_totals = mono + self.config.totals_interval
-            self.pending.append(self._totals_record(wall))
+            self.pending.append(self._totals_record(mono, wall))
         if not self.first_values.is_set() and self._first_values_due(mono):
             self.first_values.set()  # what waited for the first values to go may start
         if self.config.telemetry_interval > 0 and self._telemetry_due(mono):
@@ -239,15 +239,7 @@ class Gateway:
                 event.hint,
                 extra={"node": event.node},
             )
-        alarm = {
-            "node": event.node,
-            "event": event.event,
-            "since": utc(event.since_wall),
-            "at": utc(event.wall),
-            "hint": event.hint,
-            "balance": balance_body(result),
-        }
-        self.pending.append(Record("alarm", alarm, wall))
+        self.pending.append(Record("alarm", alarm_body(event), wall))
 
     def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
         e = event.suspect
@@ -266,7 +258,7 @@ class Gateway:
         }
         self.pending.append(Record("alarm", alarm, wall))
 
-    def _totals_record(self, wall: float) -> Record:
+    def _totals_record(self, mono: float, wall: float) -> Record:
         streams = []
         for name, stream in self.streams.items():
             period = stream.close_period()
@@ -280,9 +272,23 @@ class Gateway:
                     "reverse_kg": num(stream.reverse),
                     "estimated_kg": num(period.estimated),
                     "gap_s": num(period.gap_time),
+                    # What a balance upstream (across gateways) needs of the stream: its
+                    # running net total to difference, and its accuracy to weigh it by.
+                    "net_kg": num(stream.net),
+                    "accuracy": stream.config.accuracy,
                 }
             )
         body: dict[str, Any] = {"streams": streams}
+        if self.inventories:
+            body["inventories"] = [
+                {
+                    "inventory": name,
+                    "mass_kg": num(gauge.mass_at(mono)),
+                    "at": utc(wall - (mono - gauge.mono)) if math.isfinite(gauge.mono) else None,
+                    "sigma_kg": num(gauge.sigma),
+                }
+                for name, gauge in self.inventories.items()
+            ]
         if self.restarted is not None:
             body["restarted"] = self.restarted
             self.restarted = None
@@ -310,32 +316,6 @@ class Gateway:
             return records, None
         self._totals_saved_at = mono
         return records, {name: s.saved() for name, s in self.streams.items()}
-
-
-def balance_body(r: WindowResult) -> dict[str, Any]:
-    t = r.terms
-    return {
-        "node": r.node,
-        "window": r.window,
-        "batch": r.label or None,
-        "window_start": utc(r.start_wall),
-        "window_end": utc(r.end_wall),
-        "in_kg": num(t.inflow),
-        "out_kg": num(t.outflow),
-        "generation_kg": num(t.generation),
-        "consumption_kg": num(t.consumption),
-        "inventory_start_kg": num(t.inventory_start),
-        "inventory_end_kg": num(t.inventory_end),
-        "delta_inventory_kg": num(t.delta_inventory),
-        "imbalance_kg": num(r.imbalance),
-        "relative": num(r.relative),
-        "uncertainty_kg": num(r.sigma),
-        "tolerance_kg": num(r.tolerance),
-        "coverage": num(r.coverage),
-        "status": r.status,
-        "alarm_active": r.alarm_active,
-        "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
-    }
 
 
 def outbox_reset_record(outbox: Outbox) -> None:

@@ -268,6 +268,10 @@ class StreamTotal:
         self.last_mono = good_monos[-1]
 
     @property
+    def accuracy(self) -> float:
+        return self.config.accuracy
+
+    @property
     def forward(self) -> float:
         return layout.total(self.state, layout.FORWARD)
 

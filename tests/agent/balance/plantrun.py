@@ -40,48 +40,62 @@ class PlantRun:
     # Added to the wall clock from now on: a step of the gateway's clock (NTP, no RTC).
     wall_offset: float = 0.0
 
+    _pending: list[Record] = field(default_factory=list)
+    _saved: dict[str, Any] | None = None
+
     def run_for(self, seconds: float, each: Callable[[PlantRun], None] | None = None) -> None:
-        steps = round(seconds / self.period)
-        pending: list[Record] = []
-        saved = None
-        for step in range(steps):
-            self.now += self.period
-            self.clock[0] = self.now
-            mono, wall = self.now, WALL0 + self.now + self.wall_offset
-            t = self.plant.now()
-            if self.plc:
-                tagged = {f"plc.{k}": v for k, v in self.plc.items()}
-                self.gateway.ingest(Batch("plc", mono, wall, tagged, Quality.GOOD))
-            for meter in self.meters:
-                if meter == "plc":
-                    continue
-                values = self.plant.faults.apply(meter, t, self.plant.read(meter))
-                if self.plant.faults.find("dropout", meter, t) is not None:
-                    values = dict.fromkeys(values, math.nan)
-                    quality = Quality.BAD
-                else:
-                    quality = Quality.GOOD
-                tagged = {f"{meter}.{k}": v for k, v in values.items()}
-                self.gateway.ingest(Batch(meter, mono, wall, tagged, quality))
-            self.gateway.cycle(mono, wall)
-            records, totals = self.gateway.take_pending(mono)
-            pending += records
-            saved = totals or saved
-            self.records.extend(records)
-            # One commit a minute of plant time: a day of plant runs in seconds, not minutes.
-            if step % 30 == 29 or step == steps - 1:
-                self.outbox.put(pending, totals=saved)
-                pending, saved = [], None
-                if step == steps - 1:
-                    self.outbox.sync()  # everything sendable, as after a stop
-            if each is not None:
-                each(self)
+        run_together([self], seconds, each)
+
+    def _step(self, step: int, last: bool) -> None:
+        mono, wall = self.now, WALL0 + self.now + self.wall_offset
+        t = self.plant.now()
+        if self.plc:
+            tagged = {f"plc.{k}": v for k, v in self.plc.items()}
+            self.gateway.ingest(Batch("plc", mono, wall, tagged, Quality.GOOD))
+        for meter in self.meters:
+            if meter == "plc":
+                continue
+            values = self.plant.faults.apply(meter, t, self.plant.read(meter))
+            if self.plant.faults.find("dropout", meter, t) is not None:
+                values = dict.fromkeys(values, math.nan)
+                quality = Quality.BAD
+            else:
+                quality = Quality.GOOD
+            tagged = {f"{meter}.{k}": v for k, v in values.items()}
+            self.gateway.ingest(Batch(meter, mono, wall, tagged, quality))
+        self.gateway.cycle(mono, wall)
+        records, totals = self.gateway.take_pending(mono)
+        self._pending += records
+        self._saved = totals or self._saved
+        self.records.extend(records)
+        # One commit a minute of plant time: a day of plant runs in seconds, not minutes.
+        if step % 30 == 29 or last:
+            self.outbox.put(self._pending, totals=self._saved)
+            self._pending, self._saved = [], None
+            if last:
+                self.outbox.sync()  # everything sendable, as after a stop
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [r.body for r in self.records if r.kind == kind]
 
     def close(self) -> None:
         self.outbox.close()
+
+
+def run_together(
+    runs: list[PlantRun], seconds: float, each: Callable[[PlantRun], None] | None = None
+) -> None:
+    """Step gateways that read one plant on one clock (see `beside`)."""
+    first = runs[0]
+    steps = round(seconds / first.period)
+    for step in range(steps):
+        first.now += first.period
+        first.clock[0] = first.now
+        for run in runs:
+            run.now = first.now
+            run._step(step, step == steps - 1)
+            if each is not None:
+                each(run)
 
 
 def start(
@@ -91,6 +105,8 @@ def start(
     plant_text: str | None = None,
     period: float = 1.0,
     step: float = 0.25,
+    site: str = "s",
+    gateway: str = "g",
 ) -> PlantRun:
     spec = (
         plantspec.loads(plant_text, filename="plant.yaml")
@@ -99,11 +115,30 @@ def start(
     )
     clock = [0.0]
     plant = Plant(spec, clock=lambda: clock[0], step=step)
-    path = tmp_path / "config.yaml"
+    return _run(tmp_path / "config.yaml", config_text, plant, clock, period, site, gateway)
+
+
+def beside(run: PlantRun, tmp_path: Path, config_text: str, *, gateway: str) -> PlantRun:
+    """A second gateway on `run`'s plant and clock (give it a state_dir of its own); step
+    both with run_together."""
+    site = run.outbox.site
+    path = tmp_path / f"{gateway}.yaml"
+    return _run(path, config_text, run.plant, run.clock, run.period, site, gateway)
+
+
+def _run(
+    path: Path,
+    config_text: str,
+    plant: Plant,
+    clock: list[float],
+    period: float,
+    site: str,
+    gateway: str,
+) -> PlantRun:
     path.write_text(config_text)
     config = config_module.load(path)
     config.outbox.path.parent.mkdir(parents=True, exist_ok=True)
-    outbox = Outbox(config.outbox.path, max_bytes=10**9, site="s", gateway="g")
-    gateway = Gateway(config, outbox)
-    gateway.pending.clear()
-    return PlantRun(plant, gateway, outbox, [d.name for d in config.devices], period, clock)
+    outbox = Outbox(config.outbox.path, max_bytes=10**9, site=site, gateway=gateway)
+    gateway_ = Gateway(config, outbox)
+    gateway_.pending.clear()
+    return PlantRun(plant, gateway_, outbox, [d.name for d in config.devices], period, clock)

@@ -1,0 +1,331 @@
+"""Balances across gateways (agent/ingest/site.py), judged on a real PostgreSQL.
+
+Two gateways read one simulated plant on one simulated clock (tests/agent/balance/plantrun):
+skid-1 meters the feed, skid-2 the product and weighs the tank between them. Neither can
+balance the tank alone; the ingest does, on their totals records, delivered as the tests
+choose: in order, one gateway behind the other, a record late or lost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from massgate.agent.core.yamlsource import ConfigError
+from massgate.agent.ingest import config as ingest_config
+from massgate.agent.ingest.config import BalancesConfig
+from massgate.agent.ingest.site import SiteBalances
+from massgate.agent.ingest.store import Incoming, Store
+from massgate.drivers.sim.faults import Fault
+from tests.agent.balance import plantrun
+from tests.agent.balance.test_balance_plant import PLANT
+
+HOUR = 3600.0
+WINDOW, EVERY, PERSISTENCE = 600.0, 60.0, 300.0
+SKID_1 = """\
+gateway: {site: north, id: skid-1, state_dir: state-1}
+devices:
+  - {name: ft101, protocol: modbus_tcp, host: 127.0.0.1, port: 5020, profile: coriolis}
+  - {name: ft103, protocol: modbus_tcp, host: 127.0.0.1, port: 5023, profile: coriolis}
+streams:
+  - {name: feed_a, mass_flow: ft101.mass_flow, accuracy: 0.1 %}
+  - {name: feed_b, mass_flow: ft103.mass_flow, accuracy: 0.1 %}
+totals: {interval: 30 s}
+"""
+SKID_2 = """\
+gateway: {site: north, id: skid-2, state_dir: state-2}
+devices:
+  - {name: ft102, protocol: modbus_tcp, host: 127.0.0.1, port: 5021, profile: magmeter}
+  - {name: tt102, protocol: modbus_tcp, host: 127.0.0.1, port: 5022, profile: temperature_tx}
+  - {name: wt100, protocol: modbus_tcp, host: 127.0.0.1, port: 5024, profile: load_cell}
+streams:
+  - name: product
+    volume_flow: ft102.volume_flow
+    accuracy: 0.2 %
+    density:
+      {reference: 998.2 kg/m3, at: 20 degC, expansion: 2.1e-4 1/K, temperature: tt102.temperature}
+inventories:
+  - {name: t100, mass: wt100.net_weight, accuracy: 0.4 kg}
+totals: {interval: 30 s}
+"""
+INGEST = """\
+mqtt: {{brokers: ["mqtt://127.0.0.1:1883"], allow_plaintext: true, client_id: ingest-1}}
+database: {{url: "postgresql://ingest@127.0.0.1/plant"}}
+take: {{sites: [north]}}
+balances:
+  wait_for_missing: {wait}
+  nodes:
+    - name: tank_farm
+      inputs: [skid-1/feed_b]
+      outputs: [skid-2/product]
+      inventories: [skid-2/t100]
+      window: 10 min
+      evaluate_every: 1 min
+      tolerance: {{relative: 0.5 %, sigma: 3}}
+      persistence: 5 min
+      clear_after: 5 min
+    - {{name: feed_line, inputs: [skid-1/feed_a], outputs: [skid-1/feed_b], window: 10 min,
+       evaluate_every: 1 min, tolerance: {{relative: 0.5 %}}, persistence: 5 min}}
+"""
+
+
+def balances(tmp_path: Path, wait: str = "1 d") -> BalancesConfig:
+    path = tmp_path / "ingest.yaml"
+    path.write_text(INGEST.format(wait=wait))
+    config = ingest_config.load(path)
+    assert config.balances is not None
+    return config.balances
+
+
+class Site:
+    """The plant, its two gateways, and what of their records has been delivered."""
+
+    def __init__(self, tmp_path: Path, database: str) -> None:
+        self.skid_1 = plantrun.start(
+            tmp_path, SKID_1, plant_text=PLANT, period=2.0, step=0.5, site="north",
+            gateway="skid-1",
+        )  # fmt: skip
+        self.skid_2 = plantrun.beside(self.skid_1, tmp_path, SKID_2, gateway="skid-2")
+        self.store = Store(database, password=None, prefix="massgate")
+        self.held: dict[str, list[Incoming]] = {"skid-1": [], "skid-2": []}
+        self.database = database
+
+    def run_for(self, seconds: float) -> None:
+        plantrun.run_together([self.skid_1, self.skid_2], seconds)
+        for run in (self.skid_1, self.skid_2):
+            messages = run.outbox.take(1_000_000)
+            run.outbox.ack([m.seq for m in messages])
+            self.held[run.outbox.gateway] += [Incoming(m.topic, m.payload) for m in messages]
+
+    def deliver(self, gateway: str, keep: Any = None) -> list[Incoming]:
+        """Store what `gateway` has sent; `keep(message)` true holds a message back."""
+        sent = [m for m in self.held[gateway] if keep is None or not keep(m)]
+        self.held[gateway] = [m for m in self.held[gateway] if m not in sent]
+        self.store.write(sent)
+        return sent
+
+    def judge(self, config: BalancesConfig, site: SiteBalances | None = None) -> SiteBalances:
+        site = site or SiteBalances(config)
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            site.run_pass(conn)
+        return site
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def windows(self, node: str = "tank_farm") -> list[dict[str, Any]]:
+        rows = self.rows(
+            "SELECT payload FROM massgate.site_balances WHERE node = %s ORDER BY window_end", node
+        )
+        return [r[0] for r in rows]
+
+    def progress(self, node: str = "tank_farm") -> tuple[float, str]:
+        """How far the node is judged (-inf: not begun), and what it waits for."""
+        ((at, waiting),) = self.rows(
+            "SELECT extract(epoch FROM evaluated_to), waiting FROM massgate.site_progress "
+            "WHERE node = %s",
+            node,
+        )
+        return (float(at) if at is not None else -math.inf), waiting or ""
+
+    def close(self) -> None:
+        self.store.close()
+        self.skid_1.close()
+        self.skid_2.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path, database: str) -> Iterator[Site]:
+    made = Site(tmp_path, database)
+    yield made
+    made.close()
+
+
+def _t(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp() - plantrun.WALL0
+
+
+def _totals(message: Incoming) -> bool:
+    return message.topic.endswith("/totals")
+
+
+def test_a_tank_between_two_gateways_is_balanced_and_its_leak_alarmed(site: Site, tmp_path):
+    leak_from, leak_to, rate = 1.0 * HOUR, 1.5 * HOUR, 0.04  # 2 % of the feed, into the tank
+    site.skid_1.plant.faults.add(
+        Fault(kind="leak", target="feed", start=leak_from, end=leak_to, magnitude=rate)
+    )
+    site.run_for(2.5 * HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    site.judge(balances(tmp_path))
+    windows = site.windows()
+    ends = [_t(w["window_end"]) for w in windows]
+    # Judged every minute of the run, on the minute, up to the last totals.
+    assert ends == [ends[0] + EVERY * i for i in range(len(ends))]
+    assert ends[0] <= 60 + WINDOW / 10
+    assert ends[-1] >= 2.5 * HOUR - 60
+    quiet = [w for w in windows if _t(w["window_end"]) < leak_from or
+             _t(w["window_start"]) > leak_to + PERSISTENCE]  # fmt: skip
+    assert {w["status"] for w in quiet[10:]} == {"ok"}
+    # Kilograms against the plant's truth: the last window's feed, as skid-1's meter
+    # measured it, is what moved through the feed line in it, within the meter's rating.
+    last = windows[-1]
+    plant = site.skid_1.plant
+    truth = plant.truth_between(
+        _t(last["window_start"]) + plant.wall_offset, _t(last["window_end"]) + plant.wall_offset
+    )
+    assert truth.lines["feed"] > 1000.0
+    assert last["in_kg"] == pytest.approx(truth.lines["feed"], rel=0.002)
+    raised = site.rows("SELECT at, since, payload FROM massgate.site_alarms WHERE event = 'raised'")
+    assert len(raised) == 1
+    at, since, payload = raised[0]
+    assert leak_from < _t(since.isoformat())
+    assert at.timestamp() - since.timestamp() >= PERSISTENCE
+    assert "mass is missing" in payload["hint"]
+    (cleared,) = site.rows("SELECT at FROM massgate.site_alarms WHERE event = 'cleared'")
+    assert _t(cleared[0].isoformat()) > leak_to
+    # The feed line (both meters on skid-1) has no leak: quiet.
+    assert {w["status"] for w in site.windows("feed_line")[10:]} == {"ok"}
+    # mass_balance_events has the site's windows beside the gateways' own.
+    (n,) = site.rows("SELECT count(*) FROM massgate.mass_balance_events WHERE gateway IS NULL")
+    assert n[0] == len(windows) + len(site.windows("feed_line"))
+
+
+def test_a_gateway_behind_holds_the_node_back_until_its_records_arrive(site: Site, tmp_path):
+    config = balances(tmp_path)
+    site.run_for(HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    judge = site.judge(config)
+    before = len(site.windows())
+    at_hour, _ = site.progress()
+    # skid-2 goes silent (its link is down): skid-1's records go on arriving.
+    site.run_for(HOUR)
+    site.deliver("skid-1")
+    site.judge(config, judge)
+    evaluated_to, waiting = site.progress()
+    assert evaluated_to == at_hour  # not a window more: skid-2's part is not known
+    assert len(site.windows()) == before
+    assert waiting.startswith("skid-2/")
+    # The feed line is all on skid-1: it goes on.
+    assert site.progress("feed_line")[0] > at_hour + HOUR - 120
+    # skid-2's outbox delivers the hour: judged now, and every window of it was whole.
+    site.deliver("skid-2")
+    site.judge(config, judge)
+    late = [w for w in site.windows() if _t(w["window_end"]) > at_hour - plantrun.WALL0]
+    assert len(late) >= 58
+    assert {w["status"] for w in late} == {"ok"}
+    assert {w["coverage"] for w in late} == {1.0}
+
+
+def test_a_missing_totals_record_is_waited_for_then_judged(site: Site, tmp_path):
+    config = balances(tmp_path)
+    site.run_for(1.5 * HOUR)
+    site.deliver("skid-1")
+    totals = [m for m in site.held["skid-2"] if _totals(m)]
+    missing = totals[len(totals) // 2]  # the half-hour mark of the run
+    site.deliver("skid-2", keep=lambda m: m is missing)
+    judge = site.judge(config)
+    evaluated_to, waiting = site.progress()
+    assert evaluated_to < plantrun.WALL0 + 0.8 * HOUR
+    assert "not all here yet" in waiting, waiting
+    site.deliver("skid-2")  # it comes (a re-delivery, an ingest back with its session)
+    site.judge(config, judge)
+    evaluated_to, _ = site.progress()
+    assert evaluated_to > plantrun.WALL0 + 1.5 * HOUR - 120
+    assert {w["status"] for w in site.windows()[10:]} == {"ok"}
+
+
+def test_a_totals_record_lost_for_good_makes_its_windows_inconclusive_not_an_alarm(
+    site: Site, tmp_path
+):
+    config = balances(tmp_path, wait="10 min")
+    site.run_for(1.5 * HOUR)
+    site.deliver("skid-1")
+    totals = [m for m in site.held["skid-2"] if _totals(m)]
+    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]  # ten minutes of skid-2's
+    site.deliver("skid-2", keep=lambda m: m in lost)
+    site.judge(config)
+    evaluated_to, _ = site.progress()
+    assert evaluated_to > plantrun.WALL0 + 1.5 * HOUR - 120
+    statuses = [w["status"] for w in site.windows()]
+    assert "inconclusive" in statuses[10:]  # those that span the lost ten minutes
+    assert set(statuses) <= {"ok", "inconclusive"}
+    assert site.rows("SELECT count(*) FROM massgate.site_alarms")[0][0] == 0
+
+
+def test_a_restarted_judge_goes_on_without_storing_anything_twice(site: Site, tmp_path):
+    config = balances(tmp_path)
+    leak_from, leak_to, rate = 0.5 * HOUR, 1.0 * HOUR, 0.04
+    site.skid_1.plant.faults.add(
+        Fault(kind="leak", target="feed", start=leak_from, end=leak_to, magnitude=rate)
+    )
+    site.run_for(0.7 * HOUR)  # the leak is alarmed by then
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    site.judge(config)
+    assert site.rows("SELECT count(*) FROM massgate.site_alarms WHERE event = 'raised'")[0][0] == 1
+    site.run_for(0.8 * HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    site.judge(config)  # a new judge: another ingest took over, or this one restarted
+    ends = [_t(w["window_end"]) for w in site.windows()]
+    assert ends == [ends[0] + EVERY * i for i in range(len(ends))]  # no gap, none twice
+    events = [e for (e,) in site.rows("SELECT event FROM massgate.site_alarms ORDER BY at")]
+    assert events.count("raised") == events.count("cleared") == 1, events
+    assert events.count("drift") <= 1, events  # the leak's start, seen by the CUSUM
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        ("- {name: a, inputs: [feed], window: 1 h, persistence: 0 s}", "is not GATEWAY/NAME"),
+        (
+            "- {name: a, inputs: [g/feed], window: {batch: plc.batch}, persistence: 0 s}",
+            "balance its batches there",
+        ),
+        ("- {name: a, nodes: [b], window: 1 h, persistence: 0 s}", "no node named 'b'"),
+        (
+            "- {name: a, inputs: [g/x], outputs: [g/x], window: 1 h, persistence: 0 s}",
+            "can be only one of",
+        ),
+        (
+            "- {name: a, inputs: [g/x], window: 1 h, persistence: 0 s}\n"
+            "    - {name: a, inputs: [g/y], window: 1 h, persistence: 0 s}",
+            "already used by nodes[0]",
+        ),
+        (
+            "- {name: a, nodes: [b], window: 1 h, persistence: 0 s}\n"
+            "    - {name: b, nodes: [a], window: 1 h, persistence: 0 s}",
+            "nodes contain each other",
+        ),
+    ],
+)
+def test_a_bad_site_node_is_said_with_its_line(tmp_path: Path, nodes: str, expected: str):
+    path = tmp_path / "ingest.yaml"
+    path.write_text(
+        INGEST.format(wait="1 d").split("balances:")[0] + f"balances:\n  nodes:\n    {nodes}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        ingest_config.load(path)
+    assert expected in str(caught.value)
+    assert re.search(r"ingest\.yaml:[67]: balances\.nodes\[[01]\]", str(caught.value))
+
+
+def test_the_site_must_be_one_the_ingest_takes(tmp_path: Path):
+    path = tmp_path / "ingest.yaml"
+    text = INGEST.format(wait="1 d")
+    path.write_text(text.replace("take: {sites: [north]}", "take: {sites: [north, south]}"))
+    with pytest.raises(ConfigError, match="'site' is required"):
+        ingest_config.load(path)
+    path.write_text(text.replace("balances:\n", "balances:\n  site: east\n"))
+    with pytest.raises(ConfigError, match="'east' is not among the sites taken"):
+        ingest_config.load(path)
