@@ -197,10 +197,11 @@ class Store:
                 records.append(parsed)
         try:
             self._commit(records, statuses, rejects, written)
-        except psycopg.errors.DataError as exc:
-            # A message the checks above let through and PostgreSQL refuses would fail its
-            # batch at every try: found by writing them one at a time, and kept in rejects
-            # with PostgreSQL's words. A lost connection is not a DataError: it is raised.
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            # A message the checks above let through and PostgreSQL refuses (a number beyond
+            # a double; a constraint a DBA added, like NOT NULL on created for TimescaleDB)
+            # would fail its batch at every try: found by writing them one at a time, and
+            # kept in rejects with PostgreSQL's words. A lost connection is neither: raised.
             if len(messages) == 1:
                 reason = f"PostgreSQL refused it: {str(exc).strip()}"
                 written = Written(rejected=1)
@@ -282,6 +283,23 @@ class Store:
                 "SELECT site, gateway, epoch, received, duplicates, stored, first_seq, "
                 "last_seq, missing, pending, dropped, unexplained, status_at "
                 "FROM massgate.accounting ORDER BY site, gateway, epoch"
+            )
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def site_balances(self) -> list[dict[str, Any]]:
+        """Per node across gateways: how far it is judged, what it waits for, and its last
+        window's status and imbalance."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT p.site, p.node, p.evaluated_to, b.status, "
+                "(b.payload->>'imbalance_kg')::double precision AS imbalance_kg, "
+                "(b.payload->>'tolerance_kg')::double precision AS tolerance_kg, "
+                "(SELECT count(*) FROM massgate.site_alarms a WHERE a.site = p.site "
+                "AND a.node = p.node AND a.event = 'raised') AS alarms, p.waiting "
+                "FROM massgate.site_progress p LEFT JOIN LATERAL (SELECT status, payload "
+                "FROM massgate.site_balances s WHERE s.site = p.site AND s.node = p.node "
+                "ORDER BY window_end DESC LIMIT 1) b ON true ORDER BY p.site, p.node"
             )
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -423,6 +423,31 @@ def test_what_postgresql_would_refuse_is_kept_with_the_reason_and_the_rest_is_st
     assert created == datetime(2026, 12, 6, 10, tzinfo=UTC)  # no offset: UTC, as the agent's
 
 
+def test_a_record_that_breaks_a_constraint_a_dba_added_is_kept_with_the_reason(database: str):
+    """The README's TimescaleDB recipe makes `created` NOT NULL: a record without a valid time
+    then breaks it, and goes to rejects with PostgreSQL's words; the rest of its batch is
+    stored, and the batch is not tried for ever."""
+    head = '"schema": 1, "kind": "telemetry", "epoch": "0123456789abcdef"'
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        store.conn.execute("ALTER TABLE massgate.records ALTER COLUMN created SET NOT NULL")
+        written = store.write(
+            [
+                Incoming(
+                    "massgate/north/skid-7/telemetry",
+                    f'{{{head}, "seq": {seq}{created}}}'.encode(),
+                )
+                for seq, created in ((1, ', "created": "2026-12-06T10:00:00Z"'), (2, ""))
+            ]
+        )
+        (reason,) = store.conn.execute("SELECT reason FROM massgate.rejects").fetchone() or ("",)
+    finally:
+        store.close()
+    assert (written.stored, written.rejected) == (1, 1)
+    assert reason.startswith("PostgreSQL refused it")
+    assert "created" in reason
+
+
 def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_records(database: str):
     from massgate.agent.ingest.schema import MIGRATIONS, VERSION
 
