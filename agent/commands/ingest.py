@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ COLUMNS = (
     ("dropped", "dropped"),
     ("unexplained", "UNEXPLAINED"),
 )
+SITE_COLUMNS = (
+    ("site", "site"),
+    ("node", "node across gateways"),
+    ("evaluated_to", "judged up to"),
+    ("status", "last window"),
+    ("imbalance_kg", "imbalance kg"),
+    ("tolerance_kg", "tolerance kg"),
+    ("alarms", "alarms raised"),
+    ("waiting", "waiting for"),
+)
 
 
 def setup(p: argparse.ArgumentParser) -> None:
@@ -34,7 +45,8 @@ def setup(p: argparse.ArgumentParser) -> None:
         "Store every gateway's records in PostgreSQL (run), or print what arrived from each "
         "gateway and every missing sequence number, explained or not (report). CONFIG is the "
         "ingest's own YAML file: mqtt (as the agent's, with a client_id of its own), database "
-        "(url, password_file or password_env) and take (sites, shared)."
+        "(url, password_file or password_env), take (sites, shared) and, optionally, balances "
+        "(nodes whose terms are streams and inventories of several gateways: GATEWAY/NAME)."
     )
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = sub.add_parser(
@@ -43,7 +55,9 @@ def setup(p: argparse.ArgumentParser) -> None:
         description=(
             "Subscribe to the gateways' topics with a persistent MQTT 5 session and store each "
             "record in PostgreSQL before acknowledging it; duplicates are counted, not stored "
-            "twice. Exits 0 on SIGTERM/SIGINT, 2 for a bad configuration."
+            "twice. With a 'balances' section it also judges the nodes across gateways on their "
+            "totals, once every term's data is in. Exits 0 on SIGTERM/SIGINT, 2 for a bad "
+            "configuration."
         ),
     )
     run.add_argument("config", metavar="CONFIG", help="the ingest's YAML configuration file")
@@ -54,7 +68,9 @@ def setup(p: argparse.ArgumentParser) -> None:
         description=(
             "Per gateway and epoch: records received, duplicates, stored, the sequence numbers "
             "seen, and the missing ones: still in the gateway's outbox (its last status), "
-            "dropped by it (counted), or UNEXPLAINED. Exits 0 when nothing is unexplained, "
+            "dropped by it (counted), or UNEXPLAINED; and each node across gateways: how far it "
+            "is judged, its last window, alarms, and what it waits for. Exits 0 when nothing "
+            "is unexplained, "
             "1 when something is, 2 for a bad configuration or an unreachable database."
         ),
     )
@@ -136,30 +152,52 @@ def report_main(args: argparse.Namespace) -> int:
     try:
         rows = store.accounting()
         rejected = store.rejected()
+        nodes = store.site_balances()
     finally:
         store.close()
     unexplained = sum(int(r["unexplained"] or 0) for r in rows)
     if args.json:
         print(
             json.dumps(
-                {"gateways": rows, "rejected": rejected, "unexplained": unexplained},
+                {
+                    "gateways": rows,
+                    "rejected": rejected,
+                    "unexplained": unexplained,
+                    "site_balances": nodes,
+                },
                 default=str,
                 indent=1,
             )
         )
     else:
-        _print_table(rows)
+        _print_table(rows, COLUMNS, "no records yet")
+        if nodes:
+            print()
+            _print_table(nodes, SITE_COLUMNS, "")
+            print()
         print(f"rejected messages (massgate.rejects): {rejected}")
         print(f"unexplained missing records: {unexplained}")
     return EXIT_FAILED if unexplained else EXIT_OK
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
+def _print_table(
+    rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], empty: str
+) -> None:
     if not rows:
-        print("no records yet")
+        print(empty)
         return
-    cells = [[str(r[key]) if r[key] is not None else "-" for key, _ in COLUMNS] for r in rows]
-    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title) in enumerate(COLUMNS)]
-    print("  ".join(title.ljust(w) for (_, title), w in zip(COLUMNS, widths, strict=True)))
+    cells = [[_cell(r[key]) for key, _ in columns] for r in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title) in enumerate(columns)]
+    print("  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)))
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return str(value)
