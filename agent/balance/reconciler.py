@@ -16,15 +16,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
 from ..config import NodeConfig, NodeTerms, ReconciliationConfig
 from ..core.records import num, utc
-from ..totalize.inventories import InventoryGauge
-from ..totalize.streams import StreamTotal
 from . import reconcile as rc
+from .terms import Metered, Weighed
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class Reconciler:
         config: ReconciliationConfig,
         nodes: tuple[NodeConfig, ...],
         terms: dict[str, NodeTerms],
-        streams: dict[str, StreamTotal],
-        gauges: dict[str, InventoryGauge],
+        streams: Mapping[str, Metered],
+        gauges: Mapping[str, Weighed],
     ) -> None:
         self.config = config
         leaves = [n.name for n in nodes if not n.nodes]
@@ -127,7 +127,7 @@ class Reconciler:
             if a is None or b is None:
                 continue
             moved = b - a
-            sigma = rc.sigma_from_accuracy(moved, stream.config.accuracy)
+            sigma = rc.sigma_from_accuracy(moved, stream.accuracy)
             if sigma > 0:
                 values[name], sigmas[name] = moved, sigma
         for node, gauges in self.gauges.items():
@@ -193,6 +193,19 @@ class Reconciler:
             ],
             "gross_errors": [gross_error_body(e) for e in final.gross_errors],
         }
+
+
+def suspect_body(event: SuspectEvent) -> dict[str, Any]:
+    """The alarm record of a suspect raised or cleared (node "network")."""
+    hint = event.suspect.describe("kg")
+    return {
+        "node": "network",
+        "event": event.event,
+        "since": utc(event.since_wall),
+        "at": utc(event.wall),
+        "hint": hint if event.event == "raised" else f"no longer found: {hint}",
+        "gross_error": gross_error_body(event.suspect),
+    }
 
 
 def gross_error_body(e: rc.GrossError) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config.model import BATCH, MqttConfig, NodeConfig, NodeCycle
-from ..config.nodes import node_terms, parse_node
+from ..config.model import BATCH, MqttConfig, NodeConfig, NodeCycle, ReconciliationConfig
+from ..config.nodes import node_terms, parse_node, parse_reconciliation
 from ..config.uplink import env_name, parse_mqtt
 from ..core import preflight, units
 from ..core.values import DAY, Files
@@ -79,6 +79,7 @@ class BalancesConfig:
     # re-delivery, or an ingest process down with records in its session); then the span
     # it covered is judged as missing data: inconclusive, never as zero.
     wait_for_missing: float = DAY
+    reconciliation: ReconciliationConfig | None = None  # of the innermost nodes' network
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,9 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
     wait = s.take("wait_for_missing", quantity(units.TIME, minimum=0.0, maximum=30 * DAY), DAY)
     items = s.sections("nodes", required=True)
     nodes = [parse_node(n, gateway_terms) for n in items]
+    reconciliation = None
+    if (section := s.section("reconciliation", required=False)) is not None:
+        reconciliation = parse_reconciliation(section)
     s.finish()
     seen: dict[str, int] = {}
     for i, (item, node) in enumerate(zip(items, nodes, strict=True)):
@@ -242,6 +246,8 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
             )
         if node.name in seen:
             item.fail("name", f"'{node.name}' is already used by nodes[{seen[node.name]}]")
+        if node.name == "network":
+            item.fail("name", "'network' names the reconciliation's alarms: give another name")
         seen.setdefault(node.name, i)
         roles = [*node.inputs, *node.outputs, *node.generation, *node.consumption]
         if twice := sorted({r for r in roles if roles.count(r) > 1}):
@@ -255,9 +261,28 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
         return None
     parsed = tuple(n for n in nodes if n is not None)
     try:
-        node_terms(parsed)
+        terms = node_terms(parsed)
     except NodeCycle as exc:
         items[next(i for i, n in enumerate(parsed) if n.name == exc.node)].fail("nodes", str(exc))
         return None
+    if reconciliation is not None:
+        from ..balance.reconcile import network_of  # noqa: PLC0415
+
+        leaves = [n.name for n in parsed if not n.nodes]
+        try:
+            network_of(
+                leaves,
+                {n: terms[n].inputs for n in leaves},
+                {n: terms[n].outputs for n in leaves},
+            )
+        except ValueError as exc:
+            s.fail("reconciliation", f"the nodes do not form a network: {exc}")
+            return None
     assert site is not None
-    return BalancesConfig(site=site, nodes=parsed, every=every, wait_for_missing=wait)
+    return BalancesConfig(
+        site=site,
+        nodes=parsed,
+        every=every,
+        wait_for_missing=wait,
+        reconciliation=reconciliation,
+    )

@@ -16,9 +16,10 @@ Everything lives in the schema `massgate`:
   imbalance_kg, relative, tolerance_kg, status), `totals` (one row per stream and totals period),
   `hourly`, `alarms`, `telemetry_points` (one row per tag and telemetry record) and
   `accounting` (what arrived, and every missing sequence number explained or not).
-- `site_balances`, `site_alarms`, `site_progress`: the nodes across gateways that the ingest
-  judges itself (ingest.site): each window once, each alarm event once, and how far each
-  node is judged and what it waits for. `mass_balance_events` has their windows too, with
+- `site_balances`, `site_alarms`, `site_reconciliations`, `site_progress`: the nodes across
+  gateways that the ingest judges itself (ingest.site): each window once, each alarm event
+  once, each reconciliation of their network once, and how far each node (and the network)
+  is judged and what it waits for. `mass_balance_events` has their windows too, with
   gateway, epoch and seq null.
 """
 
@@ -196,6 +197,16 @@ CREATE TABLE massgate.site_alarms (
     payload jsonb NOT NULL,
     evaluated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site, node, event, at)
+);
+
+CREATE TABLE massgate.site_reconciliations (
+    site text NOT NULL,
+    window_end timestamptz NOT NULL,
+    window_start timestamptz,
+    passed boolean,
+    payload jsonb NOT NULL,
+    evaluated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site, window_end)
 );
 
 CREATE TABLE massgate.site_progress (

@@ -24,9 +24,10 @@ from typing import Any
 import psycopg
 
 from ..balance.nodes import NodeBalance
+from ..balance.reconciler import Reconciler, SuspectEvent, suspect_body
 from ..balance.terms import CLEARED, DRIFT, AlarmEvent, WindowResult, alarm_body, balance_body
 from ..balance.windows import previous_boundary
-from ..config.model import CALENDAR, NodeConfig
+from ..config.model import CALENDAR, NodeConfig, ReconciliationConfig
 from ..config.nodes import node_terms
 from ..core.records import utc
 from .config import BalancesConfig
@@ -67,6 +68,9 @@ def replay_from(node: NodeConfig, evaluated_to: float) -> float:
     return math.floor(start / origin) * origin - grid_step(node)  # first tick on the origin
 
 
+NETWORK = "network"  # the reconciliation's name in site_progress and site_alarms
+
+
 class _Node:
     def __init__(
         self,
@@ -103,6 +107,15 @@ class SiteBalances:
             remote += [self.inventories[x] for x in t.inventories]
             balance = NodeBalance(n, t, self.streams, self.inventories)
             self.nodes.append(_Node(n, balance, remote))
+        self.network: _Network | None = None
+        if config.reconciliation is not None:
+            reconciler = Reconciler(
+                config.reconciliation, config.nodes, terms, self.streams, self.inventories
+            )
+            remote = [self.streams[x] for x in reconciler.streams]
+            remote += [self.inventories[x] for n in config.nodes for x in terms[n.name].inventories
+                       if not n.nodes]  # fmt: skip
+            self.network = _Network(config.reconciliation, reconciler, remote)
         self.begun = False
 
     # --- one pass -------------------------------------------------------------------------
@@ -119,6 +132,8 @@ class SiteBalances:
             if node.config.name in done:
                 node.stored_to = done[node.config.name]
                 node.cursor = replay_from(node.config, node.stored_to)
+        if self.network is not None and NETWORK in done:
+            self.network.begin(done[NETWORK])
         self.begun = True
 
     def load(self, conn: psycopg.Connection[Any]) -> None:
@@ -164,11 +179,51 @@ class SiteBalances:
             node.waiting = _waiting(terms, known)
         return results, events
 
+    def reconcile(self) -> tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]]:
+        """The network's reconciliations (window end, record) and suspect events that are new."""
+        if self.network is None:
+            return [], []
+        return self.network.step()
+
     def write(
-        self, conn: psycopg.Connection[Any], results: list[WindowResult], events: list[AlarmEvent]
+        self,
+        conn: psycopg.Connection[Any],
+        results: list[WindowResult],
+        events: list[AlarmEvent],
+        reconciled: tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]] = ([], []),
     ) -> None:
         site = self.config.site
+        records, suspects = reconciled
+        progress = [(site, n.config.name, n.cursor, n.waiting or None) for n in self.nodes]
+        if self.network is not None:
+            progress.append((site, NETWORK, self.network.cursor, self.network.waiting or None))
         with conn.transaction(), conn.cursor() as cur:
+            if records:
+                cur.executemany(
+                    "INSERT INTO massgate.site_reconciliations (site, window_end, window_start, "
+                    "passed, payload) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            site,
+                            body["window_end"],
+                            body["window_start"],
+                            body["global_test"]["passed"],
+                            _json(body),
+                        )
+                        for _, body in records
+                    ],
+                )
+            if suspects:
+                cur.executemany(
+                    "INSERT INTO massgate.site_alarms (site, node, event, at, since, hint, "
+                    "payload) VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [
+                        (site, NETWORK, e.event, e.wall, e.since_wall, body["hint"], _json(body))
+                        for e in suspects
+                        for body in (suspect_body(e),)
+                    ],
+                )
             if results:
                 cur.executemany(
                     "INSERT INTO massgate.site_balances (site, node, window_end, window_start, "
@@ -194,13 +249,19 @@ class SiteBalances:
                 "VALUES (%s, %s, to_timestamp(%s), %s) ON CONFLICT (site, node) DO UPDATE SET "
                 "evaluated_to = excluded.evaluated_to, waiting = excluded.waiting, "
                 "updated_at = now()",
-                [(site, n.config.name, n.cursor, n.waiting or None) for n in self.nodes],
+                progress,
             )
+        if self.network is not None:
+            self.network.stored()
         for node in self.nodes:
             if node.cursor is not None and (node.stored_to is None or node.cursor > node.stored_to):
                 node.stored_to = node.cursor
         for event in events:
             _log_event(event)
+        for suspect in suspects:
+            body = suspect_body(suspect)
+            level = logging.WARNING if suspect.event == "raised" else logging.INFO
+            log.log(level, "site %s reconciliation: %s: %s", site, suspect.event, body["hint"])
 
     def run_pass(self, conn: psycopg.Connection[Any]) -> int:
         """Judge what has arrived; returns the windows stored."""
@@ -208,8 +269,57 @@ class SiteBalances:
             self.begin(conn)
         self.load(conn)
         results, events = self.judge()
-        self.write(conn, results, events)
+        self.write(conn, results, events, self.reconcile())
         return len(results)
+
+
+class _Network:
+    """The reconciliation of the innermost nodes' network, stepped like a node: at multiples
+    of its interval, up to where every term of the network is known."""
+
+    def __init__(
+        self,
+        config: ReconciliationConfig,
+        reconciler: Reconciler,
+        terms: list[RemoteStream | RemoteInventory],
+    ) -> None:
+        self.config = config
+        self.reconciler = reconciler
+        self.terms = terms
+        self.cursor: float | None = None
+        self.stored_to: float | None = None
+        self.waiting = ""
+
+    def begin(self, evaluated_to: float) -> None:
+        every = self.config.every
+        memory = self.config.window + every * (self.config.confirm + 1)
+        self.stored_to = evaluated_to
+        self.cursor = math.floor((evaluated_to - memory) / every) * every - every
+
+    def step(self) -> tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]]:
+        every = self.config.every
+        known = min((t.known_until for t in self.terms), default=-math.inf)
+        self.waiting = _waiting(self.terms, known)
+        if self.cursor is None:
+            first = max((t.first_known for t in self.terms), default=math.inf)
+            if not math.isfinite(first) or first > known:
+                return [], []
+            self.cursor = math.ceil(first / every) * every - every
+        records: list[tuple[float, dict[str, Any]]] = []
+        events: list[SuspectEvent] = []
+        t = self.cursor
+        while t + every <= known:
+            t += every
+            body, found = self.reconciler.tick(t, t)
+            if self.stored_to is None or t > self.stored_to:
+                records += [(t, body)] if body is not None else []
+                events += found
+        self.cursor = t
+        return records, events
+
+    def stored(self) -> None:
+        if self.cursor is not None and (self.stored_to is None or self.cursor > self.stored_to):
+            self.stored_to = self.cursor
 
 
 def _totals(

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..balance import audit
 from ..balance.nodes import NodeBalance
-from ..balance.reconciler import Reconciler, SuspectEvent, gross_error_body
+from ..balance.reconciler import Reconciler, SuspectEvent, suspect_body
 from ..balance.terms import CLEARED, DRIFT, AlarmEvent, alarm_body, balance_body
 from ..config import Config, node_terms
 from ..core.records import Record, num, utc
@@ -248,15 +248,7 @@ class Gateway:
             log.warning("reconciliation: gross error: %s", hint)
         else:
             log.info("reconciliation: cleared: %s", hint)
-        alarm = {
-            "node": "network",
-            "event": event.event,
-            "since": utc(event.since_wall),
-            "at": utc(event.wall),
-            "hint": hint if event.event == "raised" else f"no longer found: {hint}",
-            "gross_error": gross_error_body(e),
-        }
-        self.pending.append(Record("alarm", alarm, wall))
+        self.pending.append(Record("alarm", suspect_body(event), wall))
 
     def _totals_record(self, mono: float, wall: float) -> Record:
         streams = []

@@ -61,6 +61,7 @@ database: {{url: "postgresql://ingest@127.0.0.1/plant"}}
 take: {{sites: [north]}}
 balances:
   wait_for_missing: {wait}
+  reconciliation: {{window: 10 min, every: 1 min, confirm: 3}}
   nodes:
     - name: tank_farm
       inputs: [skid-1/feed_b]
@@ -184,13 +185,18 @@ def test_a_tank_between_two_gateways_is_balanced_and_its_leak_alarmed(site: Site
     )
     assert truth.lines["feed"] > 1000.0
     assert last["in_kg"] == pytest.approx(truth.lines["feed"], rel=0.002)
-    raised = site.rows("SELECT at, since, payload FROM massgate.site_alarms WHERE event = 'raised'")
+    raised = site.rows(
+        "SELECT at, since, payload FROM massgate.site_alarms WHERE event = 'raised' "
+        "AND node = 'tank_farm'"
+    )
     assert len(raised) == 1
     at, since, payload = raised[0]
     assert leak_from < _t(since.isoformat())
     assert at.timestamp() - since.timestamp() >= PERSISTENCE
     assert "mass is missing" in payload["hint"]
-    (cleared,) = site.rows("SELECT at FROM massgate.site_alarms WHERE event = 'cleared'")
+    (cleared,) = site.rows(
+        "SELECT at FROM massgate.site_alarms WHERE event = 'cleared' AND node = 'tank_farm'"
+    )
     assert _t(cleared[0].isoformat()) > leak_to
     # The feed line (both meters on skid-1) has no leak: quiet.
     assert {w["status"] for w in site.windows("feed_line")[10:]} == {"ok"}
@@ -215,6 +221,8 @@ def test_a_gateway_behind_holds_the_node_back_until_its_records_arrive(site: Sit
     assert evaluated_to == at_hour  # not a window more: skid-2's part is not known
     assert len(site.windows()) == before
     assert waiting.startswith("skid-2/")
+    # So does the reconciliation of the network, which has skid-2's terms too.
+    assert site.progress("network")[0] <= at_hour + EVERY
     # The feed line is all on skid-1: it goes on.
     assert site.progress("feed_line")[0] > at_hour + HOUR - 120
     # skid-2's outbox delivers the hour: judged now, and every window of it was whole.
@@ -272,16 +280,59 @@ def test_a_restarted_judge_goes_on_without_storing_anything_twice(site: Site, tm
     site.deliver("skid-1")
     site.deliver("skid-2")
     site.judge(config)
-    assert site.rows("SELECT count(*) FROM massgate.site_alarms WHERE event = 'raised'")[0][0] == 1
+    assert site.rows(
+        "SELECT count(*) FROM massgate.site_alarms WHERE event = 'raised' AND node = 'tank_farm'"
+    ) == [(1,)]
     site.run_for(0.8 * HOUR)
     site.deliver("skid-1")
     site.deliver("skid-2")
     site.judge(config)  # a new judge: another ingest took over, or this one restarted
     ends = [_t(w["window_end"]) for w in site.windows()]
     assert ends == [ends[0] + EVERY * i for i in range(len(ends))]  # no gap, none twice
-    events = [e for (e,) in site.rows("SELECT event FROM massgate.site_alarms ORDER BY at")]
-    assert events.count("raised") == events.count("cleared") == 1, events
-    assert events.count("drift") <= 1, events  # the leak's start, seen by the CUSUM
+    for node in ("tank_farm", "network"):  # the leak: the node's alarm, the network's suspect
+        events = [
+            e
+            for (e,) in site.rows(
+                "SELECT event FROM massgate.site_alarms WHERE node = %s ORDER BY at", node
+            )
+        ]
+        assert events.count("raised") == events.count("cleared") == 1, (node, events)
+        assert events.count("drift") <= 1, events  # the leak's start, seen by the CUSUM
+
+
+def test_the_network_across_gateways_is_reconciled_and_a_biased_meter_named(site: Site, tmp_path):
+    bias_from = 1.0 * HOUR
+    # skid-1's second feed meter, rated 0.1 %, reads 1 % high.
+    site.skid_1.plant.faults.add(
+        Fault(kind="bias", target="ft103", start=bias_from, magnitude=0.01)
+    )
+    site.run_for(1.6 * HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    site.judge(balances(tmp_path))
+    rows = site.rows(
+        "SELECT extract(epoch FROM window_end), passed, payload "
+        "FROM massgate.site_reconciliations ORDER BY window_end"
+    )
+    ends = [float(end) - plantrun.WALL0 for end, _, _ in rows]
+    assert ends == [ends[0] + EVERY * i for i in range(len(ends))]  # every minute, none twice
+    before = [(r[1], r[2]) for end, r in zip(ends, rows, strict=True) if end <= bias_from]
+    assert len(before) >= 40
+    assert all(passed and not p["gross_errors"] for passed, p in before)
+    streams = {s["stream"] for s in before[-1][1]["streams"]}
+    assert streams == {"skid-1/feed_a", "skid-1/feed_b", "skid-2/product", "Δtank_farm"}
+    after = [r[2] for end, r in zip(ends, rows, strict=True) if end - WINDOW >= bias_from]
+    assert len(after) >= 20
+    for p in after:
+        (error,) = p["gross_errors"]
+        assert (error["kind"], error["where"]) == ("bias", "skid-1/feed_b")
+    ((hint, payload),) = site.rows(
+        "SELECT hint, payload FROM massgate.site_alarms WHERE node = 'network' AND event = 'raised'"
+    )
+    assert payload["gross_error"]["where"] == "skid-1/feed_b"
+    assert "the meter on skid-1/feed_b reads" in hint
+    network = site.progress("network")[0]
+    assert network > plantrun.WALL0 + 1.6 * HOUR - 120
 
 
 @pytest.mark.parametrize(
@@ -293,6 +344,10 @@ def test_a_restarted_judge_goes_on_without_storing_anything_twice(site: Site, tm
             "balance its batches there",
         ),
         ("- {name: a, nodes: [b], window: 1 h, persistence: 0 s}", "no node named 'b'"),
+        (
+            "- {name: network, inputs: [g/x], window: 1 h, persistence: 0 s}",
+            "names the reconciliation's alarms",
+        ),
         (
             "- {name: a, inputs: [g/x], outputs: [g/x], window: 1 h, persistence: 0 s}",
             "can be only one of",
