@@ -83,10 +83,11 @@ def _load(path: str) -> Any:
     from ..ingest.config import load  # noqa: PLC0415  (psycopg and paho only for ingest)
 
     try:
+        import orjson  # noqa: F401, PLC0415
         import psycopg  # noqa: F401, PLC0415
     except ImportError:
         print(
-            "error: massgate ingest needs psycopg: pip install 'massgate[ingest]'",
+            "error: massgate ingest needs psycopg and orjson: pip install 'massgate[ingest]'",
             file=sys.stderr,
         )
         return None

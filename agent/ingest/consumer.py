@@ -1,9 +1,11 @@
 """`massgate ingest run`: from the broker into PostgreSQL, acknowledged only once stored.
 
 paho runs its own loop thread (here, unlike the gateway, nothing is lost by its reconnect
-logic: the session is the broker's). It connects with MQTT 5, clean start off and a session
-expiry, so the broker keeps what arrives while the ingest is away; it acknowledges manually
-(paho's `manual_ack`), and asks for at most `receive maximum` unacknowledged messages.
+logic: the session is the broker's), with the bulk receive path of receive.py: a backlog is
+read in large pieces and handed over a read at a time. It connects with MQTT 5, clean start
+off and a session expiry, so the broker keeps what arrives while the ingest is away; it
+acknowledges manually (paho's `manual_ack`), and asks for at most `receive maximum`
+unacknowledged messages.
 
 This thread takes what arrived in batches, writes each batch in one transaction, and only
 then sends the PUBACKs. A crash between the two re-delivers the batch, which is then counted
@@ -19,7 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..core import preflight
 from ..publish.link import describe_failure
+from . import receive
 from .config import IngestConfig
 from .store import Incoming, Store, Written
 
@@ -40,8 +43,7 @@ DB_RETRY_MIN = 0.5  # s before a failed database write is tried again; doubles
 DB_RETRY_MAX = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Arrived:
+class _Arrived(NamedTuple):  # a tuple: made for every message, in paho's thread
     generation: int
     mid: int
     qos: int
@@ -71,7 +73,8 @@ class Ingest:
         self.counts = Counts()
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker took our filters (SUBACK)
-        self._arrived: queue.SimpleQueue[_Arrived] = queue.SimpleQueue()
+        # What arrived, a list per read of the socket (one message, from paho's own path).
+        self._arrived: queue.SimpleQueue[list[_Arrived]] = queue.SimpleQueue()
         self._generation = 0
         self._client: Any = None
         self._stopping = False
@@ -112,21 +115,31 @@ class Ingest:
     def _on_connect_fail(self, client: Any, u: Any) -> None:
         log.error("ingest: could not connect to the broker; retrying with backoff")
 
+    def _deliver(self, messages: list[tuple[str, int, bytes]]) -> None:
+        """The QoS 1 PUBLISHes of one read, from the bulk receive path (receive.py)."""
+        g, new = self._generation, tuple.__new__  # the tuples made without their Python __new__
+        self._arrived.put(
+            [new(_Arrived, (g, mid, 1, new(Incoming, (t, p)))) for t, mid, p in messages]
+        )
+
     def _on_message(self, client: Any, u: Any, message: Any) -> None:
         self._arrived.put(
-            _Arrived(
-                self._generation,
-                message.mid,
-                message.qos,
-                Incoming(message.topic, bytes(message.payload)),
-            )
+            [
+                _Arrived(
+                    self._generation,
+                    message.mid,
+                    message.qos,
+                    Incoming(message.topic, bytes(message.payload)),
+                )
+            ]
         )
 
     # ours
 
     def _connect(self) -> Any:
         config = self.config.mqtt
-        client = mqtt.Client(
+        client = receive.Client(
+            deliver=self._deliver,
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
@@ -198,18 +211,17 @@ class Ingest:
         self.counts.last_error = why
 
     def _take(self, stop: threading.Event) -> list[_Arrived]:
+        """What has arrived, up to about a batch (a read's worth over it at most)."""
         batch: list[_Arrived] = []
         try:
-            batch.append(self._arrived.get(timeout=WAIT_FIRST))
+            batch += self._arrived.get(timeout=WAIT_FIRST)
         except queue.Empty:
             return batch
         deadline = time.monotonic() + WAIT_MORE
         while len(batch) < self.config.batch:
             try:
                 left = deadline - time.monotonic()
-                batch.append(
-                    self._arrived.get(timeout=left) if left > 0 else self._arrived.get_nowait()
-                )
+                batch += self._arrived.get(timeout=left) if left > 0 else self._arrived.get_nowait()
             except queue.Empty:
                 break
         return batch
@@ -273,8 +285,12 @@ class Ingest:
                 ", ".join(sorted(written.reasons)),
             )
         generation = self._generation
+        mids = [a.mid for a in batch if a.generation == generation and a.qos == 1]
+        self._client.ack_all(mids)  # one write for the batch
         for arrived in batch:
-            if arrived.generation == generation and arrived.qos > 0:
+            if arrived.generation == generation and arrived.qos > 1:
                 self._client.ack(arrived.mid, arrived.qos)
-                self.counts.acked += 1
+        self.counts.acked += len(mids) + sum(
+            a.generation == generation and a.qos > 1 for a in batch
+        )
         return store

@@ -84,8 +84,17 @@ def records(n: int) -> list[Record]:
 
 
 def test_a_gateway_s_records_are_stored_once_and_every_number_is_accounted_for(
-    broker: Broker, database: str, tmp_path: Path
+    broker: Broker, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    # Every record takes the bulk receive path (agent/ingest/receive.py), none paho's own.
+    by_paho: list[int] = []
+    original = mqtt.Client._handle_publish
+
+    def spy(self: mqtt.Client) -> Any:
+        by_paho.append(1)
+        return original(self)
+
+    monkeypatch.setattr(mqtt.Client, "_handle_publish", spy)
     with Running(write_config(tmp_path, broker, database)) as ingest:
         outbox = Outbox(":memory:", max_bytes=50_000_000, site="north", gateway="skid-1")
         seqs = outbox.put(records(400))
@@ -121,6 +130,7 @@ def test_a_gateway_s_records_are_stored_once_and_every_number_is_accounted_for(
         assert status is not None
         events = conn.execute("SELECT count(*) FROM massgate.mass_balance_events").fetchone()
         assert events == (100,)
+    assert by_paho == []
 
 
 def drain_killing(
