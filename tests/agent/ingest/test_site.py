@@ -8,8 +8,11 @@ choose: in order, one gateway behind the other, a record late or lost.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,10 +25,12 @@ from massgate.agent.core.yamlsource import ConfigError
 from massgate.agent.ingest import config as ingest_config
 from massgate.agent.ingest.config import BalancesConfig
 from massgate.agent.ingest.site import SiteBalances
+from massgate.agent.ingest.site import run as run_judge
 from massgate.agent.ingest.store import Incoming, Store
 from massgate.drivers.sim.faults import Fault
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import PLANT
+from tests.conftest import until
 
 HOUR = 3600.0
 WINDOW, EVERY, PERSISTENCE = 600.0, 60.0, 300.0
@@ -130,11 +135,12 @@ class Site:
 
     def progress(self, node: str = "tank_farm") -> tuple[float, str]:
         """How far the node is judged (-inf: not begun), and what it waits for."""
-        ((at, waiting),) = self.rows(
+        rows = self.rows(
             "SELECT extract(epoch FROM evaluated_to), waiting FROM massgate.site_progress "
             "WHERE node = %s",
             node,
         )
+        at, waiting = rows[0] if rows else (None, None)
         return (float(at) if at is not None else -math.inf), waiting or ""
 
     def close(self) -> None:
@@ -384,3 +390,43 @@ def test_the_site_must_be_one_the_ingest_takes(tmp_path: Path):
     path.write_text(text.replace("balances:\n", "balances:\n  site: east\n"))
     with pytest.raises(ConfigError, match="'east' is not among the sites taken"):
         ingest_config.load(path)
+
+
+def test_of_two_ingests_one_judges_and_the_other_takes_over_when_it_stops(
+    site: Site, tmp_path, caplog: pytest.LogCaptureFixture
+):
+    """Two judges (site.run, as two ingest processes run it) on one database: the one that
+    holds the site's advisory lock judges, the other stands by; when the first stops, its
+    connection ends and the second goes on from the stored progress, storing nothing twice."""
+    config = dataclasses.replace(balances(tmp_path), every=0.05)
+    site.run_for(HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    caplog.set_level(logging.INFO, logger="massgate.agent.ingest.site")
+    stops = [threading.Event(), threading.Event()]
+    judges = [
+        threading.Thread(target=run_judge, args=(config, site.database, None, stop))
+        for stop in stops
+    ]
+    try:
+        judges[0].start()
+        assert until(lambda: site.progress()[0] > plantrun.WALL0 + HOUR - 120)
+        judges[1].start()
+        assert until(lambda: "stands by" in caplog.text)
+        before = len(site.windows())
+        stops[0].set()
+        judges[0].join(30)
+        site.run_for(HOUR)
+        site.deliver("skid-1")
+        site.deliver("skid-2")
+        assert until(lambda: site.progress()[0] > plantrun.WALL0 + 2 * HOUR - 120)
+        assert "now judges" in caplog.text
+    finally:
+        for stop in stops:
+            stop.set()
+        for judge in judges:
+            if judge.is_alive() or judge.ident is not None:
+                judge.join(30)
+    ends = [_t(w["window_end"]) for w in site.windows()]
+    assert len(ends) > before
+    assert ends == [ends[0] + EVERY * i for i in range(len(ends))]  # no gap, none twice
