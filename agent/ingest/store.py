@@ -252,12 +252,14 @@ class Store:
                             (r.site, r.gateway, r.epoch, r.seq, r.kind, r.created, r.payload)
                         )
                 cur.execute(
-                    "INSERT INTO massgate.records "
+                    "WITH stored AS (INSERT INTO massgate.records "
                     "(site, gateway, epoch, seq, kind, created, payload) "
                     "SELECT site, gateway, epoch, seq, kind, created, payload FROM incoming "
-                    "ON CONFLICT DO NOTHING RETURNING site, gateway, epoch"
+                    "ON CONFLICT DO NOTHING RETURNING site, gateway, epoch) "
+                    "SELECT site, gateway, epoch, count(*) FROM stored GROUP BY 1, 2, 3"
                 )
-                stored = Counter(tuple(row) for row in cur.fetchall())
+                # Counted by the database: a row per gateway and epoch, not per record.
+                stored = Counter({(a, b, c): int(n) for a, b, c, n in cur.fetchall()})
                 cur.executemany(
                     "INSERT INTO massgate.arrivals AS a (site, gateway, epoch, received, "
                     "duplicates) VALUES (%s, %s, %s, %s, %s) "
