@@ -21,7 +21,7 @@ import bisect
 import itertools
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 # A stretch of a stream's period with this much of it in gaps (the gateway's gap_s) is not
@@ -52,9 +52,11 @@ def _time(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value).timestamp()
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return None
+    # Without an offset it is UTC, as the agent writes it (never the ingest's local time).
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _number(value: Any) -> float | None:
@@ -186,12 +188,14 @@ def load_gateway(
     chains = {name: _Chain() for name in streams}
     for row in rows:
         for entry in row.streams:
-            if isinstance(entry, dict) and entry.get("stream") in streams:
-                name = entry["stream"]
+            # Whatever a record holds (it came over the network): a name is text or no name.
+            name = entry.get("stream") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name in streams:
                 _step(gateway, streams[name], chains[name], row, entry, newest, wait_for_missing)
         for entry in row.inventories:
-            if isinstance(entry, dict) and entry.get("inventory") in inventories:
-                _reading(inventories[entry["inventory"]], row, entry)
+            name = entry.get("inventory") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name in inventories:
+                _reading(inventories[name], row, entry)
     for name, stream in streams.items():
         if not stream.spans and not stream.waiting:
             stream.waiting = f"{gateway}'s totals name no stream '{name}'"

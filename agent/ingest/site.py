@@ -431,3 +431,11 @@ def run(config: BalancesConfig, url: str, password: str | None, stop: threading.
             )
             stop.wait(retry)
             retry = min(retry * 2, RETRY_MAX)
+        except Exception:
+            # Never a judge that ends quietly while the ingest stores on: said with its
+            # traceback, and started over from what the database holds.
+            log.exception(
+                "site %s balances: judging failed; trying again in %.0f s", config.site, retry
+            )
+            stop.wait(retry)
+            retry = min(retry * 2, RETRY_MAX)

@@ -9,6 +9,7 @@ choose: in order, one gateway behind the other, a record late or lost.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -341,6 +342,43 @@ def test_the_network_across_gateways_is_reconciled_and_a_biased_meter_named(site
     assert network > plantrun.WALL0 + 1.6 * HOUR - 120
 
 
+def test_a_totals_record_full_of_nonsense_does_not_stop_the_judge(site: Site, tmp_path):
+    """A record on a gateway's totals topic (a stranger's, or a bug's) whose entries are not
+    what the agent writes: judged around, never a crash of the judge."""
+    config = balances(tmp_path)
+    site.run_for(HOUR)
+    site.deliver("skid-1")
+    sent = site.deliver("skid-2")
+    last = json.loads(sent[-1].payload)
+    nonsense: list[Any] = [
+        1,
+        None,
+        {"stream": ["product"]},
+        {"stream": {"a": 1}},
+        {"stream": "product", "period_start": 5, "period_end": [], "mass_kg": "a"},
+        {"stream": "product", "net_kg": 1e308, "accuracy": -1, "gap_s": True},
+    ]
+    for seq, body in enumerate(
+        [
+            {"streams": nonsense, "inventories": "t100"},
+            {"streams": "product", "inventories": [{"inventory": ["t100"]}, 3]},
+            {"streams": [], "inventories": [{"inventory": "t100", "mass_kg": "x", "at": 7}]},
+        ],
+        start=last["seq"] + 1_000_000,  # past what skid-2 sends next
+    ):
+        record = {**last, "kind": "totals", "seq": seq, **body}
+        site.store.write([Incoming("massgate/north/skid-2/totals", json.dumps(record).encode())])
+    judge = site.judge(config)  # no exception
+    evaluated_to, _ = site.progress()
+    assert evaluated_to > plantrun.WALL0 + HOUR - 120
+    site.run_for(0.5 * HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    site.judge(config, judge)
+    assert site.progress()[0] > plantrun.WALL0 + 1.5 * HOUR - 120  # not held back by them
+    assert {w["status"] for w in site.windows()[10:]} == {"ok"}
+
+
 @pytest.mark.parametrize(
     ("nodes", "expected"),
     [
@@ -430,3 +468,32 @@ def test_of_two_ingests_one_judges_and_the_other_takes_over_when_it_stops(
     ends = [_t(w["window_end"]) for w in site.windows()]
     assert len(ends) > before
     assert ends == [ends[0] + EVERY * i for i in range(len(ends))]  # no gap, none twice
+
+
+def test_a_judge_that_fails_says_so_and_starts_over(
+    site: Site, tmp_path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever fails in a pass (here a bug, raised once) is logged with its traceback and
+    the judge starts over from the database: it never ends quietly while the ingest stores."""
+    config = dataclasses.replace(balances(tmp_path), every=0.05)
+    site.run_for(0.5 * HOUR)
+    site.deliver("skid-1")
+    site.deliver("skid-2")
+    original, failures = SiteBalances.run_pass, [RuntimeError("a bug")]
+
+    def once(self: SiteBalances, conn: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return original(self, conn)
+
+    monkeypatch.setattr(SiteBalances, "run_pass", once)
+    stop = threading.Event()
+    judge = threading.Thread(target=run_judge, args=(config, site.database, None, stop))
+    judge.start()
+    try:
+        assert until(lambda: site.progress()[0] > plantrun.WALL0 + 0.5 * HOUR - 120)
+    finally:
+        stop.set()
+        judge.join(30)
+    assert "judging failed" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
