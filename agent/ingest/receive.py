@@ -107,6 +107,12 @@ class Client(mqtt.Client):
         taken: list[tuple[str, int, bytes]] = []
         try:
             pos, rc = self._handle_all(buf, taken)
+        except Exception:
+            # Never paho's thread ended by what came in (which would stop the ingest
+            # receiving without a word): said, and the connection dropped; the broker sends
+            # again whatever was not acknowledged.
+            log.exception("ingest: handling what the broker sent failed; reconnecting")
+            pos, rc = len(buf), MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
             self._flush(taken)
         del buf[:pos]

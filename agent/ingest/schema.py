@@ -29,6 +29,23 @@ from typing import Any
 
 VERSION = 3
 
+# The balance records as mass-balance events (migration 1; migration 3 adds the site's).
+_BALANCE_EVENTS = """SELECT
+    created AS time, site, gateway,
+    payload->>'node' AS node,
+    payload->>'window' AS window_kind,
+    (payload->>'window_start')::timestamptz AS window_start,
+    (payload->>'window_end')::timestamptz AS window_end,
+    (payload->>'in_kg')::double precision AS in_kg,
+    (payload->>'out_kg')::double precision AS out_kg,
+    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
+    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
+    (payload->>'relative')::double precision AS relative,
+    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
+    payload->>'status' AS status,
+    epoch, seq
+FROM massgate.records WHERE kind = 'balance'"""
+
 # Each migration takes the database from the version before it to its own; they run in one
 # transaction with the version row, under an advisory lock, so two ingest processes starting
 # together migrate once.
@@ -79,21 +96,9 @@ CREATE TABLE massgate.rejects (
 );
 
 CREATE VIEW massgate.mass_balance_events AS
-SELECT
-    created AS time, site, gateway,
-    payload->>'node' AS node,
-    payload->>'window' AS window_kind,
-    (payload->>'window_start')::timestamptz AS window_start,
-    (payload->>'window_end')::timestamptz AS window_end,
-    (payload->>'in_kg')::double precision AS in_kg,
-    (payload->>'out_kg')::double precision AS out_kg,
-    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
-    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
-    (payload->>'relative')::double precision AS relative,
-    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
-    payload->>'status' AS status,
-    epoch, seq
-FROM massgate.records WHERE kind = 'balance';
+"""
+    + _BALANCE_EVENTS
+    + """;
 
 CREATE VIEW massgate.totals AS
 SELECT
@@ -219,21 +224,9 @@ CREATE TABLE massgate.site_progress (
 );
 
 CREATE OR REPLACE VIEW massgate.mass_balance_events AS
-SELECT
-    created AS time, site, gateway,
-    payload->>'node' AS node,
-    payload->>'window' AS window_kind,
-    (payload->>'window_start')::timestamptz AS window_start,
-    (payload->>'window_end')::timestamptz AS window_end,
-    (payload->>'in_kg')::double precision AS in_kg,
-    (payload->>'out_kg')::double precision AS out_kg,
-    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
-    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
-    (payload->>'relative')::double precision AS relative,
-    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
-    payload->>'status' AS status,
-    epoch, seq
-FROM massgate.records WHERE kind = 'balance'
+"""
+    + _BALANCE_EVENTS
+    + """
 UNION ALL
 SELECT
     window_end AS time, site, NULL AS gateway, node,

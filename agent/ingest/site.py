@@ -16,6 +16,7 @@ the node was judged to; windows and events already stored are kept, not stored t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -139,6 +140,7 @@ class SiteBalances:
     def load(self, conn: psycopg.Connection[Any]) -> None:
         """Read the totals the nodes need next and rebuild their terms' timelines."""
         cursors = [n.cursor for n in self.nodes]
+        cursors += [self.network.cursor] if self.network is not None else []
         since = min((c for c in cursors if c is not None), default=None)
         for gateway in self.gateways:
             newest, rows = _totals(conn, self.config.site, gateway, since)
@@ -331,16 +333,17 @@ def _totals(
         (site, gateway),
     ).fetchone()
     newest = float(newest_row[0]) if newest_row and newest_row[0] is not None else -math.inf
-    low = (since - LOAD_BEFORE) if since is not None else -math.inf
     if since is None:
         # Not begun: from a day before the newest totals (a new node starts near the present).
-        low = newest - LOAD_AHEAD
+        low, high = newest - LOAD_AHEAD, newest
+    else:
+        low, high = since - LOAD_BEFORE, since + LOAD_AHEAD
     rows = conn.execute(
         "SELECT epoch, seq, extract(epoch FROM created), payload->'streams', "
         "payload->'inventories' FROM massgate.records WHERE kind = 'totals' AND site = %s "
         "AND gateway = %s AND created >= to_timestamp(%s) AND created <= to_timestamp(%s) "
         "ORDER BY epoch, seq",
-        (site, gateway, max(low, 0.0), newest if since is None else low + LOAD_BEFORE + LOAD_AHEAD),
+        (site, gateway, max(low, 0.0), high),
     ).fetchall()
     return newest, [
         TotalsRow(
@@ -369,8 +372,6 @@ def _waiting(terms: list[RemoteStream | RemoteInventory], known: float) -> str:
 
 
 def _json(body: dict[str, Any]) -> str:
-    import json  # noqa: PLC0415
-
     return json.dumps(body, allow_nan=False)
 
 

@@ -132,3 +132,22 @@ def test_a_packet_cut_between_reads_waits_for_its_rest(size: int):
     for _ in range(len(pieces)):
         assert c._packet_read() in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN)
     assert taken == MESSAGES
+
+
+def test_a_failure_in_handling_drops_the_connection_and_keeps_what_was_taken(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A handler that raises (a bug, a callback) must not end paho's thread, which would
+    stop the ingest without a word: the error is logged and the connection dropped (the
+    broker sends again what was not acknowledged); what was taken before it is delivered."""
+    taken: list[tuple[str, int, bytes]] = []
+    c = client(taken)
+
+    def fails(self: mqtt.Client) -> MQTTErrorCode:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(mqtt.Client, "_packet_handle", fails)
+    c._sock = Reads([publish(*MESSAGES[0]) + PINGRESP])  # type: ignore[assignment]
+    assert c._packet_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+    assert taken == MESSAGES[:1]
+    assert "handling what the broker sent failed" in caplog.text
