@@ -112,19 +112,24 @@ def run_main(args: argparse.Namespace) -> int:
 
     judge = None
     try:
-        if config.balances is not None:
+        ingest = Ingest(config)
+        if (balances := config.balances) is not None:
             from ..ingest import site  # noqa: PLC0415
+
+            def publish(subtopic: str, body: dict[str, Any]) -> None:
+                ingest.publish_site(balances.site, subtopic, body)
 
             # Beside the storing, in a thread of its own with its own connection: a slow
             # judgement never holds back an acknowledgement.
             judge = threading.Thread(
                 target=site.run,
-                args=(config.balances, config.database.url, config.database.password(), stop),
+                args=(balances, config.database.url, config.database.password(), stop),
+                kwargs={"publish": publish if balances.publish else None},
                 name="site-balances",
                 daemon=True,
             )
             judge.start()
-        Ingest(config).run(stop)
+        ingest.run(stop)
     except ValueError as exc:  # a password's file or variable is missing
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -14,6 +14,7 @@ checks), the database, and which gateways to take.
       shared: ingest                      # share the load: $share/ingest/... (MQTT 5)
     balances:                             # optional: nodes across gateways (ingest.site)
       site: north                         # default: the one site taken
+      publish: false                      # true: results also to <prefix>/<site>/site/...
       nodes:
         - name: tank-farm
           inputs: [skid-1/feed]           # GATEWAY/STREAM
@@ -38,7 +39,17 @@ from ..config.nodes import node_terms, parse_node, parse_reconciliation
 from ..config.uplink import env_name, parse_mqtt
 from ..core import preflight, units
 from ..core.values import DAY, Files
-from ..core.yamlsource import Invalid, Report, Section, integer, load_file, name, quantity, text
+from ..core.yamlsource import (
+    Invalid,
+    Report,
+    Section,
+    boolean,
+    integer,
+    load_file,
+    name,
+    quantity,
+    text,
+)
 
 MAX_SESSION_EXPIRY = 0xFFFFFFFE  # s: the largest MQTT 5 expiry short of "never"
 DEFAULT_SESSION_EXPIRY = 7 * DAY  # a week offline without losing a record at the broker
@@ -80,6 +91,9 @@ class BalancesConfig:
     # it covered is judged as missing data: inconclusive, never as zero.
     wait_for_missing: float = DAY
     reconciliation: ReconciliationConfig | None = None  # of the innermost nodes' network
+    # Also publish each window, alarm and reconciliation to <prefix>/<site>/site/<kind>/<node>
+    # (five levels: the ingest's own <prefix>/+/+/+ does not take them back).
+    publish: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +242,7 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
         s.fail("site", f"'{site}' is not among the sites taken ({', '.join(sites)})")
     every = s.take("every", quantity(units.TIME, minimum=0.1, maximum=3600.0), 5.0)
     wait = s.take("wait_for_missing", quantity(units.TIME, minimum=0.0, maximum=30 * DAY), DAY)
+    publish = s.take("publish", boolean, False)
     items = s.sections("nodes", required=True)
     nodes = [parse_node(n, gateway_terms) for n in items]
     reconciliation = None
@@ -285,4 +300,5 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
         every=every,
         wait_for_missing=wait,
         reconciliation=reconciliation,
+        publish=bool(publish),
     )

@@ -16,6 +16,7 @@ since mean other messages.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -135,6 +136,15 @@ class Ingest:
         )
 
     # ours
+
+    def publish_site(self, site: str, subtopic: str, body: dict[str, Any]) -> None:
+        """Publish a site result (ingest.site) at QoS 1 on <prefix>/<site>/site/<subtopic>.
+        paho queues it while the broker is away; the database has it in any case."""
+        client = self._client
+        if client is None:
+            return
+        topic = f"{self.config.mqtt.topic_prefix}/{site}/site/{subtopic}"
+        client.publish(topic, json.dumps(body, allow_nan=False).encode(), qos=1)
 
     def _connect(self) -> Any:
         config = self.config.mqtt

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -71,6 +72,10 @@ def replay_from(node: NodeConfig, evaluated_to: float) -> float:
 
 NETWORK = "network"  # the reconciliation's name in site_progress and site_alarms
 
+# Sends one result to the broker: (kind/node, the record's body). Given by the ingest when
+# `balances.publish` is on; what it sends is already in the database.
+Publish = Callable[[str, dict[str, Any]], None]
+
 
 class _Node:
     def __init__(
@@ -91,8 +96,9 @@ class _Node:
 class SiteBalances:
     """The site's nodes, their remote terms, and the passes that judge them."""
 
-    def __init__(self, config: BalancesConfig) -> None:
+    def __init__(self, config: BalancesConfig, publish: Publish | None = None) -> None:
         self.config = config
+        self.publish = publish
         terms = node_terms(config.nodes)
         flows = {t for n in terms.values() for g in (n.inputs, n.outputs) for t in g}
         flows |= {t for n in terms.values() for g in (n.generation, n.consumption) for t in g}
@@ -264,6 +270,15 @@ class SiteBalances:
             body = suspect_body(suspect)
             level = logging.WARNING if suspect.event == "raised" else logging.INFO
             log.log(level, "site %s reconciliation: %s: %s", site, suspect.event, body["hint"])
+        if self.publish is not None:  # after the commit: only what is stored goes out
+            for r in results:
+                self.publish(f"balance/{r.node}", balance_body(r))
+            for e in events:
+                self.publish(f"alarm/{e.node}", alarm_body(e))
+            for _, body in records:
+                self.publish(f"reconciliation/{NETWORK}", body)
+            for suspect in suspects:
+                self.publish(f"alarm/{NETWORK}", suspect_body(suspect))
 
     def run_pass(self, conn: psycopg.Connection[Any]) -> int:
         """Judge what has arrived; returns the windows stored."""
@@ -392,7 +407,13 @@ def _log_event(event: AlarmEvent) -> None:
     )
 
 
-def run(config: BalancesConfig, url: str, password: str | None, stop: threading.Event) -> None:
+def run(
+    config: BalancesConfig,
+    url: str,
+    password: str | None,
+    stop: threading.Event,
+    publish: Publish | None = None,
+) -> None:
     """Judge the site's nodes every `config.every` until `stop`, while holding the site's
     lock; a database error starts over from what the database holds."""
     retry = RETRY_MIN
@@ -401,7 +422,7 @@ def run(config: BalancesConfig, url: str, password: str | None, stop: threading.
         try:
             with psycopg.connect(url, password=password, connect_timeout=10) as conn:
                 conn.autocommit = True
-                site = SiteBalances(config)
+                site = SiteBalances(config, publish)
                 held = False  # the lock is the session's: taken once, freed with it
                 while not stop.is_set():
                     if not held:

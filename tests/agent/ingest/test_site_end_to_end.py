@@ -19,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 from massgate.agent.commands.sim import tcp_devices
 from massgate.drivers.sim.plant import Plant
@@ -67,6 +69,7 @@ database: {{url: "{database}"}}
 take: {{sites: [north]}}
 balances:
   every: 0.5 s
+  publish: true
   nodes:
     - name: tank_t100
       inputs: [skid-1/feed]
@@ -146,6 +149,13 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
     def said(name: str) -> str:
         return logs[name].read_text() if logs[name].exists() else ""
 
+    # The site's results as the ingest publishes them (balances.publish).
+    published: list[dict[str, Any]] = []
+    watcher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.tls_set(ca_certs=str(broker.pki.ca))
+    watcher.on_connect = lambda c, *_: c.subscribe("massgate/north/site/balance/#", qos=1)
+    watcher.on_message = lambda c, u, m: published.append(json.loads(m.payload))
+
     async def main() -> None:
         site = SimulatedSite(plant)
         served = await site.start()
@@ -179,8 +189,11 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
             processes["ingest"].kill()
             processes["ingest"].wait()
             start("ingest", "ingest", "run", str(ingest))
+            watcher.connect("127.0.0.1", broker.port)
+            watcher.loop_start()
             mark = db.judged_to()
             assert await until(lambda: db.judged_to() > mark + 10), said("ingest")
+            assert await until(lambda: len(published) >= 5)
             for gateway in ("skid-1", "skid-2"):
                 processes[gateway].send_signal(signal.SIGTERM)
             for gateway in ("skid-1", "skid-2"):
@@ -201,6 +214,8 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
             last = min(float(end) for _, end in ends)
             assert await until(lambda: db.judged_to() >= last - 1.0), (db.judged_to(), last)
         finally:
+            watcher.disconnect()
+            watcher.loop_stop()
             for process in processes.values():
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
@@ -252,6 +267,10 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
     for _, payload in windows[-5:]:
         truth = plant.truth_between(_wall(payload["window_start"]), _wall(payload["window_end"]))
         assert abs(payload["in_kg"] - truth.lines["feed"]) <= 0.01 * truth.lines["feed"], payload
+    # What was published is what was stored.
+    stored = {p["window_end"] for _, p in windows}
+    assert {p["window_end"] for p in published} <= stored
+    assert {p["node"] for p in published} == {"tank_t100"}
     # What `massgate ingest report` says of it, as JSON and as a table.
     report = [*CLI, "ingest", "report", str(tmp_path / "ingest.yaml")]
     done = subprocess.run([*report, "--json"], capture_output=True, text=True, check=False)
