@@ -74,6 +74,17 @@ def until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
     return condition()
 
 
+async def until_async(condition: Callable[[], bool], limit: float = 60.0) -> bool:
+    """`until` inside an event loop that must go on serving (simulated slaves): the condition
+    is looked at in a thread, every 100 ms, within `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return True
+        await asyncio.sleep(0.1)
+    return await asyncio.to_thread(condition)
+
+
 def publish_until(publisher: Any, done: Any, *, limit: float = 20.0) -> None:
     """Run a Publisher until `done()` (checked every 50 ms, at most `limit` seconds), then
     stop it and wait for it to finish."""

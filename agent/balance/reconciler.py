@@ -195,6 +195,14 @@ class Reconciler:
         }
 
 
+def log_suspect(log: logging.Logger, event: SuspectEvent, what: str = "reconciliation") -> None:
+    hint = event.suspect.describe("kg")
+    if event.event == "raised":
+        log.warning("%s: gross error: %s", what, hint)
+    else:
+        log.info("%s: cleared: %s", what, hint)
+
+
 def suspect_body(event: SuspectEvent) -> dict[str, Any]:
     """The alarm record of a suspect raised or cleared (node "network")."""
     hint = event.suspect.describe("kg")

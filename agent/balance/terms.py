@@ -3,6 +3,7 @@ judged window, and the alarm events; the statuses and event kinds they carry."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -158,3 +159,22 @@ def alarm_body(event: AlarmEvent) -> dict[str, Any]:
         "hint": event.hint,
         "balance": balance_body(event.result),
     }
+
+
+def log_event(log: logging.Logger, event: AlarmEvent, what: str = "node") -> None:
+    """An alarm event in the journal: a warning when raised, repeated or drifting."""
+    extra = {"node": event.node}
+    if event.event == DRIFT:
+        log.warning("%s %s: drift: %s", what, event.node, event.hint, extra=extra)
+        return
+    log.log(
+        logging.INFO if event.event == CLEARED else logging.WARNING,
+        "%s %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
+        what,
+        event.node,
+        event.event,
+        event.result.imbalance,
+        event.result.tolerance,
+        event.hint,
+        extra=extra,
+    )

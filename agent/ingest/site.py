@@ -26,8 +26,8 @@ from typing import Any
 import psycopg
 
 from ..balance.nodes import NodeBalance
-from ..balance.reconciler import Reconciler, SuspectEvent, suspect_body
-from ..balance.terms import CLEARED, DRIFT, AlarmEvent, WindowResult, alarm_body, balance_body
+from ..balance.reconciler import Reconciler, SuspectEvent, log_suspect, suspect_body
+from ..balance.terms import AlarmEvent, WindowResult, alarm_body, balance_body, log_event
 from ..balance.windows import previous_boundary
 from ..config.model import CALENDAR, NodeConfig, ReconciliationConfig
 from ..config.nodes import node_terms
@@ -202,6 +202,12 @@ class SiteBalances:
     ) -> None:
         site = self.config.site
         records, suspects = reconciled
+        # Each record's body made once: for the database, the log and the broker.
+        windows = [(r, balance_body(r)) for r in results]
+        alarms: list[tuple[str, AlarmEvent | SuspectEvent, dict[str, Any]]] = [
+            (e.node, e, alarm_body(e)) for e in events
+        ]
+        alarms += [(NETWORK, s, suspect_body(s)) for s in suspects]
         progress = [(site, n.config.name, n.cursor, n.waiting or None) for n in self.nodes]
         if self.network is not None:
             progress.append((site, NETWORK, self.network.cursor, self.network.waiting or None))
@@ -221,35 +227,24 @@ class SiteBalances:
                         for _, body in records
                     ],
                 )
-            if suspects:
-                cur.executemany(
-                    "INSERT INTO massgate.site_alarms (site, node, event, at, since, hint, "
-                    "payload) VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    [
-                        (site, NETWORK, e.event, e.wall, e.since_wall, body["hint"], _json(body))
-                        for e in suspects
-                        for body in (suspect_body(e),)
-                    ],
-                )
-            if results:
+            if windows:
                 cur.executemany(
                     "INSERT INTO massgate.site_balances (site, node, window_end, window_start, "
                     "status, payload) VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s, "
                     "%s) ON CONFLICT DO NOTHING",
                     [
-                        (site, r.node, r.end_wall, r.start_wall, r.status, _json(balance_body(r)))
-                        for r in results
+                        (site, r.node, r.end_wall, r.start_wall, r.status, _json(body))
+                        for r, body in windows
                     ],
                 )
-            if events:
+            if alarms:
                 cur.executemany(
                     "INSERT INTO massgate.site_alarms (site, node, event, at, since, hint, "
                     "payload) VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s) "
                     "ON CONFLICT DO NOTHING",
                     [
-                        (site, e.node, e.event, e.wall, e.since_wall, e.hint, _json(alarm_body(e)))
-                        for e in events
+                        (site, where, e.event, e.wall, e.since_wall, body["hint"], _json(body))
+                        for where, e, body in alarms
                     ],
                 )
             cur.executemany(
@@ -265,20 +260,16 @@ class SiteBalances:
             if node.cursor is not None and (node.stored_to is None or node.cursor > node.stored_to):
                 node.stored_to = node.cursor
         for event in events:
-            _log_event(event)
+            log_event(log, event, f"site {site} node")
         for suspect in suspects:
-            body = suspect_body(suspect)
-            level = logging.WARNING if suspect.event == "raised" else logging.INFO
-            log.log(level, "site %s reconciliation: %s: %s", site, suspect.event, body["hint"])
+            log_suspect(log, suspect, f"site {site} reconciliation")
         if self.publish is not None:  # after the commit: only what is stored goes out
-            for r in results:
-                self.publish(f"balance/{r.node}", balance_body(r))
-            for e in events:
-                self.publish(f"alarm/{e.node}", alarm_body(e))
+            for r, body in windows:
+                self.publish(f"balance/{r.node}", body)
+            for where, _, body in alarms:
+                self.publish(f"alarm/{where}", body)
             for _, body in records:
                 self.publish(f"reconciliation/{NETWORK}", body)
-            for suspect in suspects:
-                self.publish(f"alarm/{NETWORK}", suspect_body(suspect))
 
     def run_pass(self, conn: psycopg.Connection[Any]) -> int:
         """Judge what has arrived; returns the windows stored."""
@@ -388,23 +379,6 @@ def _waiting(terms: list[RemoteStream | RemoteInventory], known: float) -> str:
 
 def _json(body: dict[str, Any]) -> str:
     return json.dumps(body, allow_nan=False)
-
-
-def _log_event(event: AlarmEvent) -> None:
-    extra = {"node": event.node}
-    if event.event == DRIFT:
-        log.warning("site node %s: drift: %s", event.node, event.hint, extra=extra)
-        return
-    log.log(
-        logging.INFO if event.event == CLEARED else logging.WARNING,
-        "site node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
-        event.node,
-        event.event,
-        event.result.imbalance,
-        event.result.tolerance,
-        event.hint,
-        extra=extra,
-    )
 
 
 def run(

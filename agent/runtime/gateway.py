@@ -17,8 +17,8 @@ from typing import Any
 
 from ..balance import audit
 from ..balance.nodes import NodeBalance
-from ..balance.reconciler import Reconciler, SuspectEvent, suspect_body
-from ..balance.terms import CLEARED, DRIFT, AlarmEvent, alarm_body, balance_body
+from ..balance.reconciler import Reconciler, SuspectEvent, log_suspect, suspect_body
+from ..balance.terms import AlarmEvent, alarm_body, balance_body, log_event
 from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
@@ -225,29 +225,11 @@ class Gateway:
 
     def _alarm_record(self, event: AlarmEvent, wall: float) -> None:
         self.alarms.append(event)
-        result = event.result
-        if event.event == DRIFT:
-            log.warning("node %s: drift: %s", event.node, event.hint, extra={"node": event.node})
-        else:
-            log.log(
-                logging.INFO if event.event == CLEARED else logging.WARNING,
-                "node %s: alarm %s: imbalance %.3f kg (tolerance %.3f kg); %s",
-                event.node,
-                event.event,
-                result.imbalance,
-                result.tolerance,
-                event.hint,
-                extra={"node": event.node},
-            )
+        log_event(log, event)
         self.pending.append(Record("alarm", alarm_body(event), wall))
 
     def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
-        e = event.suspect
-        hint = e.describe("kg")
-        if event.event == "raised":
-            log.warning("reconciliation: gross error: %s", hint)
-        else:
-            log.info("reconciliation: cleared: %s", hint)
+        log_suspect(log, event)
         self.pending.append(Record("alarm", suspect_body(event), wall))
 
     def _totals_record(self, mono: float, wall: float) -> Record:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -27,9 +28,10 @@ from massgate.agent.commands.sim import tcp_devices
 from massgate.drivers.sim.plant import Plant
 from massgate.drivers.sim.plantspec import builtin
 from massgate.drivers.sim.server import SimulatedSite
-from tests.conftest import Broker, run_async
+from tests.conftest import Broker, run_async, until_async
 
 LIMIT = 90.0  # s any one phase may take at most
+within = functools.partial(until_async, limit=LIMIT)  # a phase's condition, the plant serving
 CLI = [sys.executable, "-m", "massgate.agent.commands.cli"]
 WATER = (
     "{model: linear, reference: 998.2 kg/m3, at: 20 degC, expansion: 2.1e-4 1/K, "
@@ -120,15 +122,6 @@ class Database:
         return float(at) if at is not None else 0.0
 
 
-async def until(condition: Any, limit: float = LIMIT) -> bool:
-    """`condition()` within `limit` s, looked at every 100 ms, the plant's slaves serving."""
-    for _ in range(int(limit / 0.1)):
-        if await asyncio.to_thread(condition):
-            return True
-        await asyncio.sleep(0.1)
-    return bool(await asyncio.to_thread(condition))
-
-
 def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest(
     pki: Any, database: str, tmp_path: Path
 ):
@@ -173,18 +166,18 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
             ingest = tmp_path / "ingest.yaml"
             ingest.write_text(ingest_config(broker, database))
             start("ingest", "ingest", "run", str(ingest))
-            assert await until(lambda: "ingest: subscribed" in said("ingest")), said("ingest")
+            assert await within(lambda: "ingest: subscribed" in said("ingest")), said("ingest")
             start("skid-1", "run", str(tmp_path / "skid-1.yaml"))
             start("skid-2", "run", str(tmp_path / "skid-2.yaml"))
 
             # The tank is judged on both gateways' totals.
-            assert await until(lambda: db.judged_to() > 0), said("ingest")
+            assert await within(lambda: db.judged_to() > 0), said("ingest")
             first = db.judged_to()
-            assert await until(lambda: db.judged_to() > first + 10)
+            assert await within(lambda: db.judged_to() > first + 10)
             # The broker goes away and comes back (its sessions kept on disk).
             await asyncio.to_thread(broker.restart)
             mark = db.judged_to()
-            assert await until(lambda: db.judged_to() > mark + 10), said("ingest")
+            assert await within(lambda: db.judged_to() > mark + 10), said("ingest")
             # The ingest is killed, with records in flight, and started again.
             processes["ingest"].kill()
             processes["ingest"].wait()
@@ -192,8 +185,8 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
             watcher.connect("127.0.0.1", broker.port)
             watcher.loop_start()
             mark = db.judged_to()
-            assert await until(lambda: db.judged_to() > mark + 10), said("ingest")
-            assert await until(lambda: len(published) >= 5)
+            assert await within(lambda: db.judged_to() > mark + 10), said("ingest")
+            assert await within(lambda: len(published) >= 5)
             for gateway in ("skid-1", "skid-2"):
                 processes[gateway].send_signal(signal.SIGTERM)
             for gateway in ("skid-1", "skid-2"):
@@ -206,13 +199,13 @@ def test_a_tank_across_two_gateways_through_a_broker_restart_and_a_killed_ingest
                 rows = db.all("SELECT gateway, missing, last_seq FROM massgate.accounting")
                 return {g: n for g, m, n in rows if m == 0} == made
 
-            assert await until(all_in), db.all("SELECT * FROM massgate.accounting")
+            assert await within(all_in), db.all("SELECT * FROM massgate.accounting")
             ends = db.all(
                 "SELECT gateway, extract(epoch FROM max(period_end)) FROM massgate.totals "
                 "GROUP BY gateway"
             )
             last = min(float(end) for _, end in ends)
-            assert await until(lambda: db.judged_to() >= last - 1.0), (db.judged_to(), last)
+            assert await within(lambda: db.judged_to() >= last - 1.0), (db.judged_to(), last)
         finally:
             watcher.disconnect()
             watcher.loop_stop()
