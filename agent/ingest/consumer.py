@@ -34,7 +34,7 @@ from ..core import preflight
 from ..publish.link import describe_failure
 from . import receive
 from .config import IngestConfig
-from .store import Incoming, Store, Written
+from .store import Incoming, Parsed, Store, Written, read
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _Arrived(NamedTuple):  # a tuple: made for every message, in paho's thread
     generation: int
     mid: int
     qos: int
-    message: Incoming
+    item: Parsed  # read as it arrived, while this thread writes the batch before
 
 
 @dataclass
@@ -119,8 +119,12 @@ class Ingest:
     def _deliver(self, messages: list[tuple[str, int, bytes]]) -> None:
         """The QoS 1 PUBLISHes of one read, from the bulk receive path (receive.py)."""
         g, new = self._generation, tuple.__new__  # the tuples made without their Python __new__
+        prefix = self.config.mqtt.topic_prefix
         self._arrived.put(
-            [new(_Arrived, (g, mid, 1, new(Incoming, (t, p)))) for t, mid, p in messages]
+            [
+                new(_Arrived, (g, mid, 1, read(new(Incoming, (t, p)), prefix)))
+                for t, mid, p in messages
+            ]
         )
 
     def _on_message(self, client: Any, u: Any, message: Any) -> None:
@@ -130,7 +134,10 @@ class Ingest:
                     self._generation,
                     message.mid,
                     message.qos,
-                    Incoming(message.topic, bytes(message.payload)),
+                    read(
+                        Incoming(message.topic, bytes(message.payload)),
+                        self.config.mqtt.topic_prefix,
+                    ),
                 )
             ]
         )
@@ -275,7 +282,7 @@ class Ingest:
         wait = DB_RETRY_MIN
         while True:
             try:
-                written = store.write([a.message for a in batch])
+                written = store.write_read([a.item for a in batch])
                 break
             except Exception as exc:  # the database went away, or refused: nothing is acked
                 self._db_failed(f"writing {len(batch)} records failed: {exc}")

@@ -458,6 +458,97 @@ def test_a_record_that_breaks_a_constraint_a_dba_added_is_kept_with_the_reason(d
     assert "created" in reason
 
 
+def test_what_copy_s_text_format_would_read_otherwise_is_stored_as_it_came(database: str):
+    """The rows go to COPY as text made by the ingest: a backslash, a tab, a newline or a CR
+    in a name or in the JSON (between its tokens, or escaped in a string) must arrive as
+    they were, not end a field or a row. Seen to fail with the escaping left out."""
+    site, gateway = "north\\east", "skid\t4"
+    payload = (
+        f'{{\t"schema": 1,\r\n "kind": "telemetry", "epoch": "{EPOCH}", "seq": 1,\n'
+        '"note": "a\\\\b \\t \\n \\\\N \\"q\\"", "end": "\\\\"}'
+    )
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        written = store.write([Incoming(f"massgate/{site}/{gateway}/telemetry", payload.encode())])
+        row = store.conn.execute("SELECT site, gateway, payload FROM massgate.records").fetchone()
+    finally:
+        store.close()
+    assert written.stored == 1
+    assert row == (site, gateway, json.loads(payload))
+
+
+def test_a_batch_with_duplicates_stores_the_rest_and_counts_them(database: str):
+    """Most batches go in with one COPY; one holding records already stored goes again the
+    way that counts them. Seen to fail with that way counting every record as stored."""
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        first = store.write([_record(s) for s in (1, 2, 3)])
+        second = store.write([_record(s) for s in (2, 3, 4, 5)])
+        seqs = [r[0] for r in store.conn.execute("SELECT seq FROM massgate.records ORDER BY 1")]
+        (row,) = store.accounting()
+    finally:
+        store.close()
+    assert (first.stored, first.duplicates, second.stored, second.duplicates) == (3, 0, 2, 2)
+    assert seqs == [1, 2, 3, 4, 5]
+    assert (row["received"], row["duplicates"], row["stored"], row["missing"]) == (7, 2, 5, 0)
+
+
+def test_a_nul_in_a_topic_is_kept_in_rejects_not_a_failing_batch(database: str):
+    """PostgreSQL's text holds no NUL; a topic with one (Mosquitto refuses them; another
+    broker might not) is refused with the reason, shown with U+FFFD, the payload kept."""
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        written = store.write(
+            [Incoming("massgate/north/skid\x004/telemetry", _record(1).payload), _record(2)]
+        )
+        rejects = store.conn.execute(
+            "SELECT topic, reason, payload FROM massgate.rejects"
+        ).fetchall()
+    finally:
+        store.close()
+    assert (written.stored, written.rejected) == (1, 1)
+    assert rejects == [
+        (
+            "massgate/north/skid\ufffd4/telemetry",
+            "the topic holds a NUL character",
+            _record(1).payload,
+        )
+    ]
+
+
+def test_a_database_in_another_encoding_takes_what_it_can_hold_and_refuses_the_rest(
+    postgres: Any,
+):
+    """The ingest speaks UTF-8 to the database whatever its encoding: in a LATIN1 database
+    'é' arrives as 'é', and '€' (which LATIN1 cannot hold) is refused with PostgreSQL's
+    words instead of stored as something else."""
+    name = f"t_latin1_{os.getpid()}_{threading.get_ident() % 100000}"
+    with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0")
+    body = json.loads(_record(1).payload)
+    store = Store(postgres.url(name), password=None, prefix="massgate")
+    try:
+        written = store.write(
+            [
+                Incoming(
+                    _record(1).topic,
+                    json.dumps({**body, "tag": "débit"}, ensure_ascii=False).encode(),
+                ),
+                Incoming(
+                    _record(2).topic,
+                    json.dumps({**body, "seq": 2, "unit": "€/t"}, ensure_ascii=False).encode(),
+                ),
+            ]
+        )
+        stored = store.conn.execute("SELECT payload->>'tag' FROM massgate.records").fetchall()
+        (reason,) = store.conn.execute("SELECT reason FROM massgate.rejects").fetchone() or ("",)
+    finally:
+        store.close()
+    assert (written.stored, written.rejected) == (1, 1)
+    assert stored == [("débit",)]
+    assert reason.startswith("PostgreSQL refused it")
+
+
 def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_records(database: str):
     from massgate.agent.ingest.schema import MIGRATIONS, VERSION
 
