@@ -36,6 +36,7 @@ SITE_COLUMNS = (
     ("imbalance_kg", "imbalance kg"),
     ("tolerance_kg", "tolerance kg"),
     ("alarms", "alarms raised"),
+    ("revised", "revised"),
     ("waiting", "waiting for"),
 )
 
@@ -69,9 +70,10 @@ def setup(p: argparse.ArgumentParser) -> None:
             "Per gateway and epoch: records received, duplicates, stored, the sequence numbers "
             "seen, and the missing ones: still in the gateway's outbox (its last status), "
             "dropped by it (counted), or UNEXPLAINED; and each node across gateways: how far it "
-            "is judged, its last window, alarms, and what it waits for. Exits 0 when nothing "
-            "is unexplained, "
-            "1 when something is, 2 for a bad configuration or an unreachable database."
+            "is judged, its last window, alarms, windows revised when totals taken as lost "
+            "arrived after all, and what it waits for; and the gaps in totals still taken as "
+            "lost. Exits 0 when nothing is unexplained, 1 when something is, 2 for a bad "
+            "configuration or an unreachable database."
         ),
     )
     report.add_argument("config", metavar="CONFIG", help="the ingest's YAML configuration file")
@@ -159,6 +161,7 @@ def report_main(args: argparse.Namespace) -> int:
         rows = store.accounting()
         rejected = store.rejected()
         nodes = store.site_balances()
+        lost = store.lost_totals() if nodes else 0
     finally:
         store.close()
     unexplained = sum(int(r["unexplained"] or 0) for r in rows)
@@ -170,6 +173,7 @@ def report_main(args: argparse.Namespace) -> int:
                     "rejected": rejected,
                     "unexplained": unexplained,
                     "site_balances": nodes,
+                    "site_totals_lost": lost,
                 },
                 default=str,
                 indent=1,
@@ -180,6 +184,7 @@ def report_main(args: argparse.Namespace) -> int:
         if nodes:
             print()
             _print_table(nodes, SITE_COLUMNS, "")
+            print(f"gaps in totals taken as lost, not arrived since (massgate.site_gaps): {lost}")
             print()
         print(f"rejected messages (massgate.rejects): {rejected}")
         print(f"unexplained missing records: {unexplained}")

@@ -10,7 +10,8 @@ previous `period_end`), or, when no good sample came in it, the record says so
 A record missing from the chain (not yet delivered: the gateway's outbox or an ingest's
 session still holds it) shows as a break: the timeline stops before it and a balance waits,
 so nothing is judged on missing data. Once later records have been in for
-`wait_for_missing` of gateway time, the break is taken as lost and its span as unknown.
+`wait_for_missing` of gateway time, the break is taken as lost and its span as unknown; it
+is told (a `Gap`), so that a record still arriving after that can re-open what was judged.
 
 Times are the gateway's wall clock, in seconds since 1970.
 """
@@ -150,6 +151,19 @@ class RemoteInventory:
         return kg + (kg1 - kg) * (mono - at) / (at1 - at)
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Totals records between two sequence numbers of one epoch, taken as lost: what was
+    known of the gateway's streams ended at `start`, and began again with the record after
+    (`after_seq` .. `before_seq`, both records that are here)."""
+
+    epoch: str
+    after_seq: int
+    before_seq: int
+    start: float
+    end: float
+
+
 @dataclass
 class _Chain:
     """Where one stream's timeline stands while the records are read in order."""
@@ -168,9 +182,11 @@ def load_gateway(
     *,
     wait_for_missing: float,
     newest: float | None = None,
+    gaps: set[Gap] | None = None,
 ) -> None:
     """Rebuild the timelines of `gateway`'s `streams` and `inventories` (keyed by their own
-    names) from its totals records, read in order: epochs as they began, seq within each."""
+    names) from its totals records, read in order: epochs as they began, seq within each.
+    The breaks taken as lost are added to `gaps`."""
     first_of: dict[str, float] = {}
     for row in rows:
         first_of[row.epoch] = min(first_of.get(row.epoch, math.inf), row.created)
@@ -191,7 +207,11 @@ def load_gateway(
             # Whatever a record holds (it came over the network): a name is text or no name.
             name = entry.get("stream") if isinstance(entry, dict) else None
             if isinstance(name, str) and name in streams:
-                _step(gateway, streams[name], chains[name], row, entry, newest, wait_for_missing)
+                gap = _step(
+                    gateway, streams[name], chains[name], row, entry, newest, wait_for_missing
+                )
+                if gap is not None and gaps is not None:
+                    gaps.add(gap)
         for entry in row.inventories:
             name = entry.get("inventory") if isinstance(entry, dict) else None
             if isinstance(name, str) and name in inventories:
@@ -213,23 +233,28 @@ def _step(
     entry: dict[str, Any],
     newest: float,
     wait: float,
-) -> None:
+) -> Gap | None:
+    """Add the record's period to the stream's timeline; the gap taken as lost before it,
+    if there is one."""
     if chain.broken:
-        return
+        return None
     start_text, end_text = entry.get("period_start"), entry.get("period_end")
+    gap = None
     if chain.epoch == row.epoch and chain.seq:
         linked = (start_text if start_text is not None else end_text) == chain.period_end
-        # Past the wait, what the missing record covered is missing data, not zero.
-        if not linked and newest - row.created <= wait:
-            chain.broken = True
-            stream.waiting = (
-                f"{gateway}'s totals between seq {chain.seq} and {row.seq} (epoch "
-                f"{row.epoch}) are not all here yet"
-            )
-            return
+        if not linked:
+            if newest - row.created <= wait:
+                chain.broken = True
+                stream.waiting = (
+                    f"{gateway}'s totals between seq {chain.seq} and {row.seq} (epoch "
+                    f"{row.epoch}) are not all here yet"
+                )
+                return None
+            # Past the wait, what the missing record covered is missing data, not zero.
+            gap = Gap(row.epoch, chain.seq, row.seq, stream.known_until, row.created)
     mass, net = _number(entry.get("mass_kg")), _number(entry.get("net_kg"))
     start, end = _time(start_text), _time(end_text)
-    gap = _number(entry.get("gap_s"))
+    gap_s = _number(entry.get("gap_s"))
     accuracy = _number(entry.get("accuracy"))
     if accuracy is not None:
         stream.accuracy = accuracy
@@ -245,10 +270,11 @@ def _step(
         if net is None or accuracy is None:
             stream.waiting = f"{gateway}'s totals carry no net_kg or accuracy (older massgate?)"
         stream._add(stream.known_until, row.created, math.nan, math.nan)
-        return
-    sound = gap is not None and gap <= MAX_GAP_SHARE * max(end - start, 0.0)
+        return gap
+    sound = gap_s is not None and gap_s <= MAX_GAP_SHARE * max(end - start, 0.0)
     c1 = net + offset if sound else math.nan
     stream._add(start, end, c1 - mass if sound else math.nan, c1)
+    return gap
 
 
 def _reading(inventory: RemoteInventory, row: TotalsRow, entry: dict[str, Any]) -> None:

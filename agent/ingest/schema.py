@@ -21,13 +21,17 @@ Everything lives in the schema `massgate`:
   once, each reconciliation of their network once, and how far each node (and the network)
   is judged and what it waits for. `mass_balance_events` has their windows too, with
   gateway, epoch and seq null.
+- `site_gaps`: totals records the judge took as lost (missing past `wait_for_missing`);
+  when one of them arrives after all, the gap is marked filled and the nodes over it are
+  judged again from its start: a window that comes out different is revised in place, its
+  earlier payload kept in `superseded` and the time in `revised_at` (reconciliations too).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-VERSION = 3
+VERSION = 4
 
 # The balance records as mass-balance events (migration 1; migration 3 adds the site's).
 _BALANCE_EVENTS = """SELECT
@@ -240,6 +244,31 @@ SELECT
     (payload->>'tolerance_kg')::double precision AS tolerance_kg,
     status, NULL AS epoch, NULL AS seq
 FROM massgate.site_balances;
+""",
+    # Late records: what the judge gave up as lost, and the windows it judged again.
+    4: """
+CREATE TABLE massgate.site_gaps (
+    site text NOT NULL,
+    gateway text NOT NULL,
+    epoch text NOT NULL,
+    after_seq bigint NOT NULL,
+    before_seq bigint NOT NULL,
+    gap_start timestamptz NOT NULL,
+    gap_end timestamptz NOT NULL,
+    given_up_at timestamptz NOT NULL DEFAULT now(),
+    filled_at timestamptz,
+    PRIMARY KEY (site, gateway, epoch, after_seq, before_seq)
+);
+
+ALTER TABLE massgate.site_progress
+    ADD COLUMN judged_to timestamptz,
+    ADD COLUMN revise_after timestamptz;
+ALTER TABLE massgate.site_balances
+    ADD COLUMN superseded jsonb,
+    ADD COLUMN revised_at timestamptz;
+ALTER TABLE massgate.site_reconciliations
+    ADD COLUMN superseded jsonb,
+    ADD COLUMN revised_at timestamptz;
 """,
 }
 

@@ -12,6 +12,12 @@ One ingest judges a site at a time: the one holding the site's advisory lock. Th
 stand by and take over when its connection ends. The engine's state (snapshots, the alarm's
 on-delay) is rebuilt at start by judging again from a little before where the database says
 the node was judged to; windows and events already stored are kept, not stored twice.
+
+A record given up as lost (remote.Gap, kept in `site_gaps`) may still arrive: a gateway's
+outbox can hold a week. Then the nodes with a term on that gateway are judged again from the
+gap's start (`site_progress.revise_after`, so a restart midway goes on with it), and each
+window or reconciliation that comes out different is revised in place: the new payload, the
+one it replaces in `superseded`, and `revised_at`; logged, and published when asked.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -33,7 +39,7 @@ from ..config.model import CALENDAR, NodeConfig, ReconciliationConfig
 from ..config.nodes import node_terms
 from ..core.records import utc
 from .config import BalancesConfig
-from .remote import RemoteInventory, RemoteStream, TotalsRow, load_gateway
+from .remote import Gap, RemoteInventory, RemoteStream, TotalsRow, load_gateway
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +96,30 @@ class _Node:
         self.step = grid_step(config)
         self.cursor: float | None = None  # judged up to here (gateway time); None: not begun
         self.stored_to: float | None = None  # as the database says; later results are new
+        self.revise_after: float | None = None  # results after this, up to stored_to: revised
         self.waiting = ""
+
+
+def _new_or_revised(t: float, stored_to: float | None, revise_after: float | None) -> str:
+    """What a result judged at `t` is: "new" (past what is stored), "revised" (judged again
+    over a late record), or "" (stored already and unchanged: a replay's)."""
+    if stored_to is None or t > stored_to:
+        return "new"
+    if revise_after is not None and t > revise_after:
+        return "revised"
+    return ""
+
+
+class _Judged(NamedTuple):
+    windows: list[WindowResult]  # new
+    revised: list[WindowResult]  # judged again: stored only if different
+    events: list[AlarmEvent]  # stored once (an event judged again meets itself)
+
+
+class _Reconciled(NamedTuple):
+    records: list[tuple[float, dict[str, Any]]]  # (window end, record), new
+    revised: list[tuple[float, dict[str, Any]]]
+    suspects: list[SuspectEvent]
 
 
 class SiteBalances:
@@ -99,6 +128,12 @@ class SiteBalances:
     def __init__(self, config: BalancesConfig, publish: Publish | None = None) -> None:
         self.config = config
         self.publish = publish
+        self.gaps: set[tuple[str, Gap]] = set()  # (gateway, gap) found by the last load
+        self._build()
+
+    def _build(self) -> None:
+        """Fresh engines and timelines: `begin` then takes up from the database."""
+        config = self.config
         terms = node_terms(config.nodes)
         flows = {t for n in terms.values() for g in (n.inputs, n.outputs) for t in g}
         flows |= {t for n in terms.values() for g in (n.generation, n.consumption) for t in g}
@@ -128,29 +163,87 @@ class SiteBalances:
     # --- one pass -------------------------------------------------------------------------
 
     def begin(self, conn: psycopg.Connection[Any]) -> None:
-        """Take up where the database says each node was judged to."""
+        """Take up where the database says each node was judged to (and, when a late record
+        re-opened it, from where it is to be judged again)."""
         rows = conn.execute(
-            "SELECT node, extract(epoch FROM evaluated_to) FROM massgate.site_progress "
+            "SELECT node, extract(epoch FROM evaluated_to), extract(epoch FROM judged_to), "
+            "extract(epoch FROM revise_after) FROM massgate.site_progress "
             "WHERE site = %s AND evaluated_to IS NOT NULL",
             (self.config.site,),
         ).fetchall()
-        done = {str(node): float(at) for node, at in rows}
+        done = {
+            str(node): (
+                max(float(at), float(judged) if judged is not None else -math.inf),
+                float(revise) if revise is not None else None,
+            )
+            for node, at, judged, revise in rows
+        }
         for node in self.nodes:
             if node.config.name in done:
-                node.stored_to = done[node.config.name]
-                node.cursor = replay_from(node.config, node.stored_to)
+                node.stored_to, node.revise_after = done[node.config.name]
+                since = node.revise_after if node.revise_after is not None else node.stored_to
+                node.cursor = replay_from(node.config, min(since, node.stored_to))
         if self.network is not None and NETWORK in done:
-            self.network.begin(done[NETWORK])
+            self.network.begin(*done[NETWORK])
         self.begun = True
+
+    def reopen(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether a record given up as lost has arrived since; if so, the nodes (and the
+        network) with a term on its gateway are to be judged again from the gap's start,
+        as the database now says, and the engines are made afresh to do it."""
+        filled = conn.execute(
+            "SELECT g.gateway, g.epoch, g.after_seq, g.before_seq, "
+            "extract(epoch FROM g.gap_start) FROM massgate.site_gaps g "
+            "WHERE g.site = %s AND g.filled_at IS NULL AND EXISTS (SELECT 1 "
+            "FROM massgate.records r WHERE r.site = g.site AND r.gateway = g.gateway "
+            "AND r.epoch = g.epoch AND r.seq > g.after_seq AND r.seq < g.before_seq "
+            "AND r.kind = 'totals')",
+            (self.config.site,),
+        ).fetchall()
+        if not filled:
+            return False
+        site = self.config.site
+        with conn.transaction(), conn.cursor() as cur:
+            for gateway, epoch, after, before, start in filled:
+                names = [n.config.name for n in self.nodes if _on(gateway, n.terms)]
+                if self.network is not None and _on(gateway, self.network.terms):
+                    names.append(NETWORK)
+                cur.execute(
+                    "UPDATE massgate.site_gaps SET filled_at = now() WHERE site = %s AND "
+                    "gateway = %s AND epoch = %s AND after_seq = %s AND before_seq = %s",
+                    (site, gateway, epoch, after, before),
+                )
+                # LEAST passes over a NULL: the earliest start of the gaps filled so far.
+                cur.execute(
+                    "UPDATE massgate.site_progress SET revise_after = "
+                    "LEAST(revise_after, to_timestamp(%s)) WHERE site = %s AND node = ANY(%s) "
+                    "AND greatest(judged_to, evaluated_to) > to_timestamp(%s)",
+                    (float(start), site, names, float(start)),
+                )
+                log.info(
+                    "site %s: totals of %s taken as lost (epoch %s, between seq %d and %d) "
+                    "have arrived; judging %s again from %s",
+                    site,
+                    gateway,
+                    epoch,
+                    after,
+                    before,
+                    ", ".join(names) or "nothing",
+                    utc(float(start)),
+                )
+        self._build()
+        return True
 
     def load(self, conn: psycopg.Connection[Any]) -> None:
         """Read the totals the nodes need next and rebuild their terms' timelines."""
         cursors = [n.cursor for n in self.nodes]
         cursors += [self.network.cursor] if self.network is not None else []
         since = min((c for c in cursors if c is not None), default=None)
+        self.gaps = set()
         for gateway in self.gateways:
             newest, rows = _totals(conn, self.config.site, gateway, since)
             prefix = f"{gateway}/"
+            found: set[Gap] = set()
             load_gateway(
                 gateway,
                 rows,
@@ -158,13 +251,14 @@ class SiteBalances:
                 {t[len(prefix) :]: v for t, v in self.inventories.items() if t.startswith(prefix)},
                 wait_for_missing=self.config.wait_for_missing,
                 newest=newest,
+                gaps=found,
             )
+            self.gaps |= {(gateway, gap) for gap in found}
 
-    def judge(self) -> tuple[list[WindowResult], list[AlarmEvent]]:
+    def judge(self) -> _Judged:
         """Step each node up to where all its terms are known; the windows and events that
-        are new (past what the database holds)."""
-        results: list[WindowResult] = []
-        events: list[AlarmEvent] = []
+        are new (past what the database holds) or judged again."""
+        judged = _Judged([], [], [])
         for node in self.nodes:
             terms = node.terms
             known = min((t.known_until for t in terms), default=-math.inf)
@@ -179,78 +273,107 @@ class SiteBalances:
             while t + node.step <= known:
                 t += node.step
                 closed, found = node.balance.tick(t, t)
-                new = node.stored_to is None or t > node.stored_to
-                if new:
-                    results += closed
-                    events += found
+                what = _new_or_revised(t, node.stored_to, node.revise_after)
+                if what:
+                    (judged.windows if what == "new" else judged.revised).extend(closed)
+                    judged.events.extend(found)
             node.cursor = t
+            if node.stored_to is not None and t >= node.stored_to:
+                node.revise_after = None  # judged again up to where it was: done
             node.waiting = _waiting(terms, known)
-        return results, events
+        return judged
 
-    def reconcile(self) -> tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]]:
-        """The network's reconciliations (window end, record) and suspect events that are new."""
+    def reconcile(self) -> _Reconciled:
+        """The network's reconciliations (window end, record) and suspect events that are new
+        or judged again."""
         if self.network is None:
-            return [], []
+            return _Reconciled([], [], [])
         return self.network.step()
 
     def write(
         self,
         conn: psycopg.Connection[Any],
-        results: list[WindowResult],
-        events: list[AlarmEvent],
-        reconciled: tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]] = ([], []),
+        judged: _Judged,
+        reconciled: _Reconciled | None = None,
     ) -> None:
         site = self.config.site
-        records, suspects = reconciled
+        reconciled = reconciled or _Reconciled([], [], [])
         # Each record's body made once: for the database, the log and the broker.
-        windows = [(r, balance_body(r)) for r in results]
+        windows = [(r, balance_body(r)) for r in judged.windows]
         alarms: list[tuple[str, AlarmEvent | SuspectEvent, dict[str, Any]]] = [
-            (e.node, e, alarm_body(e)) for e in events
+            (e.node, e, alarm_body(e)) for e in judged.events
         ]
-        alarms += [(NETWORK, s, suspect_body(s)) for s in suspects]
-        progress = [(site, n.config.name, n.cursor, n.waiting or None) for n in self.nodes]
+        alarms += [(NETWORK, s, suspect_body(s)) for s in reconciled.suspects]
+        progress = [self._progress(n.config.name, n) for n in self.nodes]
         if self.network is not None:
-            progress.append((site, NETWORK, self.network.cursor, self.network.waiting or None))
+            progress.append(self._progress(NETWORK, self.network))
+        revised: list[tuple[str, dict[str, Any]]] = []  # (topic's kind/node, body)
+        stored_alarms: list[tuple[str, AlarmEvent | SuspectEvent, dict[str, Any]]] = []
         with conn.transaction(), conn.cursor() as cur:
-            if records:
+            if reconciled.records:
                 cur.executemany(
                     "INSERT INTO massgate.site_reconciliations (site, window_end, window_start, "
                     "passed, payload) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [
-                        (
-                            site,
-                            body["window_end"],
-                            body["window_start"],
-                            body["global_test"]["passed"],
-                            _json(body),
-                        )
-                        for _, body in records
-                    ],
+                    [_reconciliation(site, body) for _, body in reconciled.records],
                 )
+            for _, body in reconciled.revised:
+                cur.execute(
+                    "INSERT INTO massgate.site_reconciliations AS s (site, window_end, "
+                    "window_start, passed, payload) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (site, window_end) DO UPDATE SET "
+                    "window_start = excluded.window_start, passed = excluded.passed, "
+                    f"{_REVISE} RETURNING superseded",
+                    _reconciliation(site, body),
+                )
+                if (row := cur.fetchone()) is not None:
+                    revised.append((f"reconciliation/{NETWORK}", {**body, "superseded": row[0]}))
             if windows:
                 cur.executemany(
                     "INSERT INTO massgate.site_balances (site, node, window_end, window_start, "
                     "status, payload) VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s, "
                     "%s) ON CONFLICT DO NOTHING",
-                    [
-                        (site, r.node, r.end_wall, r.start_wall, r.status, _json(body))
-                        for r, body in windows
-                    ],
+                    [_window(site, r, body) for r, body in windows],
                 )
-            if alarms:
-                cur.executemany(
+            for r in judged.revised:
+                body = balance_body(r)
+                cur.execute(
+                    "INSERT INTO massgate.site_balances AS s (site, node, window_end, "
+                    "window_start, status, payload) VALUES (%s, %s, to_timestamp(%s), "
+                    "to_timestamp(%s), %s, %s) ON CONFLICT (site, node, window_end) DO UPDATE "
+                    "SET window_start = excluded.window_start, status = excluded.status, "
+                    f"{_REVISE} RETURNING superseded",
+                    _window(site, r, body),
+                )
+                if (row := cur.fetchone()) is not None:
+                    revised.append((f"balance/{r.node}", {**body, "superseded": row[0]}))
+            for where, e, body in alarms:
+                # Judged again, an event meets itself (stored, not stored twice) or is new.
+                cur.execute(
                     "INSERT INTO massgate.site_alarms (site, node, event, at, since, hint, "
                     "payload) VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s) "
-                    "ON CONFLICT DO NOTHING",
+                    "ON CONFLICT DO NOTHING RETURNING 1",
+                    (site, where, e.event, e.wall, e.since_wall, body["hint"], _json(body)),
+                )
+                if cur.fetchone() is not None:
+                    stored_alarms.append((where, e, body))
+            if self.gaps:
+                cur.executemany(
+                    "INSERT INTO massgate.site_gaps (site, gateway, epoch, after_seq, "
+                    "before_seq, gap_start, gap_end) VALUES (%s, %s, %s, %s, %s, "
+                    "to_timestamp(%s), to_timestamp(%s)) ON CONFLICT DO NOTHING",
                     [
-                        (site, where, e.event, e.wall, e.since_wall, body["hint"], _json(body))
-                        for where, e, body in alarms
+                        (site, gw, g.epoch, g.after_seq, g.before_seq, g.start, g.end)
+                        for gw, g in sorted(
+                            self.gaps, key=lambda x: (x[0], x[1].epoch, x[1].after_seq)
+                        )
                     ],
                 )
             cur.executemany(
-                "INSERT INTO massgate.site_progress AS p (site, node, evaluated_to, waiting) "
-                "VALUES (%s, %s, to_timestamp(%s), %s) ON CONFLICT (site, node) DO UPDATE SET "
+                "INSERT INTO massgate.site_progress AS p (site, node, evaluated_to, waiting, "
+                "judged_to, revise_after) VALUES (%s, %s, to_timestamp(%s), %s, "
+                "to_timestamp(%s), to_timestamp(%s)) ON CONFLICT (site, node) DO UPDATE SET "
                 "evaluated_to = excluded.evaluated_to, waiting = excluded.waiting, "
+                "judged_to = excluded.judged_to, revise_after = excluded.revise_after, "
                 "updated_at = now()",
                 progress,
             )
@@ -259,26 +382,45 @@ class SiteBalances:
         for node in self.nodes:
             if node.cursor is not None and (node.stored_to is None or node.cursor > node.stored_to):
                 node.stored_to = node.cursor
-        for event in events:
-            log_event(log, event, f"site {site} node")
-        for suspect in suspects:
-            log_suspect(log, suspect, f"site {site} reconciliation")
+        for _, event, _body in stored_alarms:
+            if isinstance(event, AlarmEvent):
+                log_event(log, event, f"site {site} node")
+            else:
+                log_suspect(log, event, f"site {site} reconciliation")
+        for subtopic, body in revised:
+            old = body["superseded"]
+            log.info(
+                "site %s %s: the window ending %s judged again on late totals: %s",
+                site,
+                subtopic.replace("/", " "),
+                body["window_end"],
+                _change(old, body),
+            )
         if self.publish is not None:  # after the commit: only what is stored goes out
             for r, body in windows:
                 self.publish(f"balance/{r.node}", body)
-            for where, _, body in alarms:
+            for where, _, body in stored_alarms:
                 self.publish(f"alarm/{where}", body)
-            for _, body in records:
+            for _, body in reconciled.records:
                 self.publish(f"reconciliation/{NETWORK}", body)
+            for subtopic, body in revised:
+                self.publish(subtopic, body)
+
+    def _progress(self, name: str, judged: _Node | _Network) -> tuple[Any, ...]:
+        cursor, stored_to = judged.cursor, judged.stored_to
+        high = max((x for x in (cursor, stored_to) if x is not None), default=None)
+        return (self.config.site, name, cursor, judged.waiting or None, high, judged.revise_after)
 
     def run_pass(self, conn: psycopg.Connection[Any]) -> int:
         """Judge what has arrived; returns the windows stored."""
-        if not self.begun:
+        # A late record re-opens (engines made afresh); a judge that starts looks too, since
+        # the one before it may have stopped between a record's arrival and its next pass.
+        if self.reopen(conn) or not self.begun:
             self.begin(conn)
         self.load(conn)
-        results, events = self.judge()
-        self.write(conn, results, events, self.reconcile())
-        return len(results)
+        judged = self.judge()
+        self.write(conn, judged, self.reconcile())
+        return len(judged.windows)
 
 
 class _Network:
@@ -296,34 +438,39 @@ class _Network:
         self.terms = terms
         self.cursor: float | None = None
         self.stored_to: float | None = None
+        self.revise_after: float | None = None
         self.waiting = ""
 
-    def begin(self, evaluated_to: float) -> None:
+    def begin(self, evaluated_to: float, revise_after: float | None = None) -> None:
         every = self.config.every
         memory = self.config.window + every * (self.config.confirm + 1)
-        self.stored_to = evaluated_to
-        self.cursor = math.floor((evaluated_to - memory) / every) * every - every
+        self.stored_to, self.revise_after = evaluated_to, revise_after
+        since = min(revise_after, evaluated_to) if revise_after is not None else evaluated_to
+        self.cursor = math.floor((since - memory) / every) * every - every
 
-    def step(self) -> tuple[list[tuple[float, dict[str, Any]]], list[SuspectEvent]]:
+    def step(self) -> _Reconciled:
         every = self.config.every
         known = min((t.known_until for t in self.terms), default=-math.inf)
         self.waiting = _waiting(self.terms, known)
+        done = _Reconciled([], [], [])
         if self.cursor is None:
             first = max((t.first_known for t in self.terms), default=math.inf)
             if not math.isfinite(first) or first > known:
-                return [], []
+                return done
             self.cursor = math.ceil(first / every) * every - every
-        records: list[tuple[float, dict[str, Any]]] = []
-        events: list[SuspectEvent] = []
         t = self.cursor
         while t + every <= known:
             t += every
             body, found = self.reconciler.tick(t, t)
-            if self.stored_to is None or t > self.stored_to:
-                records += [(t, body)] if body is not None else []
-                events += found
+            what = _new_or_revised(t, self.stored_to, self.revise_after)
+            if what:
+                if body is not None:
+                    (done.records if what == "new" else done.revised).append((t, body))
+                done.suspects.extend(found)
         self.cursor = t
-        return records, events
+        if self.stored_to is not None and t >= self.stored_to:
+            self.revise_after = None
+        return done
 
     def stored(self) -> None:
         if self.cursor is not None and (self.stored_to is None or self.cursor > self.stored_to):
@@ -379,6 +526,48 @@ def _waiting(terms: list[RemoteStream | RemoteInventory], known: float) -> str:
 
 def _json(body: dict[str, Any]) -> str:
     return json.dumps(body, allow_nan=False)
+
+
+# A result judged again replaces the stored one only when it differs; RETURNING then gives
+# the row, so that only a real change is logged and published.
+_REVISE = (
+    "payload = excluded.payload, superseded = s.payload, revised_at = now() "
+    "WHERE s.payload IS DISTINCT FROM excluded.payload"
+)
+
+
+def _window(site: str, r: WindowResult, body: dict[str, Any]) -> tuple[Any, ...]:
+    return (site, r.node, r.end_wall, r.start_wall, r.status, _json(body))
+
+
+def _reconciliation(site: str, body: dict[str, Any]) -> tuple[Any, ...]:
+    passed = body["global_test"]["passed"]
+    return (site, body["window_end"], body["window_start"], passed, _json(body))
+
+
+def _change(old: Any, new: dict[str, Any]) -> str:
+    """What a revision changed, in a few words."""
+
+    def said(b: Any) -> str:
+        if not isinstance(b, dict):
+            return "?"
+        if "status" in b:
+            return f"{b.get('status')} (imbalance {b.get('imbalance_kg')} kg)"
+        test = b.get("global_test")
+        return (
+            f"global test {'passed' if isinstance(test, dict) and test.get('passed') else 'failed'}"
+        )
+
+    before, after = said(old), said(new)
+    if before != after or not isinstance(old, dict):
+        return f"{before} -> {after}"
+    # The same verdict: a statistic that carries history (the cusum) moved.
+    changed = sorted(k for k, v in new.items() if k != "superseded" and old.get(k) != v)
+    return f"{after} as before; its {', '.join(changed)} changed"
+
+
+def _on(gateway: str, terms: list[RemoteStream | RemoteInventory]) -> bool:
+    return any(t.name.split("/")[0] == gateway for t in terms)
 
 
 def run(

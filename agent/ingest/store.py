@@ -408,21 +408,31 @@ class Store:
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def site_balances(self) -> list[dict[str, Any]]:
-        """Per node across gateways: how far it is judged, what it waits for, and its last
-        window's status and imbalance."""
+        """Per node across gateways: how far it is judged, what it waits for, its last
+        window's status and imbalance, and how many of its windows late totals revised."""
         with self.conn.cursor() as cur:
             cur.execute(
                 "SELECT p.site, p.node, p.evaluated_to, b.status, "
                 "(b.payload->>'imbalance_kg')::double precision AS imbalance_kg, "
                 "(b.payload->>'tolerance_kg')::double precision AS tolerance_kg, "
                 "(SELECT count(*) FROM massgate.site_alarms a WHERE a.site = p.site "
-                "AND a.node = p.node AND a.event = 'raised') AS alarms, p.waiting "
+                "AND a.node = p.node AND a.event = 'raised') AS alarms, "
+                "(SELECT count(*) FROM massgate.site_balances r WHERE r.site = p.site "
+                "AND r.node = p.node AND r.revised_at IS NOT NULL) AS revised, p.waiting "
                 "FROM massgate.site_progress p LEFT JOIN LATERAL (SELECT status, payload "
                 "FROM massgate.site_balances s WHERE s.site = p.site AND s.node = p.node "
                 "ORDER BY window_end DESC LIMIT 1) b ON true ORDER BY p.site, p.node"
             )
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def lost_totals(self) -> int:
+        """Gaps in the gateways' totals that the site judge took as lost and that have not
+        arrived since (massgate.site_gaps)."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM massgate.site_gaps WHERE filled_at IS NULL"
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def rejected(self) -> int:
         row = self.conn.execute("SELECT count(*) FROM massgate.rejects").fetchone()

@@ -277,6 +277,85 @@ def test_a_totals_record_lost_for_good_makes_its_windows_inconclusive_not_an_ala
     assert site.rows("SELECT count(*) FROM massgate.site_alarms")[0][0] == 0
 
 
+def test_lost_totals_that_arrive_after_all_revise_the_windows_they_left_inconclusive(
+    site: Site, tmp_path, caplog: pytest.LogCaptureFixture
+):
+    """Ten minutes of skid-2's totals are given up as lost (wait_for_missing 10 min): their
+    windows are inconclusive. Then they arrive after all (an outbox can hold a week): those
+    windows are judged again and revised in place, once, each keeping what it replaced;
+    nothing else changes, and a further pass revises nothing. Seen to fail with the late
+    records never looked for, and with every window judged again taken as changed."""
+    config = balances(tmp_path, wait="10 min")
+    site.run_for(1.5 * HOUR)
+    site.deliver("skid-1")
+    totals = [m for m in site.held["skid-2"] if _totals(m)]
+    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]
+    site.deliver("skid-2", keep=lambda m: m in lost)
+    published: list[tuple[str, dict[str, Any]]] = []
+    judge = SiteBalances(config, publish=lambda topic, body: published.append((topic, body)))
+    site.judge(config, judge)
+    before = site.windows()
+    inconclusive = [w["window_end"] for w in before[10:] if w["status"] == "inconclusive"]
+    assert inconclusive
+    assert site.rows("SELECT count(*) FROM massgate.site_gaps WHERE filled_at IS NULL") == [(1,)]
+    assert site.store.lost_totals() == 1  # as `ingest report` says it
+
+    site.deliver("skid-2")  # the lost ten minutes, late
+    published.clear()
+    with caplog.at_level(logging.INFO, logger="massgate.agent.ingest.site"):
+        site.judge(config, judge)
+    after = site.windows()
+    assert [w["window_end"] for w in after] == [w["window_end"] for w in before]  # none twice
+    assert {w["status"] for w in after[10:]} == {"ok"}
+    revised = site.rows(
+        "SELECT to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'), "
+        "superseded->>'status' FROM massgate.site_balances WHERE node = 'tank_farm' "
+        "AND revised_at IS NOT NULL ORDER BY window_end"
+    )
+    assert {status for _, status in revised} >= {"inconclusive"}
+    assert {end for end, status in revised if status == "inconclusive"} == {
+        w[:19] for w in inconclusive
+    }
+    assert site.rows("SELECT count(*) FROM massgate.site_balances WHERE superseded = payload") == [
+        (0,)
+    ]  # only what changed
+    assert site.store.lost_totals() == 0
+    report = {n["node"]: n for n in site.store.site_balances()}
+    assert report["tank_farm"]["revised"] >= len(inconclusive)
+    assert report["feed_line"]["revised"] == 0
+    topics = {topic for topic, _ in published}
+    assert "balance/tank_farm" in topics
+    assert all("superseded" in body for topic, body in published if topic.startswith("balance"))
+    assert "judged again on late totals: inconclusive" in caplog.text
+    assert "feed_line" not in {b["node"] for t, b in published if t.startswith("balance")}
+
+    published.clear()
+    site.judge(config, judge)  # nothing new came: nothing revised again
+    assert not [t for t, body in published if "superseded" in body]
+
+
+def test_a_judge_stopped_while_revising_goes_on_with_it_when_started_again(site: Site, tmp_path):
+    """The re-opening is in the database (site_progress.revise_after): a judge that stops
+    after it and before the revised windows are stored leaves it to the next one. Seen to
+    fail with revise_after not read at start."""
+    config = balances(tmp_path, wait="10 min")
+    site.run_for(1.5 * HOUR)
+    site.deliver("skid-1")
+    totals = [m for m in site.held["skid-2"] if _totals(m)]
+    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]
+    site.deliver("skid-2", keep=lambda m: m in lost)
+    site.judge(config)
+    site.deliver("skid-2")
+    with psycopg.connect(site.database, autocommit=True) as conn:
+        assert SiteBalances(config).reopen(conn)  # then it stops: nothing judged yet
+    assert "inconclusive" in {w["status"] for w in site.windows()}
+    site.judge(config)  # another judge, or this one started again
+    assert {w["status"] for w in site.windows()[10:]} == {"ok"}
+    assert site.rows(
+        "SELECT count(*) FROM massgate.site_progress WHERE revise_after IS NOT NULL"
+    ) == [(0,)]
+
+
 def test_a_restarted_judge_goes_on_without_storing_anything_twice(site: Site, tmp_path):
     config = balances(tmp_path)
     leak_from, leak_to, rate = 0.5 * HOUR, 1.0 * HOUR, 0.04
