@@ -128,7 +128,8 @@ class SiteBalances:
     def __init__(self, config: BalancesConfig, publish: Publish | None = None) -> None:
         self.config = config
         self.publish = publish
-        self.gaps: set[tuple[str, Gap]] = set()  # (gateway, gap) found by the last load
+        # The breaks the last load took as lost: (gateway, epoch, after, before) -> Gap.
+        self.gaps: dict[tuple[str, str, int, int], Gap] = {}
         self._build()
 
     def _build(self) -> None:
@@ -239,7 +240,7 @@ class SiteBalances:
         cursors = [n.cursor for n in self.nodes]
         cursors += [self.network.cursor] if self.network is not None else []
         since = min((c for c in cursors if c is not None), default=None)
-        self.gaps = set()
+        self.gaps = {}
         for gateway in self.gateways:
             newest, rows = _totals(conn, self.config.site, gateway, since)
             prefix = f"{gateway}/"
@@ -253,7 +254,9 @@ class SiteBalances:
                 newest=newest,
                 gaps=found,
             )
-            self.gaps |= {(gateway, gap) for gap in found}
+            # One gap per break: each stream tells it, from where that stream was known.
+            for gap in sorted(found, key=lambda g: g.start):
+                self.gaps.setdefault((gateway, gap.epoch, gap.after_seq, gap.before_seq), gap)
 
     def judge(self) -> _Judged:
         """Step each node up to where all its terms are known; the windows and events that
@@ -363,9 +366,7 @@ class SiteBalances:
                     "to_timestamp(%s), to_timestamp(%s)) ON CONFLICT DO NOTHING",
                     [
                         (site, gw, g.epoch, g.after_seq, g.before_seq, g.start, g.end)
-                        for gw, g in sorted(
-                            self.gaps, key=lambda x: (x[0], x[1].epoch, x[1].after_seq)
-                        )
+                        for (gw, *_), g in sorted(self.gaps.items())
                     ],
                 )
             cur.executemany(
