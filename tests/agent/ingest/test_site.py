@@ -259,15 +259,21 @@ def test_a_missing_totals_record_is_waited_for_then_judged(site: Site, tmp_path)
     assert {w["status"] for w in site.windows()[10:]} == {"ok"}
 
 
-def test_a_totals_record_lost_for_good_makes_its_windows_inconclusive_not_an_alarm(
-    site: Site, tmp_path
-):
-    config = balances(tmp_path, wait="10 min")
+def _ten_minutes_lost(site: Site, tmp_path: Path) -> BalancesConfig:
+    """An hour and a half of the plant; ten minutes of skid-2's totals, in the middle, held
+    back (the rest delivered), and a judge that waits ten minutes for what is missing."""
     site.run_for(1.5 * HOUR)
     site.deliver("skid-1")
     totals = [m for m in site.held["skid-2"] if _totals(m)]
-    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]  # ten minutes of skid-2's
+    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]
     site.deliver("skid-2", keep=lambda m: m in lost)
+    return balances(tmp_path, wait="10 min")
+
+
+def test_a_totals_record_lost_for_good_makes_its_windows_inconclusive_not_an_alarm(
+    site: Site, tmp_path
+):
+    config = _ten_minutes_lost(site, tmp_path)
     site.judge(config)
     evaluated_to, _ = site.progress()
     assert evaluated_to > plantrun.WALL0 + 1.5 * HOUR - 120
@@ -285,12 +291,7 @@ def test_lost_totals_that_arrive_after_all_revise_the_windows_they_left_inconclu
     windows are judged again and revised in place, once, each keeping what it replaced;
     nothing else changes, and a further pass revises nothing. Seen to fail with the late
     records never looked for, and with every window judged again taken as changed."""
-    config = balances(tmp_path, wait="10 min")
-    site.run_for(1.5 * HOUR)
-    site.deliver("skid-1")
-    totals = [m for m in site.held["skid-2"] if _totals(m)]
-    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]
-    site.deliver("skid-2", keep=lambda m: m in lost)
+    config = _ten_minutes_lost(site, tmp_path)
     published: list[tuple[str, dict[str, Any]]] = []
     judge = SiteBalances(config, publish=lambda topic, body: published.append((topic, body)))
     site.judge(config, judge)
@@ -338,12 +339,7 @@ def test_a_judge_stopped_while_revising_goes_on_with_it_when_started_again(site:
     """The re-opening is in the database (site_progress.revise_after): a judge that stops
     after it and before the revised windows are stored leaves it to the next one. Seen to
     fail with revise_after not read at start."""
-    config = balances(tmp_path, wait="10 min")
-    site.run_for(1.5 * HOUR)
-    site.deliver("skid-1")
-    totals = [m for m in site.held["skid-2"] if _totals(m)]
-    lost = totals[len(totals) // 2 - 10 : len(totals) // 2 + 10]
-    site.deliver("skid-2", keep=lambda m: m in lost)
+    config = _ten_minutes_lost(site, tmp_path)
     site.judge(config)
     site.deliver("skid-2")
     with psycopg.connect(site.database, autocommit=True) as conn:
