@@ -46,6 +46,10 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "report:setup", "print the kept balance windows and alarms per node for a time range"
     ),
+    "density": Command(
+        "density:setup",
+        "compute a density as the agent does (API 11.1, water), to check a flow computer",
+    ),
     "ingest": Command(
         "ingest:setup",
         "store every gateway's records in PostgreSQL, and account for every sequence number",

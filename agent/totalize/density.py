@@ -112,7 +112,9 @@ def ctl_cpl_60(
 ) -> tuple[float, float, str | None]:
     """CTL and CPL from 60 °F and 0 psig to `temperature` (K) and gauge `pressure` (Pa).
 
-    ρ(T, P) = ρ60 · CTL · CPL. Returns (CTL, CPL, flag).
+    ρ(T, P) = ρ60 · CTL · CPL. Returns (CTL, CPL, flag). A negative gauge pressure is taken
+    as 0 psig, as the standard does (its Example 3: fuel oil at −7.3 psig, CPL 1.000000),
+    and flagged; so is a pressure below the equilibrium pressure.
     """
     k0, k1, k2 = _alpha_constants(commodity, rho60, alpha60)
     t_f = _f_from_k(temperature)
@@ -129,12 +131,17 @@ def ctl_cpl_60(
     fp = math.exp(-1.9947 + 0.00013427 * t68 + (793920.0 + 2326.0 * t68) / rho_star**2)
     p_psig = pressure / PSI
     pe_psig = max(equilibrium_pressure / PSI, 0.0)
-    cpl = 1.0 / (1.0 - 1e-5 * fp * (p_psig - pe_psig))
-    return ctl, cpl, _api_flag(commodity, rho60, t_f, p_psig, alpha60)
+    cpl = 1.0 / (1.0 - 1e-5 * fp * (max(p_psig, 0.0) - pe_psig))
+    return ctl, cpl, _api_flag(commodity, rho60, t_f, p_psig, alpha60, pe_psig)
 
 
 def _api_flag(
-    commodity: str, rho60: float, t_f: float, p_psig: float, alpha60: float | None
+    commodity: str,
+    rho60: float,
+    t_f: float,
+    p_psig: float,
+    alpha60: float | None,
+    pe_psig: float = 0.0,
 ) -> str | None:
     problems = []
     if commodity == "special":
@@ -148,12 +155,26 @@ def _api_flag(
             problems.append(f"base density {rho60:.1f} kg/m3 outside {low}..{high}")
     if not _T_MIN_F <= t_f <= _T_MAX_F:
         problems.append(f"temperature {t_f:.1f} °F outside -58..302 °F")
-    if not 0.0 <= p_psig <= _P_MAX_PSIG:
+    if p_psig < 0.0:
+        problems.append(f"pressure {p_psig:.1f} psig below 0 psig, taken as 0 psig")
+    elif p_psig > _P_MAX_PSIG:
         problems.append(f"pressure {p_psig:.0f} psig outside 0..1500 psig")
+    if max(p_psig, 0.0) < pe_psig:
+        problems.append(
+            f"pressure {max(p_psig, 0.0):.1f} psig below the equilibrium pressure "
+            f"{pe_psig:.1f} psig (not a single liquid phase)"
+        )
     return "API 11.1: " + "; ".join(problems) if problems else None
 
 
 _T15 = 288.15  # K
+BASES = ("60F", "15C")
+
+
+def _check_base(base: str) -> None:
+    # Never a silent 15 °C for a base the standard does not have (a typo, "20C").
+    if base not in BASES:
+        raise ValueError(f"API 11.1 base must be 60F or 15C, not {base!r}")
 
 
 def api_density(
@@ -166,6 +187,7 @@ def api_density(
     alpha60: float | None = None,
 ) -> Density:
     """Line density from a base density (at 60 °F or 15 °C and 0 gauge) by API 11.1."""
+    _check_base(base)
     rho60, flag60 = (
         (base_density, None)
         if base == "60F"
@@ -200,6 +222,7 @@ def api_base_density(
 ) -> Density:
     """Base density (60 °F or 15 °C, 0 gauge) from a density observed at T and P: the
     iteration of the standard, for Coriolis meters that report line density."""
+    _check_base(base)
     rho60, converged, flag = _solve_base(observed, temperature, pressure, commodity, alpha60)
     group = COMMODITIES.get(commodity)
     low, high = (610.6, 1163.5) if group is None else (group.rho_min, group.rho_max)

@@ -266,3 +266,43 @@ def test_api_inputs_outside_the_standard_are_flagged(kwargs, expected):
     assert flag is not None
     assert expected in flag
     assert math.isfinite(density.ctl_cpl_60(**kwargs)[0])
+
+
+@given(st.floats(838.4, 1163.5), st.floats(-58.0, 302.0), st.floats(-14.6, -1e-6))
+def test_a_negative_gauge_pressure_is_taken_as_zero_psig_and_flagged(rho60, t_f, p_psig):
+    """API 11.1 sets a gauge pressure below zero to 0 psig: its Example 3 (a fuel oil at
+    −7.3 psig) has CPL 1.000000; computing with −7.3 psig gave 0.999972."""
+    ctl, cpl, flag = density.ctl_cpl_60(
+        rho60, _kelvin(t_f), p_psig * density.PSI, commodity="fuel_oil"
+    )
+    ctl0, cpl0, _flag0 = density.ctl_cpl_60(rho60, _kelvin(t_f), 0.0, commodity="fuel_oil")
+    assert (ctl, cpl) == (ctl0, cpl0)
+    assert cpl == 1.0
+    assert flag is not None
+    assert "below 0 psig, taken as 0 psig" in flag
+
+
+def test_example_3_fuel_oil_at_minus_7_3_psig_has_cpl_one():
+    _ctl, cpl, flag = density.ctl_cpl_60(
+        900.0, _kelvin(100.0), -7.3 * density.PSI, commodity="fuel_oil"
+    )
+    assert f"{cpl:.6f}" == "1.000000"
+    assert flag is not None
+    assert "-7.3 psig" in flag
+
+
+def test_a_pressure_below_the_equilibrium_pressure_is_flagged():
+    kwargs = {"commodity": "gasoline", "equilibrium_pressure": 50 * density.PSI}
+    _, _, below = density.ctl_cpl_60(700.0, _kelvin(80.0), 20 * density.PSI, **kwargs)
+    _, _, above = density.ctl_cpl_60(700.0, _kelvin(80.0), 80 * density.PSI, **kwargs)
+    assert below is not None
+    assert "below the equilibrium pressure 50.0 psig" in below
+    assert above is None
+
+
+@pytest.mark.parametrize("base", ["20C", "60f", "15 C", ""])
+def test_a_base_other_than_60f_or_15c_is_an_error_not_a_silent_15c(base):
+    with pytest.raises(ValueError, match="60F or 15C"):
+        density.api_density(850.0, 300.0, base=base)
+    with pytest.raises(ValueError, match="60F or 15C"):
+        density.api_base_density(850.0, 300.0, base=base)
