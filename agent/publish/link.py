@@ -307,8 +307,8 @@ class BrokerLink(threading.Thread):
                 said_by_broker = f" ({self.session_gone})" if self.session_gone else ""
                 reason = (
                     f"{endpoint}: the broker ended the session{said_by_broker} within "
-                    f"{STABLE_SESSION:g} s of connecting (an ACL that denies our topics, "
-                    "another gateway with the same client id, a quota?)"
+                    f"{STABLE_SESSION:g} s of connecting (the broker restarting, an ACL that "
+                    "denies our topics, another gateway with the same client id, a quota?)"
                 )
             else:
                 index += 1  # fail over to the next broker in the list
