@@ -185,9 +185,14 @@ def _num(value: float) -> float | None:
     return None if not math.isfinite(value) else value
 
 
-def as_json(label: str, plain: rc.Reconciliation, final: rc.Reconciliation) -> dict[str, Any]:
+def as_json(
+    label: str,
+    plain: rc.Reconciliation,
+    final: rc.Reconciliation,
+    robust: tuple[str, rc.Reconciliation] | None = None,
+) -> dict[str, Any]:
     z = NormalDist().inv_cdf(1 - plain.alpha / 2)
-    return {
+    document = {
         "row": label,
         "global_test": {
             "statistic": plain.statistic,
@@ -228,6 +233,14 @@ def as_json(label: str, plain: rc.Reconciliation, final: rc.Reconciliation) -> d
             "streams": {s.name: _num(s.reconciled) for s in final.streams},
         },
     }
+    if robust is not None:
+        estimator, result = robust
+        document["robust"] = {
+            "estimator": estimator,
+            "converged": not result.unconverged,
+            "streams": {s.name: _num(s.reconciled) for s in result.streams},
+        }
+    return document
 
 
 def _fmt(value: float, width: int = 11, digits: int = 4) -> str:
@@ -236,7 +249,12 @@ def _fmt(value: float, width: int = 11, digits: int = 4) -> str:
     return f"{value:{width}.{digits}f}"
 
 
-def as_table(label: str, plain: rc.Reconciliation, final: rc.Reconciliation) -> str:
+def as_table(
+    label: str,
+    plain: rc.Reconciliation,
+    final: rc.Reconciliation,
+    robust: tuple[str, rc.Reconciliation] | None = None,
+) -> str:
     z = NormalDist().inv_cdf(1 - plain.alpha / 2)
     level = f"{1 - plain.alpha:.0%}"
     verdict = "passed" if plain.passed else "FAILED"
@@ -268,6 +286,13 @@ def as_table(label: str, plain: rc.Reconciliation, final: rc.Reconciliation) -> 
         )
     elif not plain.passed:
         lines.append("no single meter or leak explains the failure")
+    if robust is not None:
+        estimator, result = robust
+        note = "" if not result.unconverged else " (did not converge)"
+        lines.append(f"{estimator} estimate{note}, each gross error's pull bounded:")
+        lines += [
+            f"{s.name:<14}{_fmt(s.measured)}{'':>11}{_fmt(s.reconciled)}" for s in result.streams
+        ]
     return "\n".join(lines)
 
 
@@ -278,7 +303,9 @@ def setup(p: argparse.ArgumentParser) -> None:
         "Prints reconciled values with confidence intervals, each stream's class "
         "(redundant, non-redundant, observable, unobservable), the global chi-square "
         "test, the measurement test, and the gross errors serial elimination finds (a "
-        "biased meter or a leaking node, with its size). Exit status: 0 when every row "
+        "biased meter or a leaking node, with its size); with --estimator huber or fair, "
+        "also the robust estimate, on which a gross error pulls with a bounded force "
+        "instead of being smeared over its neighbours. Exit status: 0 when every row "
         "passes the global test, 1 when a row fails it, 2 for a bad file."
     )
     p.add_argument("--network", required=True, metavar="NET.yaml", help="the node network")
@@ -289,6 +316,13 @@ def setup(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="P",
         help="significance level of the tests (default: the network's, else 0.05)",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=rc.ESTIMATORS,
+        default=rc.WLS,
+        help="wls (default): weighted least squares only; huber or fair: also the robust "
+        "M-estimate (tuning 1.345 and 1.3998: 95 %% of WLS's efficiency on Gaussian errors)",
     )
     p.add_argument(
         "--no-leaks",
@@ -321,16 +355,30 @@ def run(args: argparse.Namespace) -> int:
                 alpha=alpha,
                 leaks=not args.no_leaks,
             )
+            robust = (
+                None
+                if args.estimator == rc.WLS
+                else (
+                    args.estimator,
+                    rc.robust(
+                        net.network,
+                        row.values,
+                        sigmas_for(net, row.values),
+                        estimator=args.estimator,
+                        alpha=alpha,
+                    ),
+                )
+            )
         except ValueError as exc:
             print(f"{args.data}:{row.line}: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         failed |= not plain.passed
         if args.json:
-            documents.append(as_json(row.label, plain, final))
+            documents.append(as_json(row.label, plain, final, robust))
         else:
             if i:
                 print()
-            print(as_table(row.label, plain, final))
+            print(as_table(row.label, plain, final, robust))
     if args.json:
         json.dump(documents, sys.stdout, indent=2, ensure_ascii=False)
         print()

@@ -61,6 +61,7 @@ MISUSE = [
     ["density", "water", "--temperature", "hot"],
     ["density", "water", "--temperature", "20 degC", "--pressure", "-2 bar"],
     ["density", "gas"],
+    ["reconcile", "--network", "n.yaml", "--data", "d.csv", "--estimator", "tukey"],
     ["nosuchcommand"],
 ]  # fmt: skip
 

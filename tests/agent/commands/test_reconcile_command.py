@@ -49,6 +49,27 @@ def test_json_has_every_row_with_tests_and_intervals(capsys):
     assert rows[2]["streams"][1]["class"] == "observable"
 
 
+@pytest.mark.parametrize("estimator", ["huber", "fair"])
+def test_a_robust_estimate_keeps_the_good_meters_nearer_the_truth(estimator, capsys):
+    """The example's second row: F2 reads 6 high (true flows 100, 64, 36). WLS pulls F1 to
+    101 and F3 to 35; the robust estimate stays nearer, and says what it is."""
+    main(["reconcile", "--network", NET, "--data", DATA, "--json", "--estimator", estimator])
+    rows = json.loads(capsys.readouterr().out)
+    biased = rows[1]
+    wls = {s["stream"]: s["reconciled"] for s in biased["streams"]}
+    robust = biased["robust"]
+    assert (robust["estimator"], robust["converged"]) == (estimator, True)
+    for name, true in (("F1", 100.0), ("F3", 36.0), ("F4", 64.0)):
+        assert abs(robust["streams"][name] - true) < abs(wls[name] - true), name
+    main(["reconcile", "--network", NET, "--data", DATA, "--estimator", estimator])
+    assert f"{estimator} estimate, each gross error's pull bounded:" in capsys.readouterr().out
+
+
+def test_without_an_estimator_there_is_no_robust_estimate(capsys):
+    main(["reconcile", "--network", NET, "--data", DATA, "--json"])
+    assert all("robust" not in row for row in json.loads(capsys.readouterr().out))
+
+
 def test_accuracy_is_relative_and_taken_as_two_sigma(tmp_path: Path, capsys):
     net = tmp_path / "n.yaml"
     net.write_text(
