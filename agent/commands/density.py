@@ -53,10 +53,7 @@ def setup(p: argparse.ArgumentParser) -> None:
         "--base-density", required=True, type=_quantity(units.DENSITY), metavar="DENSITY"
     )
     api.add_argument("--base", choices=BASES, default="60F", help="the base's temperature")
-    api.add_argument("--temperature", required=True, type=_quantity(units.TEMPERATURE))
-    api.add_argument(
-        "--pressure", type=_quantity(units.PRESSURE), default=0.0, help="gauge (default 0)"
-    )
+    _conditions(api)
     api.add_argument(
         "--equilibrium-pressure",
         type=_quantity(units.PRESSURE),
@@ -68,25 +65,34 @@ def setup(p: argparse.ArgumentParser) -> None:
         type=_quantity(units.PER_KELVIN),
         help="thermal expansion at 60 °F, e.g. '4.5e-4 1/degF' (commodity special)",
     )
-    api.add_argument("--json", action="store_true", help="a JSON object instead of a table")
     api.set_defaults(func=api_main)
     water = sub.add_parser(
         "water",
         help="liquid water by IAPWS-IF97",
         description="Liquid water by IAPWS-IF97 region 1, as the agent's water model.",
     )
-    water.add_argument("--temperature", required=True, type=_quantity(units.TEMPERATURE))
-    water.add_argument(
-        "--pressure", type=_quantity(units.PRESSURE), default=0.0, help="gauge (default 0)"
-    )
+    _conditions(water)
     water.add_argument(
         "--atmosphere",
         type=_quantity(units.PRESSURE),
         default=ATMOSPHERE,
         help="added to the gauge pressure (default 101.325 kPa)",
     )
-    water.add_argument("--json", action="store_true", help="a JSON object instead of a table")
     water.set_defaults(func=water_main)
+
+
+def _conditions(p: argparse.ArgumentParser) -> None:
+    """What every model takes: the line's temperature and gauge pressure, and --json."""
+    p.add_argument(
+        "--temperature",
+        required=True,
+        type=_quantity(units.TEMPERATURE),
+        help="the line's, e.g. '100 degF' or '40 degC'",
+    )
+    p.add_argument(
+        "--pressure", type=_quantity(units.PRESSURE), default=0.0, help="gauge (default 0)"
+    )
+    p.add_argument("--json", action="store_true", help="a JSON object instead of a table")
 
 
 def api_main(args: argparse.Namespace) -> int:
