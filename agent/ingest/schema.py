@@ -33,22 +33,30 @@ from typing import Any
 
 VERSION = 4
 
-# The balance records as mass-balance events (migration 1; migration 3 adds the site's).
-_BALANCE_EVENTS = """SELECT
-    created AS time, site, gateway,
-    payload->>'node' AS node,
-    payload->>'window' AS window_kind,
-    (payload->>'window_start')::timestamptz AS window_start,
-    (payload->>'window_end')::timestamptz AS window_end,
-    (payload->>'in_kg')::double precision AS in_kg,
+# A balance window's amounts, read from its payload: the gateways' records and the site's
+# windows give mass_balance_events the same columns.
+_AMOUNTS = """    (payload->>'in_kg')::double precision AS in_kg,
     (payload->>'out_kg')::double precision AS out_kg,
     (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
     (payload->>'imbalance_kg')::double precision AS imbalance_kg,
     (payload->>'relative')::double precision AS relative,
     (payload->>'tolerance_kg')::double precision AS tolerance_kg,
-    payload->>'status' AS status,
+"""
+
+# The balance records as mass-balance events (migration 1; migration 3 adds the site's).
+_BALANCE_EVENTS = (
+    """SELECT
+    created AS time, site, gateway,
+    payload->>'node' AS node,
+    payload->>'window' AS window_kind,
+    (payload->>'window_start')::timestamptz AS window_start,
+    (payload->>'window_end')::timestamptz AS window_end,
+"""
+    + _AMOUNTS
+    + """    payload->>'status' AS status,
     epoch, seq
 FROM massgate.records WHERE kind = 'balance'"""
+)
 
 # Each migration takes the database from the version before it to its own; they run in one
 # transaction with the version row, under an advisory lock, so two ingest processes starting
@@ -236,13 +244,9 @@ SELECT
     window_end AS time, site, NULL AS gateway, node,
     payload->>'window' AS window_kind,
     window_start, window_end,
-    (payload->>'in_kg')::double precision AS in_kg,
-    (payload->>'out_kg')::double precision AS out_kg,
-    (payload->>'delta_inventory_kg')::double precision AS accumulation_kg,
-    (payload->>'imbalance_kg')::double precision AS imbalance_kg,
-    (payload->>'relative')::double precision AS relative,
-    (payload->>'tolerance_kg')::double precision AS tolerance_kg,
-    status, NULL AS epoch, NULL AS seq
+"""
+    + _AMOUNTS
+    + """    status, NULL AS epoch, NULL AS seq
 FROM massgate.site_balances;
 """,
     # Late records: what the judge gave up as lost, and the windows it judged again.
