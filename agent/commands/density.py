@@ -1,14 +1,16 @@
 """`massgate density`: what the agent computes for a density model, for one set of conditions.
 
 For checking a flow computer, a lab value or a vendor's sheet against massgate, with the
-configuration's unit syntax ("850 kg/m3", "100 degF", "5 bar"). Pressure is gauge, as the
-configuration's pressure tags are. A bad input is one line and exit 2, as everywhere.
+configuration's unit syntax ("850 kg/m3", "100 degF", "5 bar"). Pressure is gauge for api and
+water, as the configuration's pressure tags are, and absolute for gas, as gas standards state
+it. A bad input is one line and exit 2, as everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +34,12 @@ def _quantity(dimension: str) -> Callable[[str], float]:
 def setup(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Compute a density as the agent does, for one temperature and pressure: API MPMS "
-        "11.1 for crude oil and refined products (with CTL, CPL and CTPL), or IAPWS-IF97 for "
-        "water. Values take the configuration's units ('850 kg/m3', '100 degF', '5 bar'); "
-        "pressure is gauge, as the configuration's pressure tags are. An input outside the "
-        "model's range is computed and flagged, as in the agent. Exit 0, or 2 for a bad input."
+        "11.1 for crude oil and refined products (with CTL, CPL and CTPL), IAPWS-IF97 for "
+        "water, or a gas by its composition (AGA8 GERG-2008 or DETAIL, virial, ideal). Values "
+        "take the configuration's units ('850 kg/m3', '100 degF', '5 bar'); pressure is gauge "
+        "for api and water, as the configuration's pressure tags are, and absolute for gas. "
+        "An input outside the model's range is computed and flagged, as in the agent. Exit 0, "
+        "or 2 for a bad input."
     )
     sub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
     api = sub.add_parser(
@@ -79,6 +83,63 @@ def setup(p: argparse.ArgumentParser) -> None:
         help="added to the gauge pressure (default 101.325 kPa)",
     )
     water.set_defaults(func=water_main)
+    gas = sub.add_parser(
+        "gas",
+        help="a gas by its composition: AGA8 GERG-2008 or DETAIL, virial, ideal",
+        description=(
+            "Density, Z and molar mass of a gas from its mole fractions, at the line's "
+            "temperature and absolute pressure, and at the standard conditions its standard "
+            "volume is stated at (Z there from the same equation). GERG-2008 and DETAIL are "
+            "AGA Report No. 8 (2017) through pyaga8 (massgate[aga8]); virial is a second "
+            "virial coefficient at Kay's pseudo-critical point; ideal is Z = 1."
+        ),
+    )
+    from ..totalize.gas import COMPONENTS, EQUATIONS  # noqa: PLC0415
+
+    gas.add_argument("--model", required=True, choices=EQUATIONS, help="the equation")
+    gas.add_argument(
+        "--composition",
+        required=True,
+        type=_composition,
+        help="mole fractions by AGA8's names, summing to 1 within 1e-4, e.g. "
+        "'methane=0.9,ethane=0.05,propane=0.02,nitrogen=0.02,carbon_dioxide=0.01' (or "
+        f"'methane=90 %%'); the names: {', '.join(COMPONENTS)}",
+    )
+    gas.add_argument(
+        "--temperature",
+        required=True,
+        type=_quantity(units.TEMPERATURE),
+        help="the line's, e.g. '15 degC'",
+    )
+    gas.add_argument(
+        "--pressure",
+        required=True,
+        type=_quantity(units.PRESSURE),
+        help="the line's, absolute, e.g. '70 bar'",
+    )
+    gas.add_argument(
+        "--standard-temperature",
+        type=_quantity(units.TEMPERATURE),
+        default=288.15,
+        help="of the standard volume (default 15 degC)",
+    )
+    gas.add_argument(
+        "--standard-pressure",
+        type=_quantity(units.PRESSURE),
+        default=ATMOSPHERE,
+        help="of the standard volume, absolute (default 101.325 kPa)",
+    )
+    gas.add_argument("--json", action="store_true", help="a JSON object instead of a table")
+    gas.set_defaults(func=gas_main)
+
+
+def _composition(text: str) -> Any:
+    from ..totalize.gas import Composition, CompositionError  # noqa: PLC0415
+
+    try:
+        return Composition.from_text(text)
+    except CompositionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _conditions(p: argparse.ArgumentParser) -> None:
@@ -152,6 +213,41 @@ def water_main(args: argparse.Namespace) -> int:
     return _show(result, args.json, ("density",))
 
 
+def gas_main(args: argparse.Namespace) -> int:
+    from ..totalize import gas  # noqa: PLC0415
+
+    if args.model in gas.AGA8_EQUATIONS and (missing := gas.aga8_available()) is not None:
+        return _bad(missing, "density gas")
+    for name in ("pressure", "standard_pressure"):
+        if not getattr(args, name) > 0:
+            option = "--" + name.replace("_", "-")
+            return _bad(
+                f"{option} is absolute here and must be above 0, got {getattr(args, name):g} Pa",
+                "density gas",
+            )
+    found = gas.gas(args.model, args.composition)
+    line = found.state(args.temperature, args.pressure)
+    standard = found.state(args.standard_temperature, args.standard_pressure)
+    flags, base_flags = _flags(line.flag), _flags(standard.flag)
+    result = {
+        "model": args.model,
+        "composition": dict(args.composition.items()),
+        "temperature_k": args.temperature,
+        "pressure_pa_absolute": args.pressure,
+        "density": line.density,
+        "z": line.z,
+        "molar_mass": line.molar_mass,
+        "standard_temperature_k": args.standard_temperature,
+        "standard_pressure_pa_absolute": args.standard_pressure,
+        "standard_density": standard.density,
+        "standard_z": standard.z,
+        "flags": flags + [f"at standard conditions: {f}" for f in base_flags if f not in flags],
+    }
+    return _show(
+        result, args.json, ("density", "z", "molar_mass", "standard_density", "standard_z")
+    )
+
+
 def _flags(*flags: str | None) -> list[str]:
     """Each model's flag is 'model: problem; problem': one line per problem."""
     out: list[str] = []
@@ -164,7 +260,12 @@ def _flags(*flags: str | None) -> list[str]:
 
 def _show(result: dict[str, Any], as_json: bool, shown: tuple[str, ...]) -> int:
     if as_json:
-        print(json.dumps(result, indent=1))
+        # No NaN in JSON: a value an equation could not find is null (its flag says why).
+        clean = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in result.items()
+        }
+        print(json.dumps(clean, indent=1, allow_nan=False))
         return EXIT_OK
     labels = {
         "density": "density, kg/m3",
@@ -172,17 +273,22 @@ def _show(result: dict[str, Any], as_json: bool, shown: tuple[str, ...]) -> int:
         "cpl": "CPL",
         "ctpl": "CTPL",
         "density_60f": "base density at 60 degF, kg/m3",
+        "z": "Z",
+        "molar_mass": "molar mass, g/mol",
+        "standard_density": "density at standard conditions, kg/m3",
+        "standard_z": "Z at standard conditions",
     }
     for key in shown:
         digits = 4 if "density" in key else 8
-        print(f"{labels[key]:<34}{result[key]:.{digits}f}")
+        value = result[key] * 1000 if key == "molar_mass" else result[key]
+        print(f"{labels[key]:<40}{value:.{digits}f}")
     for flag in result["flags"]:
         print(f"flag: {flag}")
     return EXIT_OK
 
 
-def _bad(message: str) -> int:
+def _bad(message: str, command: str = "density") -> int:
     import sys  # noqa: PLC0415
 
-    print(f"massgate density: error: {message} (see massgate density --help)", file=sys.stderr)
+    print(f"massgate {command}: error: {message} (see massgate {command} --help)", file=sys.stderr)
     return EXIT_BAD_CONFIG

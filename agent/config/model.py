@@ -12,6 +12,7 @@ from massgate.drivers.base import Device
 
 from ..core.values import DAY, YEAR
 from ..totalize import density as density_models
+from ..totalize.gas import Composition
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
 
@@ -66,17 +67,25 @@ class DensityModel:
     compressibility: float = 0.0  # linear: κ in ρ = ρ_T / (1 − κ·P_gauge), 1/Pa
     standard_temperature: float = 288.15  # gas: the conditions of "standard volume", K
     standard_pressure: float = 101325.0  # Pa, absolute
+    composition: Composition | None = None  # gas by composition, through `equation`:
+    equation: str = ""  # gerg2008 | detail | virial | ideal (agent/totalize/gas.py)
 
     @property
     def standard_density(self) -> float:
         """kg/m³ at the conditions a standard volume is stated at.
 
         A liquid's reference (base) density; a gas at standard_temperature and
-        standard_pressure, by the virial model when configured and ideal otherwise (a fixed Z
-        belongs to the line conditions, not to standard ones).
+        standard_pressure: by its equation when it has a composition (the base Z from the same
+        equation as the line's), by the virial model when configured, and ideal otherwise (a
+        fixed Z belongs to the line conditions, not to standard ones).
         """
         if self.model != "gas":
             return self.reference
+        if self.composition is not None:
+            from ..totalize.gas import gas  # noqa: PLC0415
+
+            found = gas(self.equation, self.composition)
+            return found.state(self.standard_temperature, self.standard_pressure).density
         if self.z is None:
             return density_models.gas_virial(
                 self.standard_temperature,

@@ -97,7 +97,9 @@ def parse_density(s: Section | None) -> DensityModel | None:
             )
             if common["alpha60"] is not None:
                 common["alpha60"] /= 1.8  # the standard's α60 is per °F
-    else:  # gas
+    elif s.has("composition") or s.has("equation"):
+        _gas_by_composition(s, common)
+    else:  # gas by molar mass and Z
         common["molar_mass"] = s.take("molar_mass", _molar_mass)
         common["z"] = s.take("z", _compressibility_factor, None)
         if common["z"] is None:
@@ -109,14 +111,7 @@ def parse_density(s: Section | None) -> DensityModel | None:
                 "critical_pressure", quantity(units.PRESSURE, minimum=1e5, maximum=1e9)
             )
             common["acentric_factor"] = s.take("acentric_factor", _acentric_factor, 0.0)
-        if (standard := s.section("standard", required=False)) is not None:
-            common["standard_temperature"] = standard.take("temperature", _temperature, 288.15)
-            common["standard_pressure"] = standard.take(
-                "pressure", quantity(units.PRESSURE, minimum=1e3, maximum=1e7), 101325.0
-            )
-            standard.finish()
-        common["reference_temperature"] = 288.15
-        common["expansion"] = 0.0
+        _gas_standard(s, common)
         if common["molar_mass"] is not None:
             common["reference"] = density_models.gas(
                 288.15, 101325.0, molar_mass=common["molar_mass"], z=1.0
@@ -125,6 +120,57 @@ def parse_density(s: Section | None) -> DensityModel | None:
     if not s.ok or any(v is None for k, v in common.items() if k in _REQUIRED_DENSITY_KEYS):
         return None
     return DensityModel(**common)
+
+
+def _gas_standard(s: Section, common: dict[str, Any]) -> None:
+    """A gas's `standard` conditions (of its standard volume) and its nominal reference."""
+    if (standard := s.section("standard", required=False)) is not None:
+        common["standard_temperature"] = standard.take("temperature", _temperature, 288.15)
+        common["standard_pressure"] = standard.take(
+            "pressure", quantity(units.PRESSURE, minimum=1e3, maximum=1e7), 101325.0
+        )
+        standard.finish()
+    common["reference_temperature"] = 288.15
+    common["expansion"] = 0.0
+
+
+_BY_MOLAR_MASS = ("molar_mass", "z", "critical_temperature", "critical_pressure")
+
+
+def _gas_by_composition(s: Section, common: dict[str, Any]) -> None:
+    """A gas by its 21 AGA8 mole fractions, through one of gas.EQUATIONS."""
+    from ..totalize import gas  # noqa: PLC0415
+
+    common["equation"] = equation = s.take("equation", choice(*gas.EQUATIONS), "gerg2008")
+    composition = s.take("composition", _composition)
+    for key in (*_BY_MOLAR_MASS, "acentric_factor"):
+        if s.has(key):
+            s.take(key, lambda v: v)
+            s.fail(key, "a gas given by its composition takes this from its equation: remove it")
+    if equation in gas.AGA8_EQUATIONS and (missing := gas.aga8_available()) is not None:
+        s.fail("equation", missing)
+    _gas_standard(s, common)
+    if composition is not None and s.ok:
+        common["composition"] = composition
+        common["molar_mass"] = composition.molar_mass
+        common["reference"] = density_models.gas(
+            288.15, 101325.0, molar_mass=composition.molar_mass, z=1.0
+        ).value
+
+
+def _composition(value: Any) -> Any:
+    """{component: mole fraction}, a fraction a plain number or with a unit ('90 %')."""
+    from ..totalize import gas  # noqa: PLC0415
+
+    if not isinstance(value, dict) or not value:
+        raise Invalid(
+            "expected a mapping of AGA8 component names to mole fractions, e.g. "
+            "{methane: 0.9, ethane: 0.06, nitrogen: 0.04}"
+        )
+    try:
+        return gas.Composition.parse({str(k): v for k, v in value.items()})
+    except gas.CompositionError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def _acentric_factor(value: Any) -> float:

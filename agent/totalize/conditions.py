@@ -74,6 +74,11 @@ def density_at(
                 alpha60=model.alpha60,
             )
         case "gas":
+            if model.composition is not None:
+                from .gas import gas  # noqa: PLC0415
+
+                state = gas(model.equation, model.composition).state(temperature, absolute)
+                return density_models.Density(state.density, state.flag)
             if model.z is not None:
                 return density_models.gas(
                     temperature, absolute, molar_mass=model.molar_mass, z=model.z

@@ -3,6 +3,7 @@ model named, pressure read from its tag, out-of-range inputs counted, bad keys r
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from massgate.agent import config as config_module
 from massgate.agent.core.yamlsource import ConfigError
-from massgate.agent.totalize import density
+from massgate.agent.totalize import density, gas
 from massgate.agent.totalize.streams import StreamTotal
 
 HEAD = """\
@@ -123,3 +124,94 @@ def test_bad_density_settings_are_refused_by_line(tmp_path: Path, density_yaml: 
         _stream(tmp_path, density_yaml)
     assert message in str(caught.value)
     assert "c.yaml:1" in str(caught.value)
+
+
+GAS = (
+    "model: gas\nequation: EQUATION\ntemperature: tt.temperature\npressure: pt.pressure\n"
+    "composition: {methane: 0.9, ethane: 0.05, propane: 2 %, nitrogen: 0.02, carbon_dioxide: 0.01}"
+)
+
+
+@pytest.mark.parametrize("equation", ["gerg2008", "detail", "virial", "ideal"])
+def test_a_gas_by_composition_is_weighed_by_its_equation_at_line_and_base(
+    tmp_path: Path, equation: str
+):
+    if equation in gas.AGA8_EQUATIONS:
+        pytest.importorskip("pyaga8", reason="no pyaga8 wheel for this machine")
+    stream = _stream(tmp_path, GAS.replace("EQUATION", equation))
+    _run(stream, temperature=288.15, pressure=20e5)  # gauge, as the pressure tag gives it
+    composition = gas.Composition.parse(
+        {"methane": 0.9, "ethane": 0.05, "propane": 0.02, "nitrogen": 0.02, "carbon_dioxide": 0.01}
+    )
+    line = gas.Gas(equation, composition).state(288.15, 20e5 + 101325.0)
+    assert stream.net == pytest.approx(0.01 * line.density, rel=1e-12)
+    assert stream.density_flags == {}
+    model = stream.config.density
+    assert model is not None
+    # The standard volume's density: 15 °C and 1 atm, with Z from the same equation.
+    base = gas.Gas(equation, composition).state(288.15, 101325.0)
+    assert model.standard_density == pytest.approx(base.density, rel=1e-12)
+    if equation != "ideal":
+        assert base.z < 0.999  # not the ideal gas's
+    _run(stream, temperature=500.0, pressure=20e5)
+    if equation in gas.AGA8_EQUATIONS:
+        assert list(stream.density_flags) == [
+            "gerg2008: temperature 500.00 K outside the normal range (90..450 K)"
+            if equation == "gerg2008"
+            else "detail: temperature 500.00 K outside region 1 (0.1 %) (265.15..335.15 K)"
+        ]
+
+
+def test_an_equation_without_composition_and_a_molar_mass_beside_one_are_refused(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        _stream(tmp_path, "model: gas\nequation: virial\ntemperature: tt.temperature")
+    assert "'composition' is required" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        _stream(tmp_path, GAS.replace("EQUATION", "ideal") + "\nmolar_mass: 17 g/mol")
+    assert (
+        "molar_mass: a gas given by its composition takes this from its equation: remove it"
+        in str(caught.value)
+    )
+
+
+@pytest.mark.parametrize(
+    ("composition", "message"),
+    [
+        ("{methane: 0.9, ethane: 0.05}", "the mole fractions sum to 0.95, not 1 (within 0.0001)"),
+        ("{methane: 0.9, ethan: 0.1}", "unknown component 'ethan'. Did you mean 'ethane'?"),
+        ("{methane: 90 kg}", "methane: 'kg' is a mass unit, but a fraction is expected"),
+        ("methane", "expected a mapping of AGA8 component names to mole fractions"),
+        ("{}", "expected a mapping of AGA8 component names to mole fractions"),
+    ],
+)
+def test_a_composition_that_is_no_gas_is_refused_at_its_line(
+    tmp_path: Path, composition: str, message: str
+):
+    with pytest.raises(ConfigError) as caught:
+        _stream(
+            tmp_path,
+            "model: gas\nequation: virial\ntemperature: tt.temperature\n"
+            f"composition: {composition}",
+        )
+    assert message in str(caught.value)
+    assert "density.composition" in str(caught.value)
+
+
+def test_without_pyaga8_an_aga8_equation_is_refused_by_check_not_at_run_time(
+    tmp_path: Path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "pyaga8", None)  # as on a machine without its wheel
+    with pytest.raises(ConfigError) as caught:
+        _stream(tmp_path, GAS.replace("EQUATION", "gerg2008"))
+    assert "density.equation: the AGA8 equations need the pyaga8 package" in str(caught.value)
+    assert "install massgate[aga8]" in str(caught.value)
+    _stream(tmp_path, GAS.replace("EQUATION", "virial"))  # needs nothing more
+
+
+def test_a_sample_where_the_equation_finds_no_density_gives_no_mass_and_is_counted(tmp_path):
+    pytest.importorskip("pyaga8", reason="no pyaga8 wheel for this machine")
+    stream = _stream(tmp_path, GAS.replace("EQUATION", "detail"))
+    _run(stream, temperature=100.0, pressure=1000e5)
+    assert stream.net == 0.0
+    (flag,) = stream.density_flags
+    assert flag.startswith("detail: no density found at these conditions; ")
