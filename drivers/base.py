@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from massgate.agent.core.samples import Quality
 
 from .health import DeviceHealth
 
@@ -78,3 +80,27 @@ class Opened:
 
     pollers: list[Poller]
     close: Callable[[], Awaitable[None]] = _nothing
+
+
+def meter_alarms(
+    flags: Sequence[tuple[str, str]],
+    values: Mapping[str, float],
+    quality: Quality,
+    error: str | None,
+) -> tuple[Quality, str | None, tuple[str, ...]]:
+    """A reply's quality, error and active alarms under the meter's own alarm flags.
+
+    `flags` are (tag, "bad" | "uncertain") of the points marked `alarm` in its profile. A
+    flag reading 1 is the meter saying its values are in doubt: the reply's quality is at
+    least that. A flag that could not be read (NaN) or was not read raises nothing.
+    """
+    raised = [(tag, alarm) for tag, alarm in flags if values.get(tag, 0.0) >= 0.5]
+    if not raised:
+        return quality, error, ()
+    worst = Quality.BAD if any(alarm == "bad" for _, alarm in raised) else Quality.UNCERTAIN
+    said = "meter alarm: " + ", ".join(f"{tag} ({alarm})" for tag, alarm in raised)
+    return (
+        max(quality, worst),
+        said if error is None else f"{error}; {said}",
+        tuple(tag for tag, _ in raised),
+    )

@@ -94,7 +94,10 @@ class NodeBalance:
             inventory = None if mass is None or inventory is None else inventory + mass
         self.cycles += 1
         ok = flows is not None and inventory is not None
-        self.complete += ok
+        # A cycle counts towards coverage only with every term known and no meter of the
+        # node saying its own value is in doubt (an uncertain alarm's kilograms are counted,
+        # but a window mostly under one cannot be judged).
+        self.complete += ok and not any(stream.meter_alarms for stream in self.streams)
         snap = Snapshot(
             mono,
             wall,

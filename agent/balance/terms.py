@@ -29,6 +29,9 @@ class Metered(Protocol):
 
     def net_at(self, mono: float) -> float | None: ...  # cumulative net kg; None: unknown
 
+    @property
+    def meter_alarms(self) -> tuple[str, ...]: ...  # the meter's own alarms active now
+
 
 class Weighed(Protocol):
     """An inventory as a balance sees it: its gauge here, or its readings upstream."""

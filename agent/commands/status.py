@@ -161,6 +161,10 @@ def render(snap: dict[str, Any]) -> str:
                 f"  {name:<{width}}  forward {_kg(st['forward_kg'])}, reverse "
                 f"{_kg(st['reverse_kg'])}, flow {flow}"
             )
+            alarms = st.get("meter_alarms") or {}
+            for tag, samples in (alarms.get("samples") or {}).items():
+                now_ = ", ACTIVE" if tag in alarms.get("active", ()) else ""
+                lines.append(f"  {'':<{width}}  meter alarm {tag}: {samples} samples{now_}")
     nodes = snap["nodes"]
     if nodes:
         lines.append("nodes:")

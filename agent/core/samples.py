@@ -34,3 +34,6 @@ class Batch:
     values: dict[str, float]
     quality: Quality
     error: str | None = None
+    # The meter's own alarms active in this reply (tags of its status flags marked `alarm` in
+    # its profile): the meter says its values are UNCERTAIN or BAD, and the quality says so.
+    alarms: tuple[str, ...] = ()

@@ -80,6 +80,8 @@ class RemoteStream:
     # the life of the evaluator: a later pass that no longer reads the older epoch keeps
     # the same shift.
     offsets: dict[str, float] = field(default_factory=dict)
+    # A gateway's totals records do not carry its meters' alarms: its own balance counted them.
+    meter_alarms: tuple[str, ...] = ()
 
     @property
     def first_known(self) -> float:

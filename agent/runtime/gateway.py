@@ -91,6 +91,13 @@ class Gateway:
             else None
         )
         self.latest: dict[str, Latest] = {}
+        self.meter_alarms: dict[str, tuple[str, ...]] = {}  # device → its alarms active now
+        self._alarm_quality = {
+            p.tag: alarm
+            for d in config.devices
+            for p in d.points
+            if (alarm := getattr(p, "alarm", None)) is not None
+        }
         self.batches = 0
         self.pending: list[Record] = []
         self.next_totals: float | None = None
@@ -142,6 +149,9 @@ class Gateway:
         self.batches += 1
         self._heard.add(batch.device)
         bad = batch.quality >= Quality.BAD
+        # A failed poll (BAD without alarms) says nothing of the meter's alarms.
+        if batch.alarms != self.meter_alarms.get(batch.device, ()) and (batch.alarms or not bad):
+            self._alarms_changed(batch.device, batch.alarms)
         # One sum decides for the whole batch (±inf or NaN anywhere makes it non-finite, as
         # does an overflow, which the slow path below then leaves alone); this runs for
         # every poll of every device.
@@ -162,6 +172,7 @@ class Gateway:
                 temperature = self._fresh(cfg.density.temperature, batch.mono, cfg.max_gap)
                 pressure = self._fresh(cfg.density.pressure, batch.mono, cfg.max_gap)
             stream.add(batch.mono, batch.wall, flow, temperature, pressure)
+            stream.note_alarms(batch.alarms)
         for gauge in self.inventories.values():
             cfg_v = gauge.config
             if gauge.tag not in batch.values or bad:
@@ -171,6 +182,29 @@ class Gateway:
                 temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
                 pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
             gauge.update(batch.mono, batch.values[gauge.tag], temperature, pressure)
+
+    def _alarms_changed(self, device: str, alarms: tuple[str, ...]) -> None:
+        """One journal line per alarm a meter raises or clears."""
+        before = self.meter_alarms.get(device, ())
+        for tag in alarms:
+            if tag not in before:
+                quality = self._alarm_quality.get(tag, "bad")
+                effect = (
+                    "its values are not totalized"
+                    if quality == "bad"
+                    else "its values are totalized but do not count towards balance coverage"
+                )
+                log.warning(
+                    "%s: meter alarm %s (%s): %s", device, tag, quality, effect,
+                    extra={"device": device},
+                )  # fmt: skip
+        for tag in before:
+            if tag not in alarms:
+                log.info("%s: meter alarm %s cleared", device, tag, extra={"device": device})
+        if alarms:
+            self.meter_alarms[device] = alarms
+        else:
+            self.meter_alarms.pop(device, None)
 
     def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
         """Integrate, judge the balances that are due, and queue the records that result."""

@@ -52,6 +52,8 @@ def snapshot(agent: Agent, *, started: float) -> dict[str, Any]:
             "reverse_kg": num(s.reverse),
             "net_kg": num(s.net),
             "flow_kg_s": num(s.last_flow),
+            # The meter's own alarms: active in its last reply, and samples taken under each.
+            "meter_alarms": {"active": list(s.meter_alarms), "samples": dict(s.alarm_samples)},
         }
         for name, s in gw.streams.items()
     }

@@ -51,12 +51,19 @@ class SnapshotCollector(Collector):
             "massgate_stream_mass_kg", "mass totalized", labels=["stream", "direction"]
         )
         flow = GaugeMetricFamily("massgate_stream_flow_kg_per_second", "", labels=["stream"])
+        meter_alarms = CounterMetricFamily(
+            "massgate_stream_meter_alarm_samples",
+            "samples taken while the meter raised its own alarm flag",
+            labels=["stream", "alarm"],
+        )
         for name, s in snap["streams"].items():
             mass.add_metric([name, "forward"], s["forward_kg"] or 0.0)
             mass.add_metric([name, "reverse"], s["reverse_kg"] or 0.0)
             if s["flow_kg_s"] is not None:
                 flow.add_metric([name], s["flow_kg_s"])
-        yield from (mass, flow)
+            for tag, samples in s["meter_alarms"]["samples"].items():
+                meter_alarms.add_metric([name, tag], samples)
+        yield from (mass, flow, meter_alarms)
 
         alarm = GaugeMetricFamily(
             "massgate_node_alarm_active", "1 while the balance alarm is raised", labels=["node"]

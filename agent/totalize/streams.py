@@ -93,6 +93,8 @@ class StreamTotal:
         self._temp: list[float] = []
         self._pressure: list[float] = []
         self.density_flags: dict[str, int] = {}  # validity flag → cycles it was raised in
+        self.meter_alarms: tuple[str, ...] = ()  # the meter's alarms active in its last reply
+        self.alarm_samples: dict[str, int] = {}  # alarm flag's tag → samples taken under it
 
     def add(
         self,
@@ -108,6 +110,12 @@ class StreamTotal:
         self._flow.append(flow)
         self._temp.append(temperature)
         self._pressure.append(pressure)
+
+    def note_alarms(self, alarms: tuple[str, ...]) -> None:
+        """The meter's alarms active in the reply that gave the sample just added."""
+        self.meter_alarms = alarms
+        for tag in alarms:
+            self.alarm_samples[tag] = self.alarm_samples.get(tag, 0) + 1
 
     def integrate(self) -> None:
         """Run the kernel over the samples queued since the last call, hour by hour."""

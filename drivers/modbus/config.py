@@ -252,6 +252,7 @@ def profile_point(pp: profiles.ProfilePoint, device_name: str) -> Point:
         offset=pp.offset * unit.factor + unit.offset,
         unit=pp.unit,
         bit=pp.bit,
+        alarm=pp.alarm,
     )
 
 
@@ -268,6 +269,7 @@ def _point(s: Section, device_name: str) -> Point | None:
     unit_symbol = s.take("unit", values.unit_symbol, "flag" if flag else REQUIRED)
     scale = s.take("scale", values.scale, 1.0)
     offset = s.take("offset", number, 0.0)
+    alarm = s.take("alarm", choice(*profiles.ALARM_QUALITIES), None)
     s.finish()
     if not s.ok:
         return None
@@ -299,6 +301,7 @@ def _point(s: Section, device_name: str) -> Point | None:
         offset=offset * unit.factor + unit.offset,
         unit=unit_symbol,
         bit=bit,
+        alarm=alarm,
     )
 
 

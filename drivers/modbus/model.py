@@ -33,6 +33,7 @@ class Point:
     offset: float
     unit: str
     bit: int | None = None
+    alarm: str | None = None  # bad | uncertain: the meter's own alarm flag (see profiles)
 
     @property
     def width(self) -> int:

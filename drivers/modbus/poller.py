@@ -22,7 +22,7 @@ import numpy as np
 
 from massgate.agent.core.samples import Batch, Quality
 
-from ..base import Device, FatalError, Opened, RetryableError
+from ..base import Device, FatalError, Opened, RetryableError, meter_alarms
 from ..health import DeviceHealth
 from . import codec
 from .bus import Bus, ExceptionReply, Garbled, NoReply
@@ -56,6 +56,7 @@ class DevicePoller:
         self.requests = plan(
             device.points, max_registers=device.max_request_registers, gap_fill=device.gap_fill
         )
+        self.alarm_flags = [(p.tag, p.alarm) for p in device.points if p.alarm is not None]
         self.stats = DeviceStats()
         self.health = DeviceHealth(device.name, device.endpoint)
         slowest = max(device.poll_interval, device.degraded_interval)
@@ -158,9 +159,10 @@ class DevicePoller:
             error = ", ".join(f"{tag} read {values[tag]}" for tag in unusable)
             for tag in unusable:
                 values[tag] = math.nan
+        quality, error, alarms = meter_alarms(self.alarm_flags, values, quality, error)
         if self._is_stale(blocks, mono):
             quality = Quality.STALE
-        return Batch(self.device.name, mono, wall, values, quality, error)
+        return Batch(self.device.name, mono, wall, values, quality, error, alarms)
 
     @staticmethod
     def _decode(request: Request, block: np.ndarray, values: dict[str, float]) -> None:

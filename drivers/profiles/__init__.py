@@ -26,6 +26,9 @@ class ProfilePoint:
     scale: float = 1.0  # device value = raw * scale + offset, in `unit`
     offset: float = 0.0
     bit: int | None = None  # a flag: this bit (0 = least significant) of a 16-bit register
+    # A meter's own alarm flag: while it reads 1, the device's values in that reply are
+    # "bad" (not totalized) or "uncertain" (totalized, and the balance's coverage drops).
+    alarm: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,15 @@ class Profile:
 def names() -> list[str]:
     files = resources.files(__name__).iterdir()
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+ALARM_QUALITIES = ("bad", "uncertain")
+
+
+def _alarm(value: object, profile: str, point: str) -> str | None:
+    if value is None or (isinstance(value, str) and value in ALARM_QUALITIES):
+        return value
+    raise ValueError(f"profile {profile}, point {point}: alarm is bad or uncertain, not {value!r}")
 
 
 @cache
@@ -65,6 +77,7 @@ def load(name: str) -> Profile:
             scale=float(p.get("scale", 1.0)),
             offset=float(p.get("offset", 0.0)),
             bit=int(p["bit"]) if "bit" in p else None,
+            alarm=_alarm(p.get("alarm"), name, p["name"]),
         )
         for p in data["points"]
     )

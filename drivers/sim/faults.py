@@ -4,8 +4,10 @@ Value faults change what a meter says: `bias` (a relative offset), `drift` (a re
 that grows per hour), `stuck` (the meter repeats the reading it had when the fault began).
 Link faults change how it answers: `dropout` (silence), `slow` (the reply comes `magnitude`
 seconds late), `exception` (a Modbus exception reply, `magnitude` is the code, 6 = busy),
-`crc` (a reply with a broken CRC, with probability `magnitude`, on a serial line). `leak`
-is a plant fault: mass leaves the product line unmetered at `magnitude` kg/s.
+`crc` (a reply with a broken CRC, with probability `magnitude`, on a serial line). `alarm`
+raises one of the meter's own status flags (`point`: empty_pipe, drive_gain_high, ... as
+its profile names them; the flags not raised read 0). `leak` is a plant fault: mass leaves
+the product line unmetered at `magnitude` kg/s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc")
+KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc", "alarm")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,10 +26,13 @@ class Fault:
     start: float = 0.0  # s after the plant started
     end: float | None = None  # s after the plant started; None: until removed
     magnitude: float = 0.0
+    point: str = ""  # alarm: the status flag it raises
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault '{self.kind}' (known: {', '.join(KINDS)})")
+        if (self.kind == "alarm") != bool(self.point):
+            raise ValueError("an alarm fault, and only an alarm fault, names its status 'point'")
 
     def active(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
@@ -67,6 +72,13 @@ class Faults:
 
     def apply(self, target: str, t: float, values: dict[str, float]) -> dict[str, float]:
         """What a meter says under its value faults at plant time `t`."""
+        raised = {
+            f.point: 1.0
+            for f in self.faults
+            if f.kind == "alarm" and f.target == target and f.active(t)
+        }
+        if raised:
+            values = {**values, **raised}
         if self.find("stuck", target, t) is not None:
             return dict(self._stuck.setdefault(target, dict(values)))
         self._stuck.pop(target, None)

@@ -21,6 +21,7 @@ from functools import cache
 
 import numpy as np
 
+from .. import profiles
 from .faults import Fault, Faults
 from .plantspec import OUTSIDE, MeterSpec, PlantSpec, builtin
 
@@ -202,10 +203,11 @@ class Plant:
         return float(self.rng.normal(0.0, sigma)) if sigma > 0 else 0.0
 
     def read(self, meter: str) -> dict[str, float]:
-        """What a meter says now, by its profile's point names, in SI units (no faults)."""
+        """What a meter says now, by its profile's point names, in SI units (no faults): its
+        alarm flags read 0 unless an alarm fault raises them."""
         spec = self.spec.meter(meter)
         self.advance()
-        return _READERS[spec.profile](self, spec)
+        return {**_alarm_flags(spec.profile), **_READERS[spec.profile](self, spec)}
 
     def _line_index(self, meter: MeterSpec) -> int:
         assert meter.line is not None
@@ -297,3 +299,8 @@ _READERS = {
     "temperature_tx": Plant._temperature,
     "pressure_tx": Plant._pressure,
 }
+
+
+@cache
+def _alarm_flags(profile: str) -> dict[str, float]:
+    return {p.name: 0.0 for p in profiles.load(profile).points if p.alarm is not None}

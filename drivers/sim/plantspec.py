@@ -29,6 +29,7 @@ from massgate.agent.core.yamlsource import (
     text,
 )
 
+from .. import profiles
 from .faults import Fault
 
 OUTSIDE = "outside"  # a line's end beyond the plant: an infinite source or sink
@@ -55,6 +56,7 @@ FAULT_MAGNITUDES: dict[str, tuple[str, str | None]] = {
     "slow": ("delay", units.TIME),
     "exception": ("code", None),
     "crc": ("probability", units.FRACTION),
+    "alarm": ("", None),
 }
 
 
@@ -366,13 +368,16 @@ def _fault(s: Section) -> Fault | None:
             magnitude = s.take(key, quantity(units.FRACTION, positive=True), 1.0)
         elif dimension is not None:
             magnitude = s.take(key, quantity(dimension))
+    point = s.take("point", name) if kind == "alarm" else ""
     s.finish()
-    if not s.ok or magnitude is None:
+    if not s.ok or magnitude is None or point is None:
         return None
     if end is not None and end <= start:
         s.fail("end", "a fault must end after it starts")
         return None
-    return Fault(kind=kind, target=target, start=start, end=end, magnitude=float(magnitude))
+    return Fault(
+        kind=kind, target=target, start=start, end=end, magnitude=float(magnitude), point=point
+    )
 
 
 def _cross_check(
@@ -419,3 +424,12 @@ def _cross_check(
                 f"a {fault.kind} fault acts on a {what}; no {what} is named "
                 f"'{fault.target}' ({what}s: {', '.join(sorted(targets))})",
             )
+        elif fault.kind == "alarm":
+            profile = next(m.profile for m in spec.meters if m.name == fault.target)
+            flags = [p.name for p in profiles.load(profile).points if p.alarm is not None]
+            if fault.point not in flags:
+                s.fail(
+                    "point",
+                    f"'{fault.point}' is not an alarm flag of a {profile} meter (its flags: "
+                    f"{', '.join(flags) or 'none'})",
+                )

@@ -3,7 +3,8 @@ plant in one process on a simulated clock, so hours of plant run in seconds.
 
 The network path (pymodbus slaves, TLS broker) is covered by the end-to-end tests; here the
 plant's readings go straight into Batches and the records into the outbox, with its value
-faults (bias, drift, stuck) and dropouts applied as its Modbus server would apply them.
+faults (bias, drift, stuck), dropouts and alarm flags applied as its Modbus server and the
+Modbus poller would apply them (the poller's own rule: drivers.base.meter_alarms).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from massgate.agent.core.records import Record
 from massgate.agent.core.samples import Batch, Quality
 from massgate.agent.runtime.gateway import Gateway
 from massgate.agent.store.outbox import Outbox
+from massgate.drivers import profiles
+from massgate.drivers.base import meter_alarms
 from massgate.drivers.sim import plantspec
 from massgate.drivers.sim.plant import Plant
 
@@ -62,7 +65,13 @@ class PlantRun:
             else:
                 quality = Quality.GOOD
             tagged = {f"{meter}.{k}": v for k, v in values.items()}
-            self.gateway.ingest(Batch(meter, mono, wall, tagged, quality))
+            flags = [
+                (f"{meter}.{p.name}", p.alarm)
+                for p in profiles.load(self.plant.spec.meter(meter).profile).points
+                if p.alarm is not None
+            ]
+            quality, error, alarms = meter_alarms(flags, tagged, quality, None)
+            self.gateway.ingest(Batch(meter, mono, wall, tagged, quality, error, alarms))
         self.gateway.cycle(mono, wall)
         records, totals = self.gateway.take_pending(mono)
         self._pending += records

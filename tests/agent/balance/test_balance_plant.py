@@ -271,3 +271,62 @@ def test_report_prints_the_kept_windows_and_alarms_per_node(start, tmp_path: Pat
     assert "neither a time" in capsys.readouterr().err
     assert main(["report", config, "--node", "tnak"]) == 2
     assert "no node named 'tnak'" in capsys.readouterr().err
+
+
+def test_a_meter_that_says_its_readings_are_bad_is_not_totalized_and_raises_no_balance_alarm(
+    start, caplog
+):
+    """FT-103 loses its liquid for ten minutes and reads 30 % low: it says so with its empty
+    pipe flag. Those readings are not totalized, the windows over them are inconclusive, and
+    neither node raises a balance alarm over what the meter itself already reported."""
+    run = start()
+    begin, end = HOUR, HOUR + 600
+    run.plant.faults.add(Fault(kind="bias", target="ft103", start=begin, end=end, magnitude=-0.3))
+    run.plant.faults.add(
+        Fault(kind="alarm", target="ft103", start=begin, end=end, point="empty_pipe")
+    )
+    with caplog.at_level("INFO"):
+        run.run_for(1.5 * HOUR)
+    assert run.of("alarm") == []
+    for node in ("feed_line", "tank"):
+        windows = [b for b in run.of("balance") if b["node"] == node]
+        over = [b for b in windows if begin + 60 <= _t(b["window_end"]) <= end]
+        assert over
+        assert all(b["status"] == "inconclusive" for b in over), node
+        after = [b for b in windows if _t(b["window_end"]) > end + WINDOW]
+        assert after
+        assert all(b["status"] == "ok" for b in after), node
+    # Kilograms: FT-101 on the same line saw all of it; FT-103 all but the alarm's ten minutes
+    # (2 kg/s), none of its 30 %-low readings.
+    gw = run.gateway
+    missing = gw.streams["feed_a"].net - gw.streams["feed_b"].net
+    assert missing == pytest.approx(2.0 * 600, rel=0.01)
+    assert gw.streams["feed_b"].alarm_samples == {"ft103.empty_pipe": 300}  # 600 s, every 2 s
+    assert gw.streams["feed_a"].alarm_samples == {}
+    said = [r.getMessage() for r in caplog.records if "meter alarm" in r.getMessage()]
+    assert said == [
+        "ft103: meter alarm ft103.empty_pipe (bad): its values are not totalized",
+        "ft103: meter alarm ft103.empty_pipe cleared",
+    ]
+
+
+def test_a_meter_in_doubt_is_totalized_but_its_windows_are_not_judged(start):
+    """FT-103's drive gain runs high for ten minutes (gas in the liquid): it says its readings
+    are uncertain. They are totalized, as the meter still measures, but a window mostly
+    under the alarm lacks the coverage to be judged."""
+    run = start()
+    begin, end = HOUR, HOUR + 600
+    run.plant.faults.add(
+        Fault(kind="alarm", target="ft103", start=begin, end=end, point="drive_gain_high")
+    )
+    run.run_for(1.5 * HOUR)
+    gw = run.gateway
+    assert gw.streams["feed_b"].net == pytest.approx(gw.streams["feed_a"].net, rel=2e-3)
+    assert gw.streams["feed_b"].alarm_samples == {"ft103.drive_gain_high": 300}
+    windows = [b for b in run.of("balance") if b["node"] == "feed_line"]
+    over = [b for b in windows if begin + 120 <= _t(b["window_end"]) <= end]
+    assert over
+    assert all(b["status"] == "inconclusive" and b["coverage"] < 0.9 for b in over)
+    before = [b for b in windows if WINDOW + 60 < _t(b["window_end"]) < begin]
+    assert all(b["status"] == "ok" and b["coverage"] > 0.99 for b in before)
+    assert run.of("alarm") == []

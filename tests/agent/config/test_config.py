@@ -61,7 +61,7 @@ def test_example_validates_and_converts_units(example: Path):
     assert ft103.link.framing == "rtu"
     overridden = next(p for p in ft103.points if p.tag == "ft103.mass_flow")
     assert (overridden.order, overridden.factor) == ("CDAB", pytest.approx(1 / 3600))
-    assert len(ft103.points) == 5  # the profile's five, one of them replaced
+    assert len(ft103.points) == 9  # the profile's nine (five values, four flags), one replaced
     assert isinstance(plc, OpcUaDevice)
     assert plc.points[0].node_id == "ns=3;s=FIC201.PV"
     node = config.nodes[0]

@@ -448,3 +448,83 @@ def test_stuck_values_turn_stale_after_the_configured_time(tmp_path: Path):
             await site.stop()
 
     run_async(main())
+
+
+ALARM_FLAGS = [
+    (meter, profile, p.name, p.alarm)
+    for meter, profile in (("ft101", "coriolis"), ("ft102", "magmeter"), ("wt100", "load_cell"))
+    for p in profiles.load(profile).points
+    if p.alarm is not None
+]
+
+
+def test_each_meter_alarm_flag_sets_the_quality_of_its_reply(tmp_path: Path):
+    """Each status flag a profile marks as an alarm, raised by the simulated meter over Modbus
+    TCP: the reply is BAD or UNCERTAIN as the profile says, names the flag, and is GOOD again
+    once the meter clears it."""
+    from massgate.drivers.sim.faults import Fault
+
+    assert len(ALARM_FLAGS) == 9
+
+    async def main() -> None:
+        plant = Plant()
+        site = SimulatedSite(plant)
+        served = await site.start()
+        try:
+            devices = devices_from(
+                [
+                    {"name": s.meter.name, "protocol": "modbus_tcp", "host": s.host,
+                     "port": s.port, "profile": s.meter.profile}
+                    for s in served
+                    if s.meter.name in ("ft101", "ft102", "wt100")
+                ],
+                tmp_path,
+            )  # fmt: skip
+            pollers = {p.device.name: p for p in pollers_for(devices, emit=lambda b: None)}
+            for meter, profile, flag, alarm in ALARM_FLAGS:
+                poller = pollers[meter]
+                assert (await poller.poll()).alarms == ()
+                fault = plant.faults.add(Fault(kind="alarm", target=meter, point=flag))
+                batch = await poller.poll()
+                expected = Quality.BAD if alarm == "bad" else Quality.UNCERTAIN
+                assert batch.quality is expected, (profile, flag)
+                assert batch.alarms == (f"{meter}.{flag}",)
+                assert batch.error == f"meter alarm: {meter}.{flag} ({alarm})"
+                assert math.isfinite(batch.values[f"{meter}.{flag}"])  # the reading stands
+                plant.faults.faults.remove(fault)
+                cleared = await poller.poll()
+                assert cleared.quality is Quality.GOOD, cleared.error
+            # Two at once: the worse quality, both named.
+            plant.faults.add(Fault(kind="alarm", target="ft101", point="drive_gain_high"))
+            plant.faults.add(Fault(kind="alarm", target="ft101", point="empty_pipe"))
+            both = await pollers["ft101"].poll()
+            assert both.quality is Quality.BAD
+            assert both.alarms == ("ft101.empty_pipe", "ft101.drive_gain_high")
+            await close_buses(list(pollers.values()))
+        finally:
+            await site.stop()
+
+    run_async(main())
+
+
+def test_a_configured_point_can_be_a_meter_alarm(tmp_path: Path):
+    (device,) = devices_from(
+        [{"name": "m", "protocol": "modbus_tcp", "host": "127.0.0.1", "profile": "magmeter",
+          "points": [{"name": "low_conductivity", "address": 7, "bit": 0, "alarm": "uncertain"},
+                     {"name": "empty_pipe", "address": 9, "bit": 4}]}],
+        tmp_path,
+    )  # fmt: skip
+    alarms = {p.tag: p.alarm for p in device.points if p.alarm is not None}
+    # The profile's empty_pipe is replaced by the configured point, which is no alarm.
+    assert alarms == {
+        "m.coil_fault": "bad",
+        "m.electrode_fault": "bad",
+        "m.flow_over_range": "uncertain",
+        "m.low_conductivity": "uncertain",
+    }
+    with pytest.raises(cfg.ConfigError, match="'fatal' is not one of bad, uncertain"):
+        devices_from(
+            [{"name": "m", "protocol": "modbus_tcp", "host": "127.0.0.1",
+              "points": [{"name": "x", "address": 7, "bit": 0, "alarm": "fatal"}]}],
+            tmp_path,
+        )  # fmt: skip

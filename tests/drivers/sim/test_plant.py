@@ -37,6 +37,7 @@ faults:
   - {kind: leak, target: transfer, start: 10s, end: 20s, rate: 0.3 kg/s}
   - {kind: leak, target: fill, start: 5s, rate: 0.1 kg/s}
   - {kind: bias, target: lt1, start: 30s, end: 40s, error: 5 %}
+  - {kind: alarm, target: ft2, start: 50s, end: 60s, point: coil_fault}
 """
 
 
@@ -164,6 +165,18 @@ BROKEN = [
     ("target: transfer, start: 10s", "target: ft1, start: 10s", "a leak fault acts on a line"),
     ("start: 30s, end: 40s", "start: 30s, end: 20s", "a fault must end after it starts"),
     ("kind: bias", "kind: biased", "Did you mean 'bias'?"),
+    (
+        "point: coil_fault",
+        "point: coil_falt",
+        "'coil_falt' is not an alarm flag of a magmeter meter (its flags: empty_pipe, coil_fault, "
+        "electrode_fault, flow_over_range)",
+    ),
+    (
+        "target: ft2, start: 50s",
+        "target: tt1, start: 50s",
+        "of a temperature_tx meter (its flags: none)",
+    ),
+    (", point: coil_fault}", "}", "'point' is required"),
     ("swing: 3 K", "swing: 3 degC", "write a temperature swing in K"),
     ("vessels:", "vessel:", "unknown key 'vessel'. Did you mean 'vessels'?"),
     (

@@ -1,0 +1,25 @@
+"""`massgate status` as a person reads it: the meter alarms a stream's samples were taken under."""
+
+from __future__ import annotations
+
+from massgate.agent.commands.status import render
+
+
+def test_a_streams_meter_alarms_are_counted_and_the_active_one_is_marked():
+    stream = {"forward_kg": 1200.0, "reverse_kg": 0.0, "net_kg": 1200.0, "flow_kg_s": 2.0}
+    snap = {
+        "site": "s", "gateway": "g", "pid": 1, "uptime_s": 60.0, "config": "c.yaml",
+        "broker": None, "devices": {}, "nodes": {}, "alarms_active": [],
+        "outbox": {"depth": 0, "bytes": 0, "oldest_age_s": None, "dropped": {},
+                   "held_in_memory": 0},
+        "streams": {
+            "feed": {**stream, "meter_alarms": {
+                "active": ["ft101.empty_pipe"],
+                "samples": {"ft101.drive_gain_high": 12, "ft101.empty_pipe": 3}}},
+            "product": {**stream, "meter_alarms": {"active": [], "samples": {}}},
+        },
+    }  # fmt: skip
+    text = render(snap)
+    assert "meter alarm ft101.drive_gain_high: 12 samples\n" in text
+    assert "meter alarm ft101.empty_pipe: 3 samples, ACTIVE" in text
+    assert text.count("meter alarm") == 2
