@@ -37,6 +37,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
             _flatten(f"{prefix}.{key}" if prefix else key, inner, out)
+    elif prefix.endswith(".composition.fractions"):
+        # A gas's mole fractions by name, so that a change reads "density.composition.ethane".
+        from ..totalize.gas import COMPONENTS  # noqa: PLC0415
+
+        head = prefix.removesuffix(".fractions")
+        for component, fraction in zip(COMPONENTS, value, strict=True):
+            if fraction:
+                out[f"{head}.{component}"] = fraction
     else:
         out[prefix] = _plain(value)
 

@@ -60,6 +60,38 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
                 f"'{tag}' is in {tags[tag]} ({unit.dimension}), but a {dimension} is needed here",
             )
 
+    def check_analyzer(section: str, index: int, device: str | None) -> None:
+        """A live composition's device has AGA8 components' points, in a fraction unit."""
+        if device is None:
+            return
+        from ..totalize.gas import COMPONENTS  # noqa: PLC0415
+
+        if section != "streams":
+            report.add(
+                *where(section, index, "density"),
+                "a live composition is for a stream's gas; give an inventory a fixed one",
+            )
+            return
+        found = [f"{device}.{c}" for c in COMPONENTS if f"{device}.{c}" in tags]
+        if not any(d.name == device for d in config.devices):
+            names = [d.name for d in config.devices]
+            close = difflib.get_close_matches(device, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            if device in COMPONENTS:
+                hint += f" (a fixed composition is a mapping: {{{device}: 1.0}})"
+            report.add(
+                *where(section, index, "density"),
+                f"composition: no device '{device}' to analyze the gas.{hint}",
+            )
+        elif not found:
+            report.add(
+                *where(section, index, "density"),
+                f"composition: device '{device}' has no point named after an AGA8 component "
+                "(profile gas_chromatograph has all 21)",
+            )
+        for tag in found:
+            check_tag(section, index, "density", tag, units.FRACTION)
+
     for i, stream in enumerate(config.streams):
         check_tag("streams", i, "mass_flow", stream.mass_flow, units.MASS_FLOW)
         check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
@@ -67,6 +99,7 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         if stream.density is not None:
             check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
             check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)
+            check_analyzer("streams", i, stream.density.composition_device)
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
         check_tag("inventories", i, "mass", inventory.mass, units.MASS)
@@ -74,6 +107,7 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             density = inventory.density
             check_tag("inventories", i, "density", density.temperature, units.TEMPERATURE)
             check_tag("inventories", i, "density", density.pressure, units.PRESSURE)
+            check_analyzer("inventories", i, density.composition_device)
 
     stream_names = {s.name for s in config.streams}
     inventory_names = {v.name for v in config.inventories}

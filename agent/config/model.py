@@ -69,6 +69,7 @@ class DensityModel:
     standard_pressure: float = 101325.0  # Pa, absolute
     composition: Composition | None = None  # gas by composition, through `equation`:
     equation: str = ""  # gerg2008 | detail | virial | ideal (agent/totalize/gas.py)
+    composition_device: str | None = None  # ... or live from a gas chromatograph
 
     @property
     def standard_density(self) -> float:
@@ -81,11 +82,10 @@ class DensityModel:
         """
         if self.model != "gas":
             return self.reference
+        if self.composition_device is not None:
+            return math.nan  # the analyzer's composition decides: standard_density_of
         if self.composition is not None:
-            from ..totalize.gas import gas  # noqa: PLC0415
-
-            found = gas(self.equation, self.composition)
-            return found.state(self.standard_temperature, self.standard_pressure).density
+            return self.standard_density_of(self.composition)
         if self.z is None:
             return density_models.gas_virial(
                 self.standard_temperature,
@@ -98,6 +98,13 @@ class DensityModel:
         return density_models.gas(
             self.standard_temperature, self.standard_pressure, molar_mass=self.molar_mass, z=1.0
         ).value
+
+    def standard_density_of(self, composition: Composition) -> float:
+        """A gas of this composition at the standard conditions, by this model's equation."""
+        from ..totalize.gas import gas  # noqa: PLC0415
+
+        found = gas(self.equation, composition)
+        return found.state(self.standard_temperature, self.standard_pressure).density
 
 
 REVERSE_MODES = ("separate", "ignore")

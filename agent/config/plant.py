@@ -150,7 +150,14 @@ def _gas_by_composition(s: Section, common: dict[str, Any]) -> None:
     if equation in gas.AGA8_EQUATIONS and (missing := gas.aga8_available()) is not None:
         s.fail("equation", missing)
     _gas_standard(s, common)
-    if composition is not None and s.ok:
+    if isinstance(composition, str) and s.ok:
+        # Live from a gas chromatograph (checked against the devices in crosscheck): its
+        # nominal reference is methane's, for cut-offs and tolerances only.
+        common["composition_device"] = composition
+        common["reference"] = density_models.gas(
+            288.15, 101325.0, molar_mass=0.01604246, z=1.0
+        ).value
+    elif composition is not None and s.ok:
         common["composition"] = composition
         common["molar_mass"] = composition.molar_mass
         common["reference"] = density_models.gas(
@@ -159,13 +166,17 @@ def _gas_by_composition(s: Section, common: dict[str, Any]) -> None:
 
 
 def _composition(value: Any) -> Any:
-    """{component: mole fraction}, a fraction a plain number or with a unit ('90 %')."""
+    """{component: mole fraction}, a fraction a plain number or with a unit ('90 %'); or the
+    name of the gas chromatograph that analyzes the gas."""
     from ..totalize import gas  # noqa: PLC0415
 
+    if isinstance(value, str):
+        return name(value)
     if not isinstance(value, dict) or not value:
         raise Invalid(
             "expected a mapping of AGA8 component names to mole fractions, e.g. "
-            "{methane: 0.9, ethane: 0.06, nitrogen: 0.04}"
+            "{methane: 0.9, ethane: 0.06, nitrogen: 0.04}, or the name of the gas "
+            "chromatograph device that analyzes the gas"
         )
     try:
         return gas.Composition.parse({str(k): v for k, v in value.items()})

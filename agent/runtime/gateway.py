@@ -92,6 +92,14 @@ class Gateway:
         )
         self.latest: dict[str, Latest] = {}
         self.meter_alarms: dict[str, tuple[str, ...]] = {}  # device → its alarms active now
+        # Gas chromatographs → the streams whose gas they analyze, and those whose last
+        # analysis was refused (one journal line when refusing starts, one when it ends).
+        self._analyzed: dict[str, list[StreamTotal]] = {}
+        for stream in self.streams.values():
+            model = stream.config.density
+            if model is not None and model.composition_device is not None:
+                self._analyzed.setdefault(model.composition_device, []).append(stream)
+        self._refusing: set[str] = set()
         self._alarm_quality = {
             p.tag: alarm
             for d in config.devices
@@ -162,6 +170,8 @@ class Gateway:
             batch = replace(batch, values=values)
         for tag, value in batch.values.items():
             self.latest[tag] = Latest(value, batch.mono, batch.quality)
+        if batch.device in self._analyzed:
+            self._analysis(batch)
         for stream in self.streams.values():
             cfg = stream.config
             if cfg.flow_tag not in batch.values:
@@ -183,17 +193,61 @@ class Gateway:
                 pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
             gauge.update(batch.mono, batch.values[gauge.tag], temperature, pressure)
 
+    def _analysis(self, batch: Batch) -> None:
+        """A gas chromatograph's analysis: the composition of its streams' gas from now on,
+        or refused (unreadable, the analyzer faulted or calibrating, a sum that is not 1)
+        while the last good one is kept and every density computed with it is flagged."""
+        from ..totalize.gas import COMPONENTS, Composition, CompositionError  # noqa: PLC0415
+
+        device, streams = batch.device, self._analyzed[batch.device]
+        refused = None
+        if batch.quality >= Quality.BAD:
+            refused = f"unusable: {batch.error or 'bad'}"
+        else:
+            given = {
+                c: batch.values[f"{device}.{c}"]
+                for c in COMPONENTS
+                if f"{device}.{c}" in batch.values
+            }
+            try:
+                composition = Composition.parse(given)
+            except CompositionError as exc:
+                refused = str(exc)
+        if refused is None:
+            for stream in streams:
+                stream.composition, stream.composition_flag = composition, None
+            if device in self._refusing:
+                self._refusing.discard(device)
+                log.info("%s: analysis accepted again", device, extra={"device": device})
+            return
+        # The flag each density carries is the same words whatever the reason (a sum changes
+        # with every analysis: one journal line per spell, said here, not one per figure).
+        kept = streams[0].composition is not None
+        flag = f"gas: the last good analysis from {device} is kept (the latest is refused)"
+        for stream in streams:
+            stream.composition_flag = flag if kept else None
+        if device not in self._refusing:
+            self._refusing.add(device)
+            log.warning(
+                "%s: analysis refused (%s); %s",
+                device,
+                refused,
+                "the last good one is kept" if kept else "there is no good one yet",
+                extra={"device": device},
+            )
+
     def _alarms_changed(self, device: str, alarms: tuple[str, ...]) -> None:
         """One journal line per alarm a meter raises or clears."""
         before = self.meter_alarms.get(device, ())
         for tag in alarms:
             if tag not in before:
                 quality = self._alarm_quality.get(tag, "bad")
-                effect = (
-                    "its values are not totalized"
-                    if quality == "bad"
-                    else "its values are totalized but do not count towards balance coverage"
-                )
+                if device in self._analyzed:
+                    effect = "its analysis is not used"
+                elif quality == "bad":
+                    effect = "its values are not totalized"
+                else:
+                    effect = "its values are totalized but do not count towards balance coverage"
                 log.warning(
                     "%s: meter alarm %s (%s): %s", device, tag, quality, effect,
                     extra={"device": device},

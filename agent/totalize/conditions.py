@@ -11,6 +11,7 @@ import numpy.typing as npt
 from ..config import DensityModel
 from . import density as density_models
 from .engine import Engine
+from .gas import Composition
 
 
 def density(
@@ -19,8 +20,10 @@ def density(
     pressures: npt.NDArray[np.float64] | None = None,
     *,
     engine: Engine,
+    composition: Composition | None = None,
 ) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """Density of each sample (NaN where an input is missing) and the validity flags raised."""
+    """Density of each sample (NaN where an input is missing) and the validity flags raised.
+    `composition`: a live gas's, from its analyzer (None: none good yet)."""
     if model.model == "constant" or model.temperature is None:
         return np.full_like(temperatures, model.reference), []
     if model.model == "linear" and not model.compressibility:
@@ -33,7 +36,7 @@ def density(
     out = np.empty_like(temperatures)
     flags: list[str] = []
     for i, (t, p) in enumerate(zip(temperatures.tolist(), pressures.tolist(), strict=True)):
-        result = density_at(model, t, p, engine=engine)
+        result = density_at(model, t, p, engine=engine, composition=composition)
         out[i] = result.value
         if result.flag is not None and result.flag not in flags:
             flags.append(result.flag)
@@ -41,7 +44,12 @@ def density(
 
 
 def density_at(
-    model: DensityModel, temperature: float, pressure: float, *, engine: Engine
+    model: DensityModel,
+    temperature: float,
+    pressure: float,
+    *,
+    engine: Engine,
+    composition: Composition | None = None,
 ) -> density_models.Density:
     """One sample's density; `pressure` as its tag gives it (NaN: no pressure tag)."""
     if math.isnan(temperature):
@@ -74,10 +82,15 @@ def density_at(
                 alpha60=model.alpha60,
             )
         case "gas":
-            if model.composition is not None:
+            if model.composition_device is not None and composition is None:
+                why = f"gas: no composition from {model.composition_device} yet"
+                return density_models.Density(math.nan, why)
+            if model.composition_device is None:
+                composition = model.composition
+            if composition is not None:
                 from .gas import gas  # noqa: PLC0415
 
-                state = gas(model.equation, model.composition).state(temperature, absolute)
+                state = gas(model.equation, composition).state(temperature, absolute)
                 return density_models.Density(state.density, state.flag)
             if model.z is not None:
                 return density_models.gas(

@@ -17,6 +17,7 @@ from ..core import clock
 from . import state as layout
 from .conditions import density
 from .engine import Engine, load
+from .gas import Composition
 from .hourly import HOUR, OpenHour, hour_body, hour_index
 from .inventories import _gauge
 
@@ -94,6 +95,10 @@ class StreamTotal:
         self._pressure: list[float] = []
         self.density_flags: dict[str, int] = {}  # validity flag → cycles it was raised in
         self.meter_alarms: tuple[str, ...] = ()  # the meter's alarms active in its last reply
+        # A gas whose composition a chromatograph analyzes: its last good analysis, and why a
+        # later one was refused while that one is kept (the gateway sets both).
+        self.composition: Composition | None = None
+        self.composition_flag: str | None = None
         self.alarm_samples: dict[str, int] = {}  # alarm flag's tag → samples taken under it
 
     def add(
@@ -160,7 +165,15 @@ class StreamTotal:
                 conditions = (model.standard_temperature, model.standard_pressure)
             else:
                 conditions = (model.reference_temperature, 101325.0)
-            standard = (model.standard_density, *conditions)
+            rho_standard = model.standard_density
+            if model.composition_device is not None:
+                # The hour's standard volume at the analysis in force when it closes.
+                rho_standard = (
+                    math.nan
+                    if self.composition is None
+                    else model.standard_density_of(self.composition)
+                )
+            standard = (rho_standard, *conditions)
         self.closed_hours.append(
             hour_body(
                 self.config.name, self.hour, self.state, ignore_reverse=ignore, standard=standard
@@ -214,7 +227,11 @@ class StreamTotal:
                 )
                 mass_flow = volume * rho * factor
             else:
-                rho, flags = density(model, temp, pressure, engine=self.engine)
+                rho, flags = density(
+                    model, temp, pressure, engine=self.engine, composition=self.composition
+                )
+                if self.composition_flag is not None:
+                    flags.append(self.composition_flag)
                 self._count_flags(flags)
                 mass_flow = volume * rho * factor
                 self.state = self.engine.integrate_flow(

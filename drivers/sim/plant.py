@@ -290,6 +290,24 @@ class Plant:
         }
 
 
+# What the simulated gas chromatograph analyzes: a pipeline natural gas, mole fractions by
+# AGA8's names (a bias fault on it scales every component, so its sum leaves 1).
+GC_GAS = {
+    "methane": 0.9,
+    "ethane": 0.05,
+    "propane": 0.02,
+    "nitrogen": 0.015,
+    "carbon_dioxide": 0.01,
+    "isobutane": 0.002,
+    "n_butane": 0.003,
+}
+
+
+def _gas_chromatograph(plant: Plant, meter: MeterSpec) -> dict[str, float]:
+    points = profiles.load(meter.profile).points
+    return {p.name: GC_GAS.get(p.name, 0.0) for p in points if p.alarm is None}
+
+
 _READERS = {
     "coriolis": Plant._coriolis,
     "magmeter": Plant._magmeter,
@@ -298,6 +316,7 @@ _READERS = {
     "load_cell": Plant._load_cell,
     "temperature_tx": Plant._temperature,
     "pressure_tx": Plant._pressure,
+    "gas_chromatograph": _gas_chromatograph,
 }
 
 

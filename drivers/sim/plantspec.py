@@ -43,6 +43,7 @@ METER_PLACES: dict[str, tuple[tuple[str, ...], str]] = {
     "load_cell": (("vessel",), units.MASS),
     "temperature_tx": (("line", "vessel"), units.TEMPERATURE),
     "pressure_tx": (("line",), units.PRESSURE),
+    "gas_chromatograph": (("line",), units.FRACTION),
 }
 NEEDS_AREA = ("level_radar", "level_hydrostatic")
 

@@ -180,7 +180,12 @@ def test_an_equation_without_composition_and_a_molar_mass_beside_one_are_refused
         ("{methane: 0.9, ethane: 0.05}", "the mole fractions sum to 0.95, not 1 (within 0.0001)"),
         ("{methane: 0.9, ethan: 0.1}", "unknown component 'ethan'. Did you mean 'ethane'?"),
         ("{methane: 90 kg}", "methane: 'kg' is a mass unit, but a fraction is expected"),
-        ("methane", "expected a mapping of AGA8 component names to mole fractions"),
+        (
+            "methane",
+            "no device 'methane' to analyze the gas. (a fixed composition is a "
+            "mapping: {methane: 1.0})",
+        ),
+        ("[methane]", "expected a mapping of AGA8 component names to mole fractions"),
         ("{}", "expected a mapping of AGA8 component names to mole fractions"),
     ],
 )
@@ -194,7 +199,7 @@ def test_a_composition_that_is_no_gas_is_refused_at_its_line(
             f"composition: {composition}",
         )
     assert message in str(caught.value)
-    assert "density.composition" in str(caught.value)
+    assert "streams[0].density" in str(caught.value)
 
 
 def test_without_pyaga8_an_aga8_equation_is_refused_by_check_not_at_run_time(
