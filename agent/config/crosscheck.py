@@ -96,6 +96,8 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         check_tag("streams", i, "mass_flow", stream.mass_flow, units.MASS_FLOW)
         check_tag("streams", i, "volume_flow", stream.volume_flow, units.VOLUME_FLOW)
         check_tag("streams", i, "mass_total", stream.mass_total, units.MASS)
+        check_tag("streams", i, "belt", stream.belt_load, units.BELT_LOAD)
+        check_tag("streams", i, "belt", stream.belt_speed, units.SPEED)
         if stream.density is not None:
             check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
             check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)

@@ -117,7 +117,8 @@ DEFAULT_DRAIN_RATE = 1000.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamConfig:
-    """One meter's stream. Exactly one of mass_flow, volume_flow and mass_total is set."""
+    """One meter's stream. Exactly one of mass_flow, volume_flow, mass_total and belt_load (with
+    belt_speed) is set."""
 
     name: str
     mass_flow: str | None  # tag, kg/s
@@ -131,10 +132,12 @@ class StreamConfig:
     max_flow: float = math.inf  # kg/s the meter can deliver: a larger register step is a fault
     meter_factor: float = 1.0  # from the meter's proving: true = indicated × factor
     reverse: str = "separate"  # separate: own total, subtracted in balances | ignore
+    belt_load: str | None = None  # a belt scale: tag of the load on the belt, kg/m ...
+    belt_speed: str | None = None  # ... and of the belt's speed, m/s: mass flow = load × speed
 
     @property
     def flow_tag(self) -> str:
-        tag = self.mass_flow or self.volume_flow or self.mass_total
+        tag = self.mass_flow or self.volume_flow or self.mass_total or self.belt_load
         assert tag is not None
         return tag
 

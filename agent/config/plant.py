@@ -239,12 +239,26 @@ def parse_stream(s: Section) -> StreamConfig | None:
     reverse = s.take("reverse", choice(*REVERSE_MODES), "separate")
     rollover = s.take("rollover", quantity(units.MASS, positive=True), None)
     max_flow = s.take("max_flow", quantity(units.MASS_FLOW, positive=True), None)
-    signals = (("mass_flow", mass_flow), ("volume_flow", volume_flow), ("mass_total", mass_total))
+    belt_load = belt_speed = None
+    if (belt := s.section("belt", required=False)) is not None:
+        # A belt scale: the load on the belt (kg/m) times the belt's speed (m/s).
+        belt_load = belt.take("load", values.tag)
+        belt_speed = belt.take("speed", values.tag)
+        belt.finish()
+        if not belt.ok:
+            s.ok = False
+    signals = (
+        ("mass_flow", mass_flow),
+        ("volume_flow", volume_flow),
+        ("mass_total", mass_total),
+        ("belt", belt_load if belt is None else belt.path),
+    )
     given = [key for key, tag in signals if tag is not None]
     if not given and s.ok:
         s.fail(
             None,
-            "a stream needs 'mass_flow', 'volume_flow' or 'mass_total' (the tag of its meter)",
+            "a stream needs 'mass_flow', 'volume_flow', 'mass_total' (the tag of its meter) or "
+            "'belt' (a belt scale's load and speed tags)",
         )
     if len(given) > 1:
         s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
@@ -278,6 +292,8 @@ def parse_stream(s: Section) -> StreamConfig | None:
         reverse=reverse,
         rollover=math.nan if rollover is None else rollover,  # nan: from the register's type
         max_flow=math.inf if max_flow is None else max_flow,
+        belt_load=belt_load,
+        belt_speed=belt_speed,
     )
 
 

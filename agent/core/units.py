@@ -24,6 +24,8 @@ LENGTH = "length"
 AREA = "area"
 TIME = "time"
 FRACTION = "fraction"
+BELT_LOAD = "belt load"  # mass per length of a conveyor belt
+SPEED = "speed"
 PER_KELVIN = "thermal expansion"
 PER_PASCAL = "compressibility"
 BYTES = "size"
@@ -97,6 +99,11 @@ _add(LENGTH, 1e-2, "cm")
 _add(LENGTH, 1e-3, "mm")
 _add(LENGTH, 0.3048, "ft")
 _add(LENGTH, 0.0254, "in")
+_add(BELT_LOAD, 1.0, "kg/m")
+_add(BELT_LOAD, _LB / 0.3048, "lb/ft")
+_add(SPEED, 1.0, "m/s")
+_add(SPEED, 1 / 60, "m/min")
+_add(SPEED, 0.3048 / 60, "ft/min")
 _add(AREA, 1.0, "m2")
 _add(AREA, 1e-4, "cm2")
 _add(AREA, 0.09290304, "ft2")

@@ -177,6 +177,13 @@ class Gateway:
             if cfg.flow_tag not in batch.values:
                 continue
             flow = math.nan if bad else batch.values[cfg.flow_tag]
+            if cfg.belt_speed is not None:
+                # A belt scale: load × speed, the speed from this reply when its device
+                # gives both (as an integrator does), else its latest fresh reading.
+                speed = batch.values.get(cfg.belt_speed)
+                if speed is None or bad:
+                    speed = self._fresh(cfg.belt_speed, batch.mono, cfg.max_gap)
+                flow *= speed
             temperature = pressure = math.nan
             if cfg.density is not None:
                 temperature = self._fresh(cfg.density.temperature, batch.mono, cfg.max_gap)

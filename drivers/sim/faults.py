@@ -4,7 +4,9 @@ Value faults change what a meter says: `bias` (a relative offset), `drift` (a re
 that grows per hour), `stuck` (the meter repeats the reading it had when the fault began).
 Link faults change how it answers: `dropout` (silence), `slow` (the reply comes `magnitude`
 seconds late), `exception` (a Modbus exception reply, `magnitude` is the code, 6 = busy),
-`crc` (a reply with a broken CRC, with probability `magnitude`, on a serial line). `alarm`
+`crc` (a reply with a broken CRC, with probability `magnitude`, on a serial line). `slip`
+(a belt scale's belt slips on its speed sensor's pulley: the speed and the rate it reads are
+`magnitude` low, so that share of what the belt carries goes unweighed). `alarm`
 raises one of the meter's own status flags (`point`: empty_pipe, drive_gain_high, ... as
 its profile names them; the flags not raised read 0). `leak` is a plant fault: mass leaves
 the product line unmetered at `magnitude` kg/s.
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc", "alarm")
+KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc", "alarm", "slip")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +81,11 @@ class Faults:
         }
         if raised:
             values = {**values, **raised}
+        if (slip := self.find("slip", target, t)) is not None:
+            values = {
+                k: v * (1.0 - slip.magnitude) if k in ("speed", "rate") else v
+                for k, v in values.items()
+            }
         if self.find("stuck", target, t) is not None:
             return dict(self._stuck.setdefault(target, dict(values)))
         self._stuck.pop(target, None)

@@ -290,6 +290,21 @@ class Plant:
         }
 
 
+BELT_SPEED = 1.6  # m/s: a conveyor's belt, whatever it carries
+
+
+def _belt_scale(plant: Plant, meter: MeterSpec) -> dict[str, float]:
+    i, t = plant._line_index(meter), plant.t
+    carried = plant._flow(i, t, plant.density_at(t))  # kg/s on the belt
+    load = carried / BELT_SPEED * (1 + plant._noise(meter.accuracy / 2))
+    return {
+        "load": load,
+        "speed": BELT_SPEED,
+        "rate": load * BELT_SPEED,
+        "total": plant.line_mass[i],
+    }
+
+
 # What the simulated gas chromatograph analyzes: a pipeline natural gas, mole fractions by
 # AGA8's names (a bias fault on it scales every component, so its sum leaves 1).
 GC_GAS = {
@@ -317,6 +332,7 @@ _READERS = {
     "temperature_tx": Plant._temperature,
     "pressure_tx": Plant._pressure,
     "gas_chromatograph": _gas_chromatograph,
+    "belt_scale": _belt_scale,
 }
 
 

@@ -44,6 +44,7 @@ METER_PLACES: dict[str, tuple[tuple[str, ...], str]] = {
     "temperature_tx": (("line", "vessel"), units.TEMPERATURE),
     "pressure_tx": (("line",), units.PRESSURE),
     "gas_chromatograph": (("line",), units.FRACTION),
+    "belt_scale": (("line",), units.FRACTION),
 }
 NEEDS_AREA = ("level_radar", "level_hydrostatic")
 
@@ -58,6 +59,7 @@ FAULT_MAGNITUDES: dict[str, tuple[str, str | None]] = {
     "exception": ("code", None),
     "crc": ("probability", units.FRACTION),
     "alarm": ("", None),
+    "slip": ("slip", units.FRACTION),
 }
 
 
@@ -425,6 +427,10 @@ def _cross_check(
                 f"a {fault.kind} fault acts on a {what}; no {what} is named "
                 f"'{fault.target}' ({what}s: {', '.join(sorted(targets))})",
             )
+        elif fault.kind == "slip":
+            profile = next(m.profile for m in spec.meters if m.name == fault.target)
+            if profile != "belt_scale":
+                s.fail("target", f"a belt slips under a belt_scale, not a {profile} meter")
         elif fault.kind == "alarm":
             profile = next(m.profile for m in spec.meters if m.name == fault.target)
             flags = [p.name for p in profiles.load(profile).points if p.alarm is not None]

@@ -177,6 +177,11 @@ BROKEN = [
         "of a temperature_tx meter (its flags: none)",
     ),
     (", point: coil_fault}", "}", "'point' is required"),
+    (
+        "kind: bias, target: lt1, start: 30s, end: 40s, error: 5 %",
+        "kind: slip, target: lt1, start: 30s, end: 40s, slip: 5 %",
+        "a belt slips under a belt_scale, not a level_radar meter",
+    ),
     ("swing: 3 K", "swing: 3 degC", "write a temperature swing in K"),
     ("vessels:", "vessel:", "unknown key 'vessel'. Did you mean 'vessels'?"),
     (
