@@ -98,6 +98,8 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         check_tag("streams", i, "mass_total", stream.mass_total, units.MASS)
         check_tag("streams", i, "belt", stream.belt_load, units.BELT_LOAD)
         check_tag("streams", i, "belt", stream.belt_speed, units.SPEED)
+        check_tag("streams", i, "moisture", stream.moisture, units.FRACTION)
+        check_tag("streams", i, "solids", stream.solids, units.FRACTION)
         if stream.density is not None:
             check_tag("streams", i, "density", stream.density.temperature, units.TEMPERATURE)
             check_tag("streams", i, "density", stream.density.pressure, units.PRESSURE)
@@ -148,6 +150,30 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         index = next(i for i, n in enumerate(config.nodes) if n.name == exc.node)
         report.add(*where("nodes", index, "nodes"), str(exc))
         return
+    # A dry balance weighs the dry share of every term: each stream names its analyzer.
+    by_name = {s.name: s for s in config.streams}
+    for i, node in enumerate(config.nodes):
+        if node.basis != "dry":
+            continue
+        t = terms[node.name]
+        wet = [
+            name
+            for group in (t.inputs, t.outputs, t.generation, t.consumption)
+            for name in group
+            if by_name[name].dry_tag is None
+        ]
+        if wet:
+            report.add(
+                *where("nodes", i, "basis"),
+                f"a dry balance needs the dry share of each stream: {', '.join(wet)} "
+                "names no 'moisture' or 'solids' tag",
+            )
+        if t.inventories:
+            report.add(
+                *where("nodes", i, "basis"),
+                "a dry balance weighs streams only for now: inventories "
+                f"{', '.join(t.inventories)} have no dry share (leave them to a wet node)",
+            )
     if config.reconciliation is not None:
         leaves = [n for n in config.nodes if not n.nodes]
         from ..balance.reconcile import network_of  # noqa: PLC0415

@@ -134,6 +134,14 @@ class StreamConfig:
     reverse: str = "separate"  # separate: own total, subtracted in balances | ignore
     belt_load: str | None = None  # a belt scale: tag of the load on the belt, kg/m ...
     belt_speed: str | None = None  # ... and of the belt's speed, m/s: mass flow = load × speed
+    # An analyzer's water share of the wet mass (moisture) or its dry share (solids): the
+    # stream's dry kilograms are integrated beside its wet ones.
+    moisture: str | None = None
+    solids: str | None = None
+
+    @property
+    def dry_tag(self) -> str | None:
+        return self.moisture or self.solids
 
     @property
     def flow_tag(self) -> str:
@@ -191,6 +199,7 @@ class NodeConfig:
     re_alarm: float = 0.0  # s between reminders of an alarm still active; 0: none
     drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance above baseline
     drift_h: float = 8.0  # CUSUM decision interval; 0: no drift detection
+    basis: str = "wet"  # wet | dry: kilograms as metered, or their dry share (a dryer's solids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

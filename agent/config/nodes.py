@@ -13,6 +13,7 @@ from ..core.yamlsource import (
     Invalid,
     Section,
     boolean,
+    choice,
     integer,
     name,
     names,
@@ -61,6 +62,7 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
     clear_after = s.take("clear_after", period, 0.0)
     fraction = quantity(units.FRACTION, minimum=0.0, maximum=1.0)
     min_coverage = s.take("min_coverage", fraction, 0.9)
+    basis = s.take("basis", choice("wet", "dry"), "wet")
     deadband = s.take("deadband", fraction, 0.1)
     re_alarm = s.take("re_alarm", period, 0.0)
     drift_k, drift_h = 1.0, 8.0
@@ -110,6 +112,7 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
         re_alarm=re_alarm,
         drift_k=drift_k,
         drift_h=drift_h,
+        basis=basis,
         **window,
     )
 

@@ -247,6 +247,16 @@ def parse_stream(s: Section) -> StreamConfig | None:
         belt.finish()
         if not belt.ok:
             s.ok = False
+    moisture = s.take("moisture", values.tag, None)
+    solids = s.take("solids", values.tag, None)
+    if moisture is not None and solids is not None:
+        s.fail("solids", "give 'moisture' or 'solids' (its dry share), not both")
+    if mass_total is not None and (moisture or solids):
+        s.fail(
+            "moisture" if moisture else "solids",
+            "a totalizer register is differenced, not integrated: its dry share needs a "
+            "flow-rate signal (mass_flow, volume_flow or belt)",
+        )
     signals = (
         ("mass_flow", mass_flow),
         ("volume_flow", volume_flow),
@@ -294,6 +304,8 @@ def parse_stream(s: Section) -> StreamConfig | None:
         max_flow=math.inf if max_flow is None else max_flow,
         belt_load=belt_load,
         belt_speed=belt_speed,
+        moisture=moisture,
+        solids=solids,
     )
 
 

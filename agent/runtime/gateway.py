@@ -76,14 +76,30 @@ class Gateway:
             )
             for s in config.streams
         }
-        for stream in self.streams.values():
+        # Each stream with a moisture or solids analyzer has a dry twin: the same meter's
+        # samples times their dry share, integrated alike, kept and carried beside it.
+        self.dry = {
+            s.name: (
+                carried[dry_key(s.name)]
+                if dry_key(s.name) in carried and carried[dry_key(s.name)].config == s
+                else StreamTotal(s, saved=saved.get(dry_key(s.name)), engine=engine)
+            )
+            for s in config.streams
+            if s.dry_tag is not None
+        }
+        for stream in (*self.streams.values(), *self.dry.values()):
             stream.engine = engine or stream.engine  # a reload may change the engine
         carried.clear()
         carried.update(self.streams)
+        carried.update({dry_key(name): twin for name, twin in self.dry.items()})
         self.inventories = {v.name: InventoryGauge(v, engine=engine) for v in config.inventories}
         terms = node_terms(config.nodes)
+        dry_basis = {**self.streams, **self.dry}
         self.nodes = [
-            NodeBalance(n, terms[n.name], self.streams, self.inventories) for n in config.nodes
+            NodeBalance(
+                n, terms[n.name], dry_basis if n.basis == "dry" else self.streams, self.inventories
+            )
+            for n in config.nodes
         ]
         self.reconciler = (
             Reconciler(config.reconciliation, config.nodes, terms, self.streams, self.inventories)
@@ -127,7 +143,7 @@ class Gateway:
 
     def use_engine(self, engine: Engine) -> None:
         """Integrate with `engine` from the next cycle on (numba's kernels, once loaded)."""
-        for stream in self.streams.values():
+        for stream in (*self.streams.values(), *self.dry.values()):
             stream.engine = engine
         for gauge in self.inventories.values():
             gauge.engine = engine
@@ -190,6 +206,14 @@ class Gateway:
                 pressure = self._fresh(cfg.density.pressure, batch.mono, cfg.max_gap)
             stream.add(batch.mono, batch.wall, flow, temperature, pressure)
             stream.note_alarms(batch.alarms)
+            if (twin := self.dry.get(cfg.name)) is not None:
+                share = self._fresh(cfg.dry_tag, batch.mono, cfg.max_gap)
+                if cfg.moisture is not None:
+                    share = 1.0 - share
+                # A share outside 0..1 is no analysis: the dry twin has a gap, not mass.
+                dry_flow = flow * share if 0.0 <= share <= 1.0 else math.nan
+                twin.add(batch.mono, batch.wall, dry_flow, temperature, pressure)
+                twin.note_alarms(batch.alarms)
         for gauge in self.inventories.values():
             cfg_v = gauge.config
             if gauge.tag not in batch.values or bad:
@@ -269,10 +293,17 @@ class Gateway:
 
     def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
         """Integrate, judge the balances that are due, and queue the records that result."""
-        for stream in self.streams.values():
+        for name, stream in self.streams.items():
             stream.integrate()
             stream.roll_hour(wall)
-            self.pending.extend(Record("hourly", body, wall) for body in stream.take_hours())
+            hours = stream.take_hours()
+            if (twin := self.dry.get(name)) is not None:
+                twin.integrate()
+                twin.roll_hour(wall)
+                dry = {h["hour_start"]: h["quantity_kg"] for h in twin.take_hours()}
+                for hour in hours:
+                    hour["dry_kg"] = dry.get(hour["hour_start"])
+            self.pending.extend(Record("hourly", hour, wall) for hour in hours)
 
         def batch_tag(tag: str) -> float:
             return self._fresh(tag, mono, BATCH_TAG_AGE)
@@ -347,6 +378,10 @@ class Gateway:
                     "accuracy": stream.config.accuracy,
                 }
             )
+            if (twin := self.dry.get(name)) is not None:
+                dry_period = twin.close_period()
+                streams[-1]["dry_kg"] = num(dry_period.mass)
+                streams[-1]["dry_net_kg"] = num(twin.net)
         body: dict[str, Any] = {"streams": streams}
         if self.inventories:
             body["inventories"] = [
@@ -384,7 +419,14 @@ class Gateway:
         if not reports and mono - self._totals_saved_at < SAVE_TOTALS_EVERY:
             return records, None
         self._totals_saved_at = mono
-        return records, {name: s.saved() for name, s in self.streams.items()}
+        totals = {name: s.saved() for name, s in self.streams.items()}
+        totals.update({dry_key(name): twin.saved() for name, twin in self.dry.items()})
+        return records, totals
+
+
+def dry_key(stream: str) -> str:
+    """Where a stream's dry twin is saved and carried: no stream name holds a '/'."""
+    return f"{stream}/dry"
 
 
 def outbox_reset_record(outbox: Outbox) -> None:

@@ -305,6 +305,15 @@ def _belt_scale(plant: Plant, meter: MeterSpec) -> dict[str, float]:
     }
 
 
+def _moisture(plant: Plant, meter: MeterSpec) -> dict[str, float]:
+    """The line's moisture, with the analyzer's noise (its accuracy is absolute, in %)."""
+    line = plant.spec.lines[plant._line_index(meter)]
+    return {
+        "moisture": line.moisture + plant._noise(meter.accuracy / 2),
+        "temperature": plant.temperature_at(plant.t),
+    }
+
+
 # What the simulated gas chromatograph analyzes: a pipeline natural gas, mole fractions by
 # AGA8's names (a bias fault on it scales every component, so its sum leaves 1).
 GC_GAS = {
@@ -333,6 +342,7 @@ _READERS = {
     "pressure_tx": Plant._pressure,
     "gas_chromatograph": _gas_chromatograph,
     "belt_scale": _belt_scale,
+    "moisture_analyzer": _moisture,
 }
 
 

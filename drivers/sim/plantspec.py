@@ -45,6 +45,7 @@ METER_PLACES: dict[str, tuple[tuple[str, ...], str]] = {
     "pressure_tx": (("line",), units.PRESSURE),
     "gas_chromatograph": (("line",), units.FRACTION),
     "belt_scale": (("line",), units.FRACTION),
+    "moisture_analyzer": (("line",), units.FRACTION),
 }
 NEEDS_AREA = ("level_radar", "level_hydrostatic")
 
@@ -108,6 +109,7 @@ class LineSpec:
     volumetric: bool
     pressure: Wave | None  # Pa gauge, the pump's discharge
     description: str
+    moisture: float = 0.0  # water share of what the line carries (its analyzer reads it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,13 +320,16 @@ def _line(s: Section) -> LineSpec | None:
     wave = _wave(s, "flow", flow, None, required=True)
     pressure = _wave(s, "pressure", quantity(units.PRESSURE), units.PRESSURE, required=False)
     description = s.take("description", text, "")
+    moisture = s.take("moisture", quantity(units.FRACTION, minimum=0.0, maximum=1.0), 0.0)
     s.finish()
-    if not s.ok or wave is None:
+    if not s.ok or wave is None or moisture is None:
         return None
     if wave.amplitude > abs(wave.mean):
         s.fail("flow", "the swing is larger than the mean flow: the pump would run backwards")
         return None
-    return LineSpec(line_name, source, to, wave, flow_and_basis[-1], pressure, description)
+    return LineSpec(
+        line_name, source, to, wave, flow_and_basis[-1], pressure, description, moisture
+    )
 
 
 def _meter(s: Section) -> MeterSpec | None:
