@@ -157,9 +157,10 @@ def render(snap: dict[str, Any]) -> str:
         width = max(len(n) for n in streams)
         for name, st in streams.items():
             flow = "—" if st["flow_kg_s"] is None else f"{st['flow_kg_s']:.3f} kg/s"
+            dry = f", dry net {_kg(st['dry_net_kg'])}" if "dry_net_kg" in st else ""
             lines.append(
                 f"  {name:<{width}}  forward {_kg(st['forward_kg'])}, reverse "
-                f"{_kg(st['reverse_kg'])}, flow {flow}"
+                f"{_kg(st['reverse_kg'])}, flow {flow}{dry}"
             )
             alarms = st.get("meter_alarms") or {}
             for tag, samples in (alarms.get("samples") or {}).items():

@@ -107,6 +107,8 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
         check_tag("inventories", i, "mass", inventory.mass, units.MASS)
+        check_tag("inventories", i, "moisture", inventory.moisture, units.FRACTION)
+        check_tag("inventories", i, "solids", inventory.solids, units.FRACTION)
         if inventory.density is not None:
             density = inventory.density
             check_tag("inventories", i, "density", density.temperature, units.TEMPERATURE)
@@ -168,11 +170,13 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
                 f"a dry balance needs the dry share of each stream: {', '.join(wet)} "
                 "names no 'moisture' or 'solids' tag",
             )
-        if t.inventories:
+        by_inventory = {v.name: v for v in config.inventories}
+        wet_vessels = [v for v in t.inventories if by_inventory[v].dry_tag is None]
+        if wet_vessels:
             report.add(
                 *where("nodes", i, "basis"),
-                "a dry balance weighs streams only for now: inventories "
-                f"{', '.join(t.inventories)} have no dry share (leave them to a wet node)",
+                "a dry balance needs the dry share of each inventory: "
+                f"{', '.join(wet_vessels)} names no 'moisture' or 'solids' tag",
             )
     if config.reconciliation is not None:
         leaves = [n for n in config.nodes if not n.nodes]

@@ -162,6 +162,12 @@ class InventoryConfig:
     max_age: float  # s
     strapping: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # ... or (m, m³)
     mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
+    moisture: str | None = None  # an analyzer's water share of what the vessel holds ...
+    solids: str | None = None  # ... or its dry share: its dry kilograms for a dry balance
+
+    @property
+    def dry_tag(self) -> str | None:
+        return self.moisture or self.solids
 
 
 ROLLING, CALENDAR, BATCH = "rolling", "calendar", "batch"

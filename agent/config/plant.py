@@ -247,10 +247,7 @@ def parse_stream(s: Section) -> StreamConfig | None:
         belt.finish()
         if not belt.ok:
             s.ok = False
-    moisture = s.take("moisture", values.tag, None)
-    solids = s.take("solids", values.tag, None)
-    if moisture is not None and solids is not None:
-        s.fail("solids", "give 'moisture' or 'solids' (its dry share), not both")
+    moisture, solids = _dry_share(s)
     if mass_total is not None and (moisture or solids):
         s.fail(
             "moisture" if moisture else "solids",
@@ -345,6 +342,7 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
                 s.fail(key, "load cells give mass directly; remove this key")
     elif level is not None and s.has("area") == s.has("strapping") and s.ok:
         s.fail(None, "a tank needs 'area' (vertical, constant section) or 'strapping'")
+    moisture, solids = _dry_share(s)
     s.finish()
     if not s.ok:
         return None
@@ -357,7 +355,18 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
         density=density,
         accuracy=accuracy,
         max_age=max_age,
+        moisture=moisture,
+        solids=solids,
     )
+
+
+def _dry_share(s: Section) -> tuple[str | None, str | None]:
+    """The tag of an analyzer's moisture, or of its solids: not both."""
+    moisture = s.take("moisture", values.tag, None)
+    solids = s.take("solids", values.tag, None)
+    if moisture is not None and solids is not None:
+        s.fail("solids", "give 'moisture' or 'solids' (its dry share), not both")
+    return moisture, solids
 
 
 def _strapping(s: Section | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -18,7 +18,7 @@ from typing import Any
 from ..balance import audit
 from ..balance.nodes import NodeBalance
 from ..balance.reconciler import Reconciler, SuspectEvent, log_suspect, suspect_body
-from ..balance.terms import AlarmEvent, alarm_body, balance_body, log_event
+from ..balance.terms import AlarmEvent, Weighed, alarm_body, balance_body, log_event
 from ..config import Config, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
@@ -26,7 +26,7 @@ from ..store.outbox import Outbox
 from ..totalize.engine import Engine, PythonEngine
 from ..totalize.engine import load as load_engine
 from ..totalize.engine import loaded as engine_loaded
-from ..totalize.inventories import InventoryGauge
+from ..totalize.inventories import DryGauge, InventoryGauge
 from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,17 @@ class Gateway:
         carried.update({dry_key(name): twin for name, twin in self.dry.items()})
         self.inventories = {v.name: InventoryGauge(v, engine=engine) for v in config.inventories}
         terms = node_terms(config.nodes)
-        dry_basis = {**self.streams, **self.dry}
+        self.dry_gauges = {
+            v.name: DryGauge(self.inventories[v.name])
+            for v in config.inventories
+            if v.dry_tag is not None
+        }
+        dry_streams = {**self.streams, **self.dry}
+        dry_gauges: dict[str, Weighed] = {**self.inventories, **self.dry_gauges}
         self.nodes = [
-            NodeBalance(
-                n, terms[n.name], dry_basis if n.basis == "dry" else self.streams, self.inventories
-            )
+            NodeBalance(n, terms[n.name], dry_streams, dry_gauges)
+            if n.basis == "dry"
+            else NodeBalance(n, terms[n.name], self.streams, self.inventories)
             for n in config.nodes
         ]
         self.reconciler = (
@@ -223,6 +229,9 @@ class Gateway:
                 temperature = self._fresh(cfg_v.density.temperature, batch.mono, cfg_v.max_age)
                 pressure = self._fresh(cfg_v.density.pressure, batch.mono, cfg_v.max_age)
             gauge.update(batch.mono, batch.values[gauge.tag], temperature, pressure)
+            if (dry := self.dry_gauges.get(cfg_v.name)) is not None:
+                share = self._fresh(cfg_v.dry_tag, batch.mono, cfg_v.max_age)
+                dry.share = 1.0 - share if cfg_v.moisture is not None else share
 
     def _analysis(self, batch: Batch) -> None:
         """A gas chromatograph's analysis: the composition of its streams' gas from now on,
@@ -391,6 +400,11 @@ class Gateway:
                     "at": utc(wall - (mono - gauge.mono)) if math.isfinite(gauge.mono) else None,
                     "sigma_kg": num(gauge.sigma),
                 }
+                | (
+                    {"dry_mass_kg": num(dry.mass_at(mono))}
+                    if (dry := self.dry_gauges.get(name)) is not None
+                    else {}
+                )
                 for name, gauge in self.inventories.items()
             ]
         if self.restarted is not None:

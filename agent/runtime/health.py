@@ -55,6 +55,7 @@ def snapshot(agent: Agent, *, started: float) -> dict[str, Any]:
             # The meter's own alarms: active in its last reply, and samples taken under each.
             "meter_alarms": {"active": list(s.meter_alarms), "samples": dict(s.alarm_samples)},
         }
+        | ({"dry_net_kg": num(gw.dry[name].net)} if name in gw.dry else {})
         for name, s in gw.streams.items()
     }
     nodes: dict[str, dict[str, Any]] = {}

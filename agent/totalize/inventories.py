@@ -104,3 +104,23 @@ class InventoryGauge:
             return self.config.accuracy / 2.0
         assert self.config.density is not None
         return self.config.density.reference * self._slope * self.config.accuracy / 2.0
+
+
+class DryGauge:
+    """The dry share of a vessel's contents, for a dry balance: its gauge's mass times the
+    share its analyzer last gave (1 − moisture, or solids), set by the gateway."""
+
+    def __init__(self, gauge: InventoryGauge) -> None:
+        self.gauge = gauge
+        self.share = math.nan
+
+    def mass_at(self, mono: float) -> float | None:
+        mass = self.gauge.mass_at(mono)
+        if mass is None or not 0.0 <= self.share <= 1.0:
+            return None
+        return mass * self.share
+
+    @property
+    def sigma(self) -> float:
+        """The gauge's, on the dry share (the analyzer's own uncertainty is not added)."""
+        return self.gauge.sigma * (self.share if 0.0 <= self.share <= 1.0 else 1.0)

@@ -306,10 +306,15 @@ def _belt_scale(plant: Plant, meter: MeterSpec) -> dict[str, float]:
 
 
 def _moisture(plant: Plant, meter: MeterSpec) -> dict[str, float]:
-    """The line's moisture, with the analyzer's noise (its accuracy is absolute, in %)."""
-    line = plant.spec.lines[plant._line_index(meter)]
+    """The moisture of the line or vessel it sits on, with the analyzer's noise (its accuracy
+    is absolute, in %)."""
+    where = (
+        plant.spec.lines[plant._line_index(meter)]
+        if meter.line is not None
+        else plant.spec.vessels[plant._vessel_index(meter)]
+    )
     return {
-        "moisture": line.moisture + plant._noise(meter.accuracy / 2),
+        "moisture": where.moisture + plant._noise(meter.accuracy / 2),
         "temperature": plant.temperature_at(plant.t),
     }
 

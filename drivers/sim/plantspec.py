@@ -45,7 +45,7 @@ METER_PLACES: dict[str, tuple[tuple[str, ...], str]] = {
     "pressure_tx": (("line",), units.PRESSURE),
     "gas_chromatograph": (("line",), units.FRACTION),
     "belt_scale": (("line",), units.FRACTION),
-    "moisture_analyzer": (("line",), units.FRACTION),
+    "moisture_analyzer": (("line", "vessel"), units.FRACTION),
 }
 NEEDS_AREA = ("level_radar", "level_hydrostatic")
 
@@ -98,6 +98,7 @@ class VesselSpec:
     area: float | None  # m² (tanks)
     tare: float  # kg of the empty vessel on its load cells
     description: str
+    moisture: float = 0.0  # water share of what it holds (its analyzer reads it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,7 @@ def _vessel(s: Section) -> VesselSpec | None:
     mass = s.take("mass", quantity(units.MASS, minimum=0.0), None)
     tare = s.take("tare", quantity(units.MASS, minimum=0.0), 0.0)
     description = s.take("description", text, "")
+    moisture = s.take("moisture", quantity(units.FRACTION, minimum=0.0, maximum=1.0), 0.0)
     s.finish()
     if not s.ok:
         return None
@@ -303,7 +305,7 @@ def _vessel(s: Section) -> VesselSpec | None:
         s.fail(None, "give the contents at start as exactly one of 'level' (tanks) or 'mass'")
     if not s.ok:
         return None
-    return VesselSpec(vessel_name, kind, mass, level, area, tare, description)
+    return VesselSpec(vessel_name, kind, mass, level, area, tare, description, moisture)
 
 
 def _line(s: Section) -> LineSpec | None:

@@ -116,3 +116,76 @@ def test_a_dry_basis_without_its_analyzers_is_refused(tmp_path: Path, change, me
     with pytest.raises(ConfigError) as caught:
         config_module.load(path)
     assert message in str(caught.value)
+
+
+SAND_PLANT = """\
+description: wet sand hopper H-1 on load cells, filled faster than it is emptied
+seed: 7
+fluid: {density: 1600 kg/m3, at: 20 degC, expansion: 0 1/K}
+temperature: {mean: 20 degC}
+vessels:
+  - {name: H-1, kind: hopper, mass: 20 t, tare: 8 t, moisture: 8 %}
+lines:
+  - {name: fill, from: outside, to: H-1, flow: {mean: 90 t/h, swing: 10 %, period: 80s},
+     moisture: 8 %}
+  - {name: reclaim, from: H-1, to: outside, flow: 50 t/h, moisture: 8 %}
+meters:
+  - {name: wf1, profile: belt_scale, line: fill, accuracy: 0.5 %}
+  - {name: ma1, profile: moisture_analyzer, line: fill, accuracy: 0.2 %}
+  - {name: wf2, profile: belt_scale, line: reclaim, accuracy: 0.5 %}
+  - {name: ma2, profile: moisture_analyzer, line: reclaim, accuracy: 0.2 %}
+  - {name: wt1, profile: load_cell, vessel: H-1, accuracy: 20 kg}
+  - {name: ma3, profile: moisture_analyzer, vessel: H-1, accuracy: 0.2 %}
+faults: []
+"""
+SAND_CONFIG = (
+    CONFIG.replace(
+        "port: 5023, profile: moisture_analyzer}}", "port: 5023, profile: moisture_analyzer}}"
+    ).split("streams:", maxsplit=1)[0]
+    + f"""\
+  - {{name: wt1, protocol: modbus_tcp, host: 127.0.0.1, port: 5024, profile: load_cell}}
+  - {{name: ma3, protocol: modbus_tcp, host: 127.0.0.1, port: 5025, profile: moisture_analyzer}}
+streams:
+  - {{name: fill, belt: {{load: wf1.load, speed: wf1.speed}}, moisture: ma1.moisture,
+     accuracy: 0.5 %}}
+  - {{name: reclaim, belt: {{load: wf2.load, speed: wf2.speed}}, moisture: ma2.moisture,
+     accuracy: 0.5 %}}
+inventories:
+  - {{name: hopper, mass: wt1.net_weight, moisture: ma3.moisture, accuracy: 20 kg}}
+nodes:
+  - {{name: sand_dry, basis: dry, inputs: [fill], outputs: [reclaim], inventories: [hopper],
+     {NODE}}}
+"""
+)
+
+
+def test_a_dry_balance_weighs_the_dry_share_of_what_a_vessel_holds(tmp_path: Path):
+    """40 t/h more wet sand in than out: the hopper's dry inventory grows by 92 % of it, and
+    the dry balance closes only with the vessel's analyzer taken into account."""
+    run = plantrun.start(tmp_path, SAND_CONFIG, plant_text=SAND_PLANT, period=2.0, step=0.5)
+    try:
+        run.run_for(1.5 * HOUR)
+    finally:
+        run.close()
+    windows = [b for b in run.of("balance") if b["node"] == "sand_dry"]
+    judged = [b for b in windows if b["status"] != "inconclusive"]
+    assert len(judged) >= 50
+    assert all(b["status"] == "ok" for b in judged)
+    assert run.of("alarm") == []
+    # The window's dry inventory change: 92 % of 40 t/h for 30 min.
+    last = judged[-1]
+    change = last["inventory_end_kg"] - last["inventory_start_kg"]
+    assert change == pytest.approx(0.92 * 40_000 / 2, rel=0.02)
+    hopper = run.of("totals")[-1]["inventories"][0]
+    assert hopper["dry_mass_kg"] == pytest.approx(hopper["mass_kg"] * 0.92, rel=5e-3)
+
+
+def test_a_dry_balance_needs_each_vessels_analyzer_too(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(SAND_CONFIG.replace(" moisture: ma3.moisture,", ""))
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(path)
+    assert (
+        "a dry balance needs the dry share of each inventory: hopper names no 'moisture' or "
+        "'solids' tag" in str(caught.value)
+    )

@@ -1,4 +1,5 @@
-"""`massgate status` as a person reads it: the meter alarms a stream's samples were taken under."""
+"""`massgate status` as a person reads it: the meter alarms a stream's samples were taken
+under, and a stream's dry kilograms."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ def test_a_streams_meter_alarms_are_counted_and_the_active_one_is_marked():
             "feed": {**stream, "meter_alarms": {
                 "active": ["ft101.empty_pipe"],
                 "samples": {"ft101.drive_gain_high": 12, "ft101.empty_pipe": 3}}},
-            "product": {**stream, "meter_alarms": {"active": [], "samples": {}}},
+            "product": {**stream, "meter_alarms": {"active": [], "samples": {}},
+                        "dry_net_kg": 1104.0},
         },
     }  # fmt: skip
     text = render(snap)
     assert "meter alarm ft101.drive_gain_high: 12 samples\n" in text
     assert "meter alarm ft101.empty_pipe: 3 samples, ACTIVE" in text
     assert text.count("meter alarm") == 2
+    assert "flow 2.000 kg/s, dry net 1 104.0 kg" in text
+    assert text.count("dry net") == 1
