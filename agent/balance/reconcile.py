@@ -365,12 +365,12 @@ def _reconciliation(
         dof=sol.dof,
         critical=chi2_quantile(1.0 - alpha, sol.dof) if sol.dof else 0.0,
         alpha=alpha,
-        test_critical=_sidak_z(alpha, tests),
+        test_critical=sidak_z(alpha, tests),
         **extra,  # type: ignore[arg-type]
     )
 
 
-def _sidak_z(alpha: float, tests: int) -> float:
+def sidak_z(alpha: float, tests: int) -> float:
     """Two-sided z for `tests` simultaneous tests at an overall level alpha."""
     if tests <= 0:
         return math.inf
@@ -387,10 +387,11 @@ class _Candidate:
     size: float
 
 
-def _candidates(sol: _Solution, exclude: set[tuple[str, str]]) -> list[_Candidate]:
+def _signatures(sol: _Solution, exclude: set[tuple[str, str]]) -> list[tuple[str, str, np.ndarray]]:
+    """Each gross error's signature in the reduced residuals: a bias in each measured
+    stream, a leak at each node; those no balance sees (a zero signature) left out."""
     if not sol.dof:
         return []
-    found = []
     measured_names = [s.name for s, m in zip(sol.network.streams, sol.measured, strict=True) if m]
     signatures: list[tuple[str, str, np.ndarray]] = []
     for m, stream in enumerate(measured_names):
@@ -398,11 +399,16 @@ def _candidates(sol: _Solution, exclude: set[tuple[str, str]]) -> list[_Candidat
     for k, node in enumerate(sol.network.nodes):
         # The leak leaves the node: its balance reads in − out = +leak, hence +e_k.
         signatures.append((LEAK, node, sol.reducer[:, k]))
-    for kind, where, f in signatures:
-        if (kind, where) in exclude:
-            continue
-        if float(np.linalg.norm(f)) <= _TINY:
-            continue  # no balance sees this error: it is undetectable here
+    return [
+        (kind, where, f)
+        for kind, where, f in signatures
+        if (kind, where) not in exclude and float(np.linalg.norm(f)) > _TINY
+    ]
+
+
+def _candidates(sol: _Solution, exclude: set[tuple[str, str]]) -> list[_Candidate]:
+    found = []
+    for kind, where, f in _signatures(sol, exclude):
         weight = float(f @ sol.v_inv @ f)
         projection = float(f @ sol.v_inv @ sol.r)
         found.append(_Candidate(kind, where, f, projection**2 / weight, projection / weight))
@@ -443,7 +449,7 @@ def diagnose(
             break
         candidates = _candidates(sol, exclude)
         # One candidate at a time is tested, with the overall level split Šidák-fashion.
-        threshold = _sidak_z(alpha, len(candidates)) ** 2
+        threshold = sidak_z(alpha, len(candidates)) ** 2
         if not candidates or max(c.statistic for c in candidates) < threshold:
             unconverged = True
             break
@@ -475,6 +481,74 @@ def diagnose(
         sized.append(replace(e, size=float(estimate)) if math.isfinite(estimate) else e)
     final = _reconciliation(sol, cv, cs, alpha, gross_errors=tuple(sized), unconverged=unconverged)
     return plain, final
+
+
+@dataclass(frozen=True, slots=True)
+class Detectable:
+    """The smallest gross error of one kind and place that the tests find, before any data."""
+
+    kind: str  # bias | leak
+    where: str  # the meter's stream or the node
+    smallest: float  # its size found with the given power; inf: no test on this network sees it
+    alternatives: tuple[tuple[str, str], ...] = ()  # (kind, where) it cannot be told from
+
+
+def detectability(
+    network: Network,
+    sigmas: Mapping[str, float],
+    *,
+    alpha: float = 0.05,
+    power: float = 0.9,
+    leaks: bool = True,
+) -> tuple[Detectable, ...]:
+    """The smallest bias of each meter and leak at each node detected with `power`.
+
+    A gross error of size s with signature f shifts the GLR statistic's root to
+    s·√(fᵀV⁻¹f) standard deviations; the serial elimination tests it at the Šidák level it
+    uses on this network, |·| > z. The smallest s is δ/√(fᵀV⁻¹f) with δ the shift at which
+    Φ(δ − z) + Φ(−δ − z) = power. It depends on the network and the σ alone, so it is the
+    what-if before a meter is bought: the data decide nothing here. A meter whose bias no
+    balance sees (non-redundant), or a node no balance covers, has inf. Errors whose
+    signatures are parallel cannot be told apart: each names the others.
+    """
+    if not 0.0 < power < 1.0 or not 0.0 < alpha < 1.0:
+        raise ValueError("alpha and power lie between 0 and 1")
+    values = dict.fromkeys(sigmas, 0.0)  # only which streams are measured matters
+    v, sg = _vectors(network, values, sigmas)
+    sol = _solve(network, v, sg)
+    exclude = set() if leaks else {(LEAK, n) for n in network.nodes}
+    found = _signatures(sol, exclude)
+    z = sidak_z(alpha, len(found))
+    shift = _power_shift(z, power)
+    out = []
+    for kind, where, f in found:
+        alternatives = tuple(
+            (k, w) for k, w, g in found if (k, w) != (kind, where) and _parallel(f, g, sol.v_inv)
+        )
+        out.append(
+            Detectable(kind, where, shift / math.sqrt(float(f @ sol.v_inv @ f)), alternatives)
+        )
+    seen = {(d.kind, d.where) for d in out}
+    measured = [s.name for s, m in zip(network.streams, sol.measured, strict=True) if m]
+    candidates = [(BIAS, s) for s in measured]
+    if leaks:
+        candidates += [(LEAK, n) for n in network.nodes]
+    out += [Detectable(k, w, math.inf) for k, w in candidates if (k, w) not in seen]
+    order = {c: i for i, c in enumerate(candidates)}
+    return tuple(sorted(out, key=lambda d: order[(d.kind, d.where)]))
+
+
+def _power_shift(z: float, power: float) -> float:
+    """δ with P(|N(δ, 1)| > z) = power: bisection, as the two tails have no inverse."""
+    normal = NormalDist()
+    low, high = 0.0, z + 10.0
+    for _ in range(100):
+        mid = (low + high) / 2.0
+        if normal.cdf(mid - z) + normal.cdf(-mid - z) < power:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2.0
 
 
 WLS, HUBER, FAIR = "wls", "huber", "fair"

@@ -50,6 +50,7 @@ class NetworkFile:
     sigma: dict[str, float]  # absolute σ per stream
     accuracy: dict[str, float]  # relative rated accuracy per stream
     alpha: float
+    nominal: dict[str, float]  # what a meter usually reads, for --detectability
 
 
 def _node_names(value: Any) -> tuple[str, ...]:
@@ -70,12 +71,14 @@ def load_network(path: Path) -> NetworkFile:
     streams: list[rc.Stream] = []
     sigma: dict[str, float] = {}
     accuracy: dict[str, float] = {}
+    nominal: dict[str, float] = {}
     known = set(nodes or ())
     for s in top.sections("streams", required=True):
         stream_name = s.take("name", name)
         ends = [s.take(key, name, None) for key in ("from", "to")]
         abs_sigma = s.take("sigma", number, None)
         rel = s.take("accuracy", quantity(units.FRACTION, positive=True), None)
+        usual = s.take("nominal", number, None)
         s.finish()
         for key, end in zip(("from", "to"), ends, strict=True):
             if end is not None and end not in known:
@@ -95,6 +98,8 @@ def load_network(path: Path) -> NetworkFile:
             sigma[stream_name] = abs_sigma
         if rel is not None:
             accuracy[stream_name] = rel
+        if usual is not None:
+            nominal[stream_name] = usual
     top.finish()
     report.raise_if_any()
     try:
@@ -103,7 +108,7 @@ def load_network(path: Path) -> NetworkFile:
         report.add(1, "", str(exc))
         report.raise_if_any()
         raise
-    return NetworkFile(network, sigma, accuracy, alpha)
+    return NetworkFile(network, sigma, accuracy, alpha, nominal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +310,32 @@ def setup(p: argparse.ArgumentParser) -> None:
         "test, the measurement test, and the gross errors serial elimination finds (a "
         "biased meter or a leaking node, with its size); with --estimator huber or fair, "
         "also the robust estimate, on which a gross error pulls with a bounded force "
-        "instead of being smeared over its neighbours. Exit status: 0 when every row "
-        "passes the global test, 1 when a row fails it, 2 for a bad file."
+        "instead of being smeared over its neighbours. With --detectability and no data: "
+        "the smallest bias of each meter and leak at each node that the tests detect with "
+        "--power, from the network and the accuracies alone (a meter given by relative "
+        "accuracy needs its 'nominal' flow in the network, or --data for it). Exit status: "
+        "0 when every row passes the global test, 1 when a row fails it, 2 for a bad file."
     )
     p.add_argument("--network", required=True, metavar="NET.yaml", help="the node network")
-    p.add_argument("--data", required=True, metavar="DATA.csv", help="the measurements")
+    p.add_argument(
+        "--data",
+        metavar="DATA.csv",
+        help="the measurements (with --detectability: only for the usual flows of meters "
+        "given by relative accuracy and no 'nominal')",
+    )
+    p.add_argument(
+        "--detectability",
+        action="store_true",
+        help="before any data: the smallest bias of each meter and leak at each node that "
+        "the tests detect with --power, and which cannot be told apart",
+    )
+    p.add_argument(
+        "--power",
+        type=float,
+        default=0.9,
+        metavar="P",
+        help="with --detectability: the chance of detecting it (default 0.9)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     p.add_argument(
         "--alpha",
@@ -333,9 +359,13 @@ def setup(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data is None and not args.detectability:
+        return _bad("--data is required (unless --detectability)")
+    if not 0 < args.power < 1:
+        return _bad(f"--power is a probability between 0 and 1, got {args.power}")
     try:
         net = load_network(Path(args.network))
-        rows = load_data(Path(args.data), net.network)
+        rows = [] if args.data is None else load_data(Path(args.data), net.network)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -344,6 +374,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < alpha < 1:
         print(f"--alpha must be between 0 and 1, got {alpha}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.detectability:
+        return detect(net, rows, alpha=alpha, power=args.power, args=args)
     documents = []
     failed = False
     for i, row in enumerate(rows):
@@ -383,3 +415,72 @@ def run(args: argparse.Namespace) -> int:
         json.dump(documents, sys.stdout, indent=2, ensure_ascii=False)
         print()
     return EXIT_GROSS_ERROR if failed else EXIT_OK
+
+
+def _bad(message: str) -> int:
+    print(f"massgate reconcile: error: {message} (see massgate reconcile --help)", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def detect(
+    net: NetworkFile, rows: list[Row], *, alpha: float, power: float, args: argparse.Namespace
+) -> int:
+    """--detectability: what the network and the meters' accuracies can find, before data."""
+    usual = dict(net.nominal)
+    for stream in net.accuracy:
+        seen = [r.values[stream] for r in rows if stream in r.values]
+        if stream not in usual and seen:
+            usual[stream] = sum(seen) / len(seen)  # the data's mean, as its usual flow
+    sigmas = dict(net.sigma)
+    for stream, accuracy in net.accuracy.items():
+        if stream not in usual:
+            return _bad(
+                f"stream {stream} is given by its relative accuracy: give its usual flow as "
+                "'nominal' in the network, or --data"
+            )
+        sigmas[stream] = rc.sigma_from_accuracy(usual[stream], accuracy)
+    found = rc.detectability(net.network, sigmas, alpha=alpha, power=power, leaks=not args.no_leaks)
+    tests = sum(1 for d in found if math.isfinite(d.smallest))
+    z = rc.sidak_z(alpha, tests)
+
+    def entry(d: rc.Detectable) -> dict[str, Any]:
+        size = d.smallest if math.isfinite(d.smallest) else None
+        out: dict[str, Any] = {"kind": d.kind, "where": d.where, "smallest": size}
+        if d.kind == rc.BIAS:
+            out["sigma"] = sigmas[d.where]
+            nominal = usual.get(d.where)
+            out["relative"] = size / abs(nominal) if size is not None and nominal else None
+        out["cannot_be_told_from"] = [{"kind": k, "where": w} for k, w in d.alternatives]
+        return out
+
+    document = {
+        "alpha": alpha,
+        "power": power,
+        "test_z": z,
+        "meters": [entry(d) for d in found if d.kind == rc.BIAS],
+        "nodes": [entry(d) for d in found if d.kind == rc.LEAK],
+    }
+    if args.json:
+        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return EXIT_OK
+    print(
+        f"detectability: found with {power:.0%} power, each suspect tested at |z| > {z:.3f} "
+        f"(alpha {alpha:g} over {tests} tests, as serial elimination tests them)"
+    )
+    width = max(len(d.where) for d in found) if found else 5
+    for title, key, what in (("meter", "meters", "bias"), ("node", "nodes", "leak")):
+        entries: list[dict[str, Any]] = document[key]  # type: ignore[assignment]
+        if not entries:
+            continue
+        print(f"\n{title:<{width}}  {'smallest ' + what:>14}  cannot be told from")
+        for e in entries:
+            if e["smallest"] is None:
+                size = "not detectable"
+            else:
+                size = f"{e['smallest']:.4g}"
+                if e.get("relative") is not None:
+                    size += f" ({e['relative']:.1%})"
+            others = ", ".join(f"{o['kind']} at {o['where']}" for o in e["cannot_be_told_from"])
+            print(f"{e['where']:<{width}}  {size:>14}  {others}".rstrip())
+    return EXIT_OK

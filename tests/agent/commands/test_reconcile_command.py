@@ -131,3 +131,58 @@ def test_bad_files_are_reported_with_file_and_line(
 def test_missing_file_is_a_clear_error(tmp_path: Path, capsys):
     assert main(["reconcile", "--network", NET, "--data", str(tmp_path / "none.csv")]) == 2
     assert "none.csv:0: cannot read" in capsys.readouterr().err
+
+
+def test_detectability_needs_no_data_and_names_what_cannot_be_told_apart(capsys):
+    from massgate.agent.balance import reconcile as rc
+
+    assert main(["reconcile", "--network", NET, "--detectability"]) == 0
+    out = capsys.readouterr().out
+    assert "|z| > 2.800 (alpha 0.05 over 10 tests" in out
+    assert "F1                  4.998  leak at splitter" in out
+    assert "exchanger           4.081" in out
+    assert main(["reconcile", "--network", NET, "--detectability", "--json", "--no-leaks",
+                 "--power", "0.5", "--alpha", "0.1"]) == 0  # fmt: skip
+    document = json.loads(capsys.readouterr().out)
+    assert document["nodes"] == []
+    first = document["meters"][0]
+    assert first["where"] == "F1"
+    assert first["sigma"] == 1
+    assert first["cannot_be_told_from"] == []  # no leak to confuse it with
+    from massgate.agent.commands.reconcile import load_network
+
+    network = load_network(Path(NET)).network
+    ones = {f"F{i}": 1.0 for i in range(1, 7)}
+    (library, *_) = rc.detectability(network, ones, alpha=0.1, power=0.5, leaks=False)
+    assert first["smallest"] == pytest.approx(library.smallest, rel=1e-12)
+    assert document["test_z"] == pytest.approx(rc.sidak_z(0.1, 6))
+
+
+def test_detectability_takes_relative_accuracies_at_their_nominal_flows(tmp_path: Path, capsys):
+    net = tmp_path / "n.yaml"
+    net.write_text(
+        "nodes: [tank]\nstreams:\n"
+        "  - {name: feed, to: tank, accuracy: 0.2 %, nominal: 120}\n"
+        "  - {name: out1, from: tank, accuracy: 0.5 %, nominal: 70}\n"
+        "  - {name: out2, from: tank, accuracy: 0.5 %}\n"
+    )
+    assert main(["reconcile", "--network", str(net), "--detectability", "--json"]) == 2
+    assert (
+        "massgate reconcile: error: stream out2 is given by its relative accuracy: give its "
+        "usual flow as 'nominal' in the network, or --data" in capsys.readouterr().err
+    )
+    data = tmp_path / "d.csv"
+    data.write_text("feed,out1,out2\n119,71,49\n121,69,51\n")
+    assert main(["reconcile", "--network", str(net), "--detectability", "--json",
+                 "--data", str(data)]) == 0  # fmt: skip
+    meters = {m["where"]: m for m in json.loads(capsys.readouterr().out)["meters"]}
+    assert meters["feed"]["sigma"] == pytest.approx(0.001 * 120)  # nominal, not the data
+    assert meters["out2"]["sigma"] == pytest.approx(0.0025 * 50)  # the data's mean
+    assert meters["out1"]["relative"] == pytest.approx(meters["out1"]["smallest"] / 70)
+
+
+def test_without_detectability_the_data_is_required(capsys):
+    assert main(["reconcile", "--network", NET]) == 2
+    assert "massgate reconcile: error: --data is required (unless --detectability)" in (
+        capsys.readouterr().err
+    )
