@@ -209,7 +209,17 @@ class _Solution:
     dof: int
 
 
-def _solve(network: Network, values: np.ndarray, sigmas: np.ndarray) -> _Solution:
+# Covariances between two streams' measurement errors (data units squared): two meters that
+# share a density or a temperature, a meter and its own register. Absent pairs are independent.
+Covariances = Mapping[tuple[str, str], float]
+
+
+def _solve(
+    network: Network,
+    values: np.ndarray,
+    sigmas: np.ndarray,
+    covariances: Covariances | None = None,
+) -> _Solution:
     a = network.incidence()
     measured = np.isfinite(values) & np.isfinite(sigmas)
     am, au = a[:, measured], a[:, ~measured]
@@ -238,6 +248,21 @@ def _solve(network: Network, values: np.ndarray, sigmas: np.ndarray) -> _Solutio
         reducer = np.zeros((0, n_nodes))
     b = reducer @ am
     cov_y = np.diag(sigma**2)
+    if covariances:
+        names = [s.name for s, m in zip(network.streams, measured, strict=True) if m]
+        index = {n: i for i, n in enumerate(names)}
+        for (first, second), c in covariances.items():
+            if first in index and second in index:  # a pair with an unmeasured end drops
+                i, j = index[first], index[second]
+                cov_y[i, j] = cov_y[j, i] = c
+        try:
+            np.linalg.cholesky(cov_y)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "the measurement covariances describe no possible errors (not positive "
+                "definite): each correlation lies strictly between -1 and 1, and together "
+                "they must be consistent"
+            ) from None
     if dof:
         v_inv = np.linalg.inv(b @ cov_y @ b.T)
         r = b @ y
@@ -329,10 +354,14 @@ def _results(sol: _Solution, values: np.ndarray, sigmas: np.ndarray) -> tuple[St
 
 
 def _vectors(
-    network: Network, values: Mapping[str, float], sigmas: Mapping[str, float]
+    network: Network,
+    values: Mapping[str, float],
+    sigmas: Mapping[str, float],
+    covariances: Covariances | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     known = {s.name for s in network.streams}
-    for name in (*values, *sigmas):
+    pairs = [n for pair in (covariances or {}) for n in pair]
+    for name in (*values, *sigmas, *pairs):
         if name not in known:
             raise ValueError(f"no stream named {name!r} in the network")
     v = np.array([values.get(s.name, math.nan) for s in network.streams], dtype=float)
@@ -348,10 +377,11 @@ def reconcile(
     sigmas: Mapping[str, float],
     *,
     alpha: float = 0.05,
+    covariances: Covariances | None = None,
 ) -> Reconciliation:
     """Reconcile one data set. A stream without a finite value and sigma is unmeasured."""
-    v, sg = _vectors(network, values, sigmas)
-    sol = _solve(network, v, sg)
+    v, sg = _vectors(network, values, sigmas, covariances)
+    sol = _solve(network, v, sg, covariances)
     return _reconciliation(sol, v, sg, alpha)
 
 
@@ -427,6 +457,7 @@ def diagnose(
     *,
     alpha: float = 0.05,
     leaks: bool = True,
+    covariances: Covariances | None = None,
 ) -> tuple[Reconciliation, Reconciliation]:
     """Reconcile, then find gross errors by serial elimination.
 
@@ -434,8 +465,8 @@ def diagnose(
     suspect, with the suspects named in order and their sizes estimated). `leaks=False` only
     considers biased meters.
     """
-    v, sg = _vectors(network, values, sigmas)
-    first = _solve(network, v, sg)
+    v, sg = _vectors(network, values, sigmas, covariances)
+    first = _solve(network, v, sg, covariances)
     plain = _reconciliation(first, v, sg, alpha)
     exclude: set[tuple[str, str]] = set()
     if not leaks:
@@ -467,7 +498,7 @@ def diagnose(
             current_net = current_net.with_leak(best.where)
             cv = np.append(cv, math.nan)
             cs = np.append(cs, math.nan)
-        sol = _solve(current_net, cv, cs)
+        sol = _solve(current_net, cv, cs, covariances)
         found.append(GrossError(best.kind, best.where, best.size, best.statistic, alternatives))
     else:
         unconverged = True
@@ -500,6 +531,7 @@ def detectability(
     alpha: float = 0.05,
     power: float = 0.9,
     leaks: bool = True,
+    covariances: Covariances | None = None,
 ) -> tuple[Detectable, ...]:
     """The smallest bias of each meter and leak at each node detected with `power`.
 
@@ -514,8 +546,8 @@ def detectability(
     if not 0.0 < power < 1.0 or not 0.0 < alpha < 1.0:
         raise ValueError("alpha and power lie between 0 and 1")
     values = dict.fromkeys(sigmas, 0.0)  # only which streams are measured matters
-    v, sg = _vectors(network, values, sigmas)
-    sol = _solve(network, v, sg)
+    v, sg = _vectors(network, values, sigmas, covariances)
+    sol = _solve(network, v, sg, covariances)
     exclude = set() if leaks else {(LEAK, n) for n in network.nodes}
     found = _signatures(sol, exclude)
     z = sidak_z(alpha, len(found))

@@ -2,7 +2,9 @@
 
 The network file names the nodes and the streams between them, each stream with its
 standard uncertainty (`sigma`, in the data's unit) or its meter's rated accuracy (relative,
-≈2σ as data sheets state it); a stream with neither is unmeasured. A node that holds
+≈2σ as data sheets state it); a stream with neither is unmeasured. `correlations` lists
+pairs of meters whose errors are correlated (a shared density or temperature), each with
+its correlation coefficient. A node that holds
 inventory gets a stream out of it for its accumulation, measured as Δinventory. The data file
 is a CSV with one column per stream (any other column is an error, except one label column
 named `time`, `timestamp` or `row`); each row is one data set, and an empty cell is a stream
@@ -51,6 +53,16 @@ class NetworkFile:
     accuracy: dict[str, float]  # relative rated accuracy per stream
     alpha: float
     nominal: dict[str, float]  # what a meter usually reads, for --detectability
+    # Correlation coefficients between two meters' errors (a shared density or temperature).
+    correlations: dict[tuple[str, str], float]
+
+    def covariances(self, sigmas: dict[str, float]) -> dict[tuple[str, str], float]:
+        """This row's covariances: ρ·σa·σb for the pairs whose two meters read."""
+        return {
+            (a, b): rho * sigmas[a] * sigmas[b]
+            for (a, b), rho in self.correlations.items()
+            if a in sigmas and b in sigmas
+        }
 
 
 def _node_names(value: Any) -> tuple[str, ...]:
@@ -100,6 +112,23 @@ def load_network(path: Path) -> NetworkFile:
             accuracy[stream_name] = rel
         if usual is not None:
             nominal[stream_name] = usual
+    correlations: dict[tuple[str, str], float] = {}
+    measured = set(sigma) | set(accuracy)
+    for c in top.sections("correlations"):
+        pair = c.take("streams", _pair)
+        rho = c.take("correlation", number)
+        c.finish()
+        if pair is None or rho is None:
+            continue
+        if not -1.0 < rho < 1.0:
+            c.fail("correlation", f"a correlation lies strictly between -1 and 1, got {rho}")
+        for end in pair:
+            if end not in measured:
+                c.fail("streams", f"'{end}' is no measured stream of this network")
+        if pair in correlations or pair[::-1] in correlations:
+            c.fail("streams", f"{pair[0]} and {pair[1]} are correlated twice")
+        if c.ok:
+            correlations[pair] = rho
     top.finish()
     report.raise_if_any()
     try:
@@ -108,7 +137,16 @@ def load_network(path: Path) -> NetworkFile:
         report.add(1, "", str(exc))
         report.raise_if_any()
         raise
-    return NetworkFile(network, sigma, accuracy, alpha, nominal)
+    return NetworkFile(network, sigma, accuracy, alpha, nominal, correlations)
+
+
+def _pair(value: Any) -> tuple[str, str]:
+    if not isinstance(value, YamlSeq) or len(value) != 2:
+        raise Invalid("expected the two streams whose errors are correlated, e.g. [F2, F4]")
+    first, second = name(value[0]), name(value[1])
+    if first == second:
+        raise Invalid("a stream's error is correlated with another stream's, not its own")
+    return first, second
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +351,9 @@ def setup(p: argparse.ArgumentParser) -> None:
         "instead of being smeared over its neighbours. With --detectability and no data: "
         "the smallest bias of each meter and leak at each node that the tests detect with "
         "--power, from the network and the accuracies alone (a meter given by relative "
-        "accuracy needs its 'nominal' flow in the network, or --data for it). Exit status: "
+        "accuracy needs its 'nominal' flow in the network, or --data for it). The network may "
+        "list correlations between two meters' errors (streams: [a, b], correlation: r). "
+        "Exit status: "
         "0 when every row passes the global test, 1 when a row fails it, 2 for a bad file."
     )
     p.add_argument("--network", required=True, metavar="NET.yaml", help="the node network")
@@ -378,14 +418,21 @@ def run(args: argparse.Namespace) -> int:
         return detect(net, rows, alpha=alpha, power=args.power, args=args)
     documents = []
     failed = False
+    if net.correlations and args.estimator != rc.WLS:
+        return _bad(
+            "the robust estimators take independent errors: --estimator huber or fair cannot "
+            "use the network's correlations"
+        )
     for i, row in enumerate(rows):
         try:
+            sigmas = sigmas_for(net, row.values)
             plain, final = rc.diagnose(
                 net.network,
                 row.values,
-                sigmas_for(net, row.values),
+                sigmas,
                 alpha=alpha,
                 leaks=not args.no_leaks,
+                covariances=net.covariances(sigmas),
             )
             robust = (
                 None
@@ -439,7 +486,14 @@ def detect(
                 "'nominal' in the network, or --data"
             )
         sigmas[stream] = rc.sigma_from_accuracy(usual[stream], accuracy)
-    found = rc.detectability(net.network, sigmas, alpha=alpha, power=power, leaks=not args.no_leaks)
+    found = rc.detectability(
+        net.network,
+        sigmas,
+        alpha=alpha,
+        power=power,
+        leaks=not args.no_leaks,
+        covariances=net.covariances(sigmas),
+    )
     tests = sum(1 for d in found if math.isfinite(d.smallest))
     z = rc.sidak_z(alpha, tests)
 

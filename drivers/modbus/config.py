@@ -19,6 +19,7 @@ from massgate.agent.core.yamlsource import (
     choice,
     integer,
     name,
+    names,
     number,
     quantity,
     text,
@@ -116,6 +117,20 @@ class Parser:
             point = _point(ps, device_name)
             if point is not None:
                 points[point.tag.split(".", 1)[1]] = point
+        # Profile points this meter does not have (an older firmware without the status
+        # register): not read, so its map's end is not asked for.
+        for left_out in s.take("without", names, ()) or ():
+            if profile_name is None:
+                s.fail("without", "leaves out points of a 'profile'; this device names none")
+                break
+            if left_out not in points:
+                close = difflib.get_close_matches(left_out, list(points), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                s.fail("without", f"profile {profile_name} has no point '{left_out}'.{hint}")
+                continue
+            del points[left_out]
+        if profile_name is not None and not points and s.ok:
+            s.fail("without", "leaves out every point: nothing is left to read")
         s.finish()
         if profile_name is None and not s.has("points"):
             s.fail(None, "a device needs a 'profile' or at least one entry under 'points'")

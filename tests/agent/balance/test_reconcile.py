@@ -333,3 +333,44 @@ def test_a_meter_no_balance_checks_has_no_detectable_bias():
     assert [(d.where, d.smallest) for d in found] == [("a", math.inf)]
     with pytest.raises(ValueError, match="between 0 and 1"):
         rc.detectability(HX, ONES, power=1.0)
+
+
+def test_correlated_errors_given_keep_the_tests_level_and_the_intervals_honest():
+    """F2 and F4 share a density (correlation 0.8). Told so, the global test rejects clean
+    data at its level and the reconciled F2's σ is what its scatter shows; not told, the
+    test rejects too little and the interval is too narrow (0.58 against a scatter of 0.71)."""
+    sigmas = dict.fromkeys(HX_TRUE, 1.0)
+    rho = 0.8
+    covariances = {("F2", "F4"): rho}
+    rng = np.random.default_rng(3)
+    trials = 4000
+    rejected = {True: 0, False: 0}
+    f2: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(trials):
+        shared = rng.normal()
+        errors = {k: rng.normal() for k in HX_TRUE}
+        for k in ("F2", "F4"):
+            errors[k] = math.sqrt(rho) * shared + math.sqrt(1 - rho) * errors[k]
+        data = {k: v + errors[k] for k, v in HX_TRUE.items()}
+        for told in (True, False):
+            result = rc.reconcile(HX, data, sigmas, covariances=covariances if told else None)
+            rejected[told] += not result.passed
+            f2[told].append(result.stream("F2").reconciled)
+    # Binomial(4000, 0.05): σ ≈ 14 rejections; 4σ either side.
+    assert abs(rejected[True] - 200) < 56, rejected
+    assert rejected[False] < 180, rejected  # about 3.7 %: the errors cancel in a balance
+    claimed = {
+        told: rc.reconcile(HX, HX_TRUE, sigmas, covariances=covariances if told else None)
+        .stream("F2")
+        .reconciled_sigma
+        for told in (True, False)
+    }
+    assert float(np.std(f2[True])) == pytest.approx(claimed[True], rel=0.05)
+    assert float(np.std(f2[False])) > 1.15 * claimed[False]
+
+
+def test_covariances_that_describe_no_errors_are_refused():
+    with pytest.raises(ValueError, match="not positive definite"):
+        rc.reconcile(HX, HX_MEASURED, ONES, covariances={("F2", "F4"): 1.5})
+    with pytest.raises(ValueError, match="no stream named 'F9'"):
+        rc.reconcile(HX, HX_MEASURED, ONES, covariances={("F2", "F9"): 0.5})

@@ -186,3 +186,27 @@ def test_without_detectability_the_data_is_required(capsys):
     assert "massgate reconcile: error: --data is required (unless --detectability)" in (
         capsys.readouterr().err
     )
+
+
+def test_correlated_meters_in_the_network_file(tmp_path: Path, capsys):
+    net = tmp_path / "n.yaml"
+    text = Path(NET).read_text() + "correlations:\n  - {streams: [F2, F4], correlation: 0.8}\n"
+    net.write_text(text)
+    intervals = {}
+    for network in (NET, str(net)):
+        assert main(["reconcile", "--network", network, "--data", DATA, "--json"]) == 1
+        book = json.loads(capsys.readouterr().out)[0]
+        intervals[network] = {s["stream"]: s["interval"] for s in book["streams"]}["F2"]
+    # A shared error is known less well than two independent ones: a wider interval.
+    assert intervals[str(net)] == pytest.approx(intervals[NET] * 0.6882 / 0.5774, rel=1e-3)
+    for old, new, message in (
+        ("correlation: 0.8}", "correlation: 1.0}", "a correlation lies strictly between -1 and 1"),
+        ("[F2, F4]", "[F2, F2]", "a stream's error is correlated with another stream's"),
+        ("[F2, F4]", "[F2, F9]", "'F9' is no measured stream of this network"),
+    ):
+        net.write_text(text.replace(old, new))
+        assert main(["reconcile", "--network", str(net), "--data", DATA]) == 2
+        assert message in capsys.readouterr().err
+    net.write_text(text)
+    assert main(["reconcile", "--network", str(net), "--data", DATA, "--estimator", "huber"]) == 2
+    assert "the robust estimators take independent errors" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +529,31 @@ def test_a_configured_point_can_be_a_meter_alarm(tmp_path: Path):
               "points": [{"name": "x", "address": 7, "bit": 0, "alarm": "fatal"}]}],
             tmp_path,
         )  # fmt: skip
+
+
+def test_a_meter_without_the_profiles_status_register_leaves_its_flags_out(tmp_path: Path):
+    """An older Coriolis meter whose map ends at its totalizer: its status flags are left out,
+    so nothing past register 11 is read (such a meter answers 'illegal address' there)."""
+    flags = ["empty_pipe", "sensor_fault", "drive_gain_high", "flow_over_range"]
+    (device,) = devices_from(
+        [{"name": "m", "protocol": "modbus_tcp", "host": "127.0.0.1", "profile": "coriolis",
+          "without": flags}],
+        tmp_path,
+    )  # fmt: skip
+    assert [p.tag for p in device.points] == [
+        "m.mass_flow", "m.density", "m.temperature", "m.volume_flow", "m.mass_total",
+    ]  # fmt: skip
+    (request,) = plan(device.points, max_registers=125, gap_fill=8)
+    assert request.start + request.count == 12
+    for without, message in (
+        (["empty_pipes"],
+         "profile coriolis has no point 'empty_pipes'. Did you mean 'empty_pipe'?"),
+        ([*flags, "mass_flow", "density", "temperature", "volume_flow", "mass_total"],
+         "leaves out every point"),
+    ):  # fmt: skip
+        with pytest.raises(cfg.ConfigError, match=re.escape(message)):
+            devices_from(
+                [{"name": "m", "protocol": "modbus_tcp", "host": "127.0.0.1",
+                  "profile": "coriolis", "without": without}],
+                tmp_path,
+            )  # fmt: skip
