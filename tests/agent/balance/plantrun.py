@@ -9,8 +9,9 @@ Modbus poller would apply them (the poller's own rule: drivers.base.meter_alarms
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,16 @@ def start(
     clock = [0.0]
     plant = Plant(spec, clock=lambda: clock[0], step=step)
     return _run(tmp_path / "config.yaml", config_text, plant, clock, period, site, gateway)
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, config_text: str, plant_text: str) -> Iterator[PlantRun]:
+    """A run of a plant file, a 2 s poll and a 0.5 s plant step, closed however it ends."""
+    run = start(tmp_path, config_text, plant_text=plant_text, period=2.0, step=0.5)
+    try:
+        yield run
+    finally:
+        run.close()
 
 
 def beside(run: PlantRun, tmp_path: Path, config_text: str, *, gateway: str) -> PlantRun:

@@ -50,9 +50,8 @@ HOUR = 3600.0
 
 @pytest.fixture
 def run(tmp_path: Path):
-    started = plantrun.start(tmp_path, CONFIG, plant_text=PLANT, period=2.0, step=0.5)
-    yield started
-    started.close()
+    with plantrun.running(tmp_path, CONFIG, PLANT) as started:
+        yield started
 
 
 def _raised(run: plantrun.PlantRun) -> list[dict]:

@@ -61,9 +61,8 @@ HOUR = 3600.0
 
 @pytest.fixture
 def run(tmp_path: Path):
-    started = plantrun.start(tmp_path, CONFIG, plant_text=PLANT, period=2.0, step=0.5)
-    yield started
-    started.close()
+    with plantrun.running(tmp_path, CONFIG, PLANT) as started:
+        yield started
 
 
 def test_dry_kilograms_and_the_solids_balance_close_while_the_water_is_the_wet_imbalance(
@@ -162,11 +161,8 @@ nodes:
 def test_a_dry_balance_weighs_the_dry_share_of_what_a_vessel_holds(tmp_path: Path):
     """40 t/h more wet sand in than out: the hopper's dry inventory grows by 92 % of it, and
     the dry balance closes only with the vessel's analyzer taken into account."""
-    run = plantrun.start(tmp_path, SAND_CONFIG, plant_text=SAND_PLANT, period=2.0, step=0.5)
-    try:
+    with plantrun.running(tmp_path, SAND_CONFIG, SAND_PLANT) as run:
         run.run_for(1.5 * HOUR)
-    finally:
-        run.close()
     windows = [b for b in run.of("balance") if b["node"] == "sand_dry"]
     judged = [b for b in windows if b["status"] != "inconclusive"]
     assert len(judged) >= 50

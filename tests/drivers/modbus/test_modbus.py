@@ -269,25 +269,30 @@ def test_every_type_and_order_decodes_what_the_simulator_wrote(tmp_path: Path):
     run_async(main())
 
 
+def served_devices(served: list[Any], tmp_path: Path) -> tuple[ModbusDevice, ...]:
+    """The simulated site's meters as devices over Modbus TCP, through the loader."""
+    return devices_from(
+        [
+            {
+                "name": s.meter.name,
+                "protocol": "modbus_tcp",
+                "host": s.host,
+                "port": s.port,
+                "profile": s.meter.profile,
+            }
+            for s in served
+        ],
+        tmp_path,
+    )
+
+
 def test_poller_reads_the_simulated_meters_in_si(tmp_path: Path):
     async def main() -> None:
         plant = Plant()
         site = SimulatedSite(plant)
         served = await site.start()
         try:
-            devices = devices_from(
-                [
-                    {
-                        "name": s.meter.name,
-                        "protocol": "modbus_tcp",
-                        "host": s.host,
-                        "port": s.port,
-                        "profile": s.meter.profile,
-                    }
-                    for s in served
-                ],
-                tmp_path,
-            )
+            devices = served_devices(served, tmp_path)
             pollers = pollers_for(devices, emit=lambda b: None)
             for poller, s in zip(pollers, served, strict=True):
                 assert len(poller.requests) == 1  # every profile fits one request
@@ -472,15 +477,8 @@ def test_each_meter_alarm_flag_sets_the_quality_of_its_reply(tmp_path: Path):
         site = SimulatedSite(plant)
         served = await site.start()
         try:
-            devices = devices_from(
-                [
-                    {"name": s.meter.name, "protocol": "modbus_tcp", "host": s.host,
-                     "port": s.port, "profile": s.meter.profile}
-                    for s in served
-                    if s.meter.name in ("ft101", "ft102", "wt100")
-                ],
-                tmp_path,
-            )  # fmt: skip
+            meters = ("ft101", "ft102", "wt100")
+            devices = served_devices([s for s in served if s.meter.name in meters], tmp_path)
             pollers = {p.device.name: p for p in pollers_for(devices, emit=lambda b: None)}
             for meter, profile, flag, alarm in ALARM_FLAGS:
                 poller = pollers[meter]
