@@ -6,9 +6,11 @@ framing, timeouts and CRC checks run over a real tty, not over a mock.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
+import termios
 import time
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +43,9 @@ class PtyPair:
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + self.start_timeout
-        while not (a.exists() and b.exists()):
+        # socat makes each link before it sets its pty raw without echo: a client that opened
+        # one at once could read its own request back. Ready is both links there and raw.
+        while not (a.exists() and b.exists() and _raw(a) and _raw(b)):
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
                 self._cleanup()
@@ -74,3 +78,15 @@ class PtyPair:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def _raw(end: Path) -> bool:
+    """The pty behind `end` neither echoes nor collects lines (socat has applied raw)."""
+    try:
+        fd = os.open(end, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return not termios.tcgetattr(fd)[3] & (termios.ECHO | termios.ICANON)
+    finally:
+        os.close(fd)
