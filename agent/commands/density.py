@@ -105,18 +105,7 @@ def setup(p: argparse.ArgumentParser) -> None:
         "'methane=0.9,ethane=0.05,propane=0.02,nitrogen=0.02,carbon_dioxide=0.01' (or "
         f"'methane=90 %%'); the names: {', '.join(COMPONENTS)}",
     )
-    gas.add_argument(
-        "--temperature",
-        required=True,
-        type=_quantity(units.TEMPERATURE),
-        help="the line's, e.g. '15 degC'",
-    )
-    gas.add_argument(
-        "--pressure",
-        required=True,
-        type=_quantity(units.PRESSURE),
-        help="the line's, absolute, e.g. '70 bar'",
-    )
+    _conditions(gas, absolute=True)
     gas.add_argument(
         "--standard-temperature",
         type=_quantity(units.TEMPERATURE),
@@ -129,7 +118,6 @@ def setup(p: argparse.ArgumentParser) -> None:
         default=ATMOSPHERE,
         help="of the standard volume, absolute (default 101.325 kPa)",
     )
-    gas.add_argument("--json", action="store_true", help="a JSON object instead of a table")
     gas.set_defaults(func=gas_main)
 
 
@@ -142,17 +130,27 @@ def _composition(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _conditions(p: argparse.ArgumentParser) -> None:
-    """What every model takes: the line's temperature and gauge pressure, and --json."""
+def _conditions(p: argparse.ArgumentParser, *, absolute: bool = False) -> None:
+    """What every model takes: the line's temperature and pressure, and --json. A liquid's
+    pressure is gauge (default 0), as the configuration's tags; a gas's is absolute and
+    required, as gas standards state it."""
     p.add_argument(
         "--temperature",
         required=True,
         type=_quantity(units.TEMPERATURE),
         help="the line's, e.g. '100 degF' or '40 degC'",
     )
-    p.add_argument(
-        "--pressure", type=_quantity(units.PRESSURE), default=0.0, help="gauge (default 0)"
-    )
+    if absolute:
+        p.add_argument(
+            "--pressure",
+            required=True,
+            type=_quantity(units.PRESSURE),
+            help="the line's, absolute, e.g. '70 bar'",
+        )
+    else:
+        p.add_argument(
+            "--pressure", type=_quantity(units.PRESSURE), default=0.0, help="gauge (default 0)"
+        )
     p.add_argument("--json", action="store_true", help="a JSON object instead of a table")
 
 
