@@ -17,8 +17,9 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
-from ..config import BATCH, CALENDAR, NodeConfig, NodeTerms
+from ..config import BATCH, CALENDAR, PRODUCT, NodeConfig, NodeTerms
 from ..core.records import utc
 from .alarm import Alarm
 from .drift import Drift
@@ -58,6 +59,13 @@ class NodeBalance:
         self.groups = (terms.inputs, terms.outputs, terms.generation, terms.consumption)
         self.streams = [streams[name] for group in self.groups for name in group]
         self.group_of = [g for g, group in enumerate(self.groups) for _ in group]
+        classes = dict(terms.output_classes)
+        self.class_of = [
+            classes.get(name, PRODUCT) if g == OUT else ""
+            for g, group in enumerate(self.groups)
+            for name in group
+        ]
+        self.classes = tuple(dict.fromkeys(c for c in self.class_of if c))
         self.inventories = [gauges[name] for name in terms.inventories]
         self.snapshots: deque[Snapshot] = deque()
         self.cycles = 0
@@ -72,6 +80,7 @@ class NodeBalance:
         self._open_wall = math.nan  # the calendar boundary it began at
         self._close_at = math.nan
         self._batch: float | None = None  # the running batch's tag value
+        self._campaign: str | None = None  # the running batch's campaign
         self._next_evaluation: float | None = None
 
     @property
@@ -116,16 +125,19 @@ class NodeBalance:
         assert a.inventory is not None
         assert b.inventory is not None
         sums = [0.0, 0.0, 0.0, 0.0]
+        by_class = dict.fromkeys(self.classes, 0.0)
         variance = 0.0
         for i, stream in enumerate(self.streams):
             moved = b.flows[i] - a.flows[i]
             sums[self.group_of[i]] += moved
+            if self.class_of[i]:
+                by_class[self.class_of[i]] += moved
             variance += (stream.accuracy / 2.0 * moved) ** 2
         for gauge in self.inventories:
             variance += 2.0 * gauge.sigma**2  # one reading at each end
         return Terms(
             sums[IN], sums[OUT], sums[GEN], sums[CONS], a.inventory, b.inventory,
-            math.sqrt(variance),
+            math.sqrt(variance), tuple(by_class.items()),
         )  # fmt: skip
 
     # --- the cycle ------------------------------------------------------------------------
@@ -142,6 +154,10 @@ class NodeBalance:
         elif kind == BATCH:
             value = tag(self.config.batch_tag) if tag and self.config.batch_tag else math.nan
             judged += self._batch_step(snap, value)
+            if self._batch is not None and self._campaign is None and self.config.campaign_tag:
+                # The campaign the batch began in: its first good reading of the tag.
+                campaign = tag(self.config.campaign_tag) if tag else math.nan
+                self._campaign = batch_label(campaign) if math.isfinite(campaign) else None
         else:
             # Kept at a fraction of the evaluation interval, not every cycle: an 8 h window
             # would otherwise hold 115,000 snapshots per node on a Raspberry Pi. The cycle
@@ -206,9 +222,9 @@ class NodeBalance:
         judged = []
         if self._batch is not None and self._open is not None:
             span = snap.mono - self._open.mono
-            judged.append(
-                self._judge(self._open, self._open_data, snap, span, batch_label(self._batch))
-            )
+            label = batch_label(self._batch)
+            judged.append(self._judge(self._open, self._open_data, snap, span, label))
+        self._campaign = None
         if value != 0:
             self._batch = value
             self._open, self._open_data = snap, snap if snap.ok else None
@@ -255,7 +271,8 @@ class NodeBalance:
                 )
                 coverage = 0.0
         else:
-            terms, coverage = NO_TERMS, 0.0
+            terms = replace(NO_TERMS, by_class=tuple((c, math.nan) for c in self.classes))
+            coverage = 0.0
         tolerance = (
             cfg.tolerance_fixed
             + cfg.tolerance_relative * terms.throughput
@@ -285,6 +302,8 @@ class NodeBalance:
             alarm_active=self.alarm.active,
             cusum_high=self.drift.cusum_high,
             cusum_low=self.drift.cusum_low,
+            theoretical_yield=cfg.theoretical_yield,
+            campaign=self._campaign or "" if label else "",
         )
         self.last = result
         return result, [

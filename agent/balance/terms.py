@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..config import LOSS_CLASSES, PRODUCT
 from ..core.records import num, utc
 
 OK = "ok"
@@ -67,6 +68,7 @@ class Terms:
     inventory_start: float
     inventory_end: float
     sigma: float
+    by_class: tuple[tuple[str, float], ...] = ()  # the outputs by class (product, scrap...)
 
     @property
     def delta_inventory(self) -> float:
@@ -100,6 +102,8 @@ class WindowResult:
     alarm_active: bool
     cusum_high: float
     cusum_low: float
+    theoretical_yield: float | None = None
+    campaign: str = ""  # the campaign tag's value when the batch ended; empty otherwise
 
     @property
     def imbalance(self) -> float:
@@ -127,6 +131,28 @@ class AlarmEvent:
     hint: str
 
 
+def accounting(r: WindowResult) -> dict[str, Any]:
+    """Yield and losses: the outputs by class, the yield on the inputs (and the recipe's), the
+    losses known by class and the unaccounted one (the imbalance) with its uncertainty."""
+    t = r.terms
+    outputs = dict(t.by_class)
+    product = outputs.get(PRODUCT)
+    fed = t.inflow + t.generation
+    actual = product / fed if product is not None and fed > 0 else math.nan
+    theory = r.theoretical_yield
+    return {
+        "outputs_kg": {c: num(kg) for c, kg in outputs.items()},
+        "yield": num(actual),
+        "theoretical_yield": theory,
+        "yield_gap_kg": (
+            num(theory * fed - product) if theory is not None and product is not None else None
+        ),
+        "known_loss_kg": num(sum(outputs.get(c, 0.0) for c in LOSS_CLASSES)),
+        "unaccounted_kg": num(t.imbalance),
+        "unaccounted_uncertainty_kg": num(t.sigma),
+    }
+
+
 def balance_body(r: WindowResult) -> dict[str, Any]:
     t = r.terms
     return {
@@ -150,6 +176,8 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
         "status": r.status,
         "alarm_active": r.alarm_active,
         "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
+        "campaign": r.campaign or None,
+        "accounting": accounting(r),
     }
 
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..balance.yields import BY, Grouping, summarize
+from ..config import CALENDAR, OUTPUT_CLASSES, PRODUCT
 from ..core import units
 from ..core.yamlsource import ConfigError
 
@@ -92,14 +94,15 @@ def table(balances: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> str:
         if rows:
             lines.append(
                 f"  {'window end (UTC)':<21}{'batch':>8}{'in kg':>11}{'out kg':>11}"
-                f"{'Δinv kg':>10}{'imbal kg':>10}{'tol kg':>9}{'cover':>7}  status"
+                f"{'Δinv kg':>10}{'imbal kg':>10}{'tol kg':>9}{'cover':>7}{'yield':>8}  status"
             )
         for b in rows:
             lines.append(
                 f"  {b['window_end'][:19]:<21}{(b.get('batch') or ''):>8}"
                 f"{_f(b['in_kg'], 11)}{_f(b['out_kg'], 11)}{_f(b['delta_inventory_kg'], 10)}"
                 f"{_f(b['imbalance_kg'], 10)}{_f(b['tolerance_kg'], 9)}"
-                f"{_f((b['coverage'] or 0) * 100, 6, 0)}%  {b['status']}"
+                f"{_f((b['coverage'] or 0) * 100, 6, 0)}%"
+                f"{_pct((b.get('accounting') or {}).get('yield'), 8)}  {b['status']}"
             )
         for a in (a for a in alarms if a["node"] == node):
             lines.append(f"  {a['at'][:19]} alarm {a['event']} (since {a['since'][:19]}): "
@@ -108,10 +111,86 @@ def table(balances: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _pct(value: Any, width: int) -> str:
+    if not isinstance(value, int | float):
+        return "—".rjust(width)
+    return f"{value * 100:{width - 1}.2f}%"
+
+
+def summary_table(groups: list[Any], overlapping: list[str], by: str) -> str:
+    """Per node, one row per batch, shift, day or campaign: what went in, the product and
+    the yield, each other class of output, and the unaccounted loss with its uncertainty."""
+    lines = []
+    for node in overlapping:
+        lines.append(
+            f"node {node}: rolling windows overlap and are not summed (give it a calendar or "
+            "batch window)"
+        )
+    nodes = list(dict.fromkeys(g.node for g in groups))
+    for node in nodes:
+        rows = [g.body() for g in groups if g.node == node]
+        others = [c for c in OUTPUT_CLASSES[1:] if any(c in r["outputs_kg"] for r in rows)]
+        lines.append(f"node {node} by {by}: {len(rows)}")
+        head = f"  {by:<18}{'windows':>8}{'in kg':>12}{'product kg':>12}{'yield':>8}{'theory':>8}"
+        head += "".join(f"{c + ' kg':>12}" for c in others)
+        lines.append(head + f"{'unaccounted kg':>16}{'± kg':>9}")
+        for r in rows:
+            incomplete = r["windows_without_data"] or any(s != "ok" for s in r["statuses"])
+            line = (
+                f"  {r['group'][:17]:<18}{r['windows']:>8}{_f(r['in_kg'], 12)}"
+                f"{_f(r['outputs_kg'].get(PRODUCT), 12)}{_pct(r['yield'], 8)}"
+                f"{_pct(r['theoretical_yield'], 8)}"
+            )
+            line += "".join(_f(r["outputs_kg"].get(c), 12) for c in others)
+            line += f"{_f(r['unaccounted_kg'], 16)}{_f(r['unaccounted_uncertainty_kg'], 9)}"
+            if incomplete:
+                line += "  " + ", ".join(f"{n} {s}" for s, n in r["statuses"].items())
+                if r["windows_without_data"]:
+                    line += f" ({r['windows_without_data']} without data, not summed)"
+            lines.append(line)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _grouping(args: argparse.Namespace, config: Any, wanted: set[str]) -> Grouping:
+    """--by with its shift times and time zone, taken from a calendar node unless given."""
+    calendars = [n for n in config.nodes if n.window_kind == CALENDAR]
+    calendars.sort(key=lambda n: n.name not in wanted)
+    zone = args.timezone or (calendars[0].timezone if calendars else "UTC")
+    if args.shifts is not None:
+        shifts = _shift_times(args.shifts)
+    else:
+        shifts = calendars[0].calendar if calendars else ()
+    if args.by == "shift" and not shifts:
+        raise ValueError(
+            "--by shift needs the plant's shift times: no node has a calendar window, so give "
+            "--shifts 06:00,14:00,22:00 (and --timezone)"
+        )
+    if args.timezone is not None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        try:
+            ZoneInfo(args.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{args.timezone}' is not a time zone like Europe/Berlin") from None
+    return Grouping(args.by, shifts, zone, args.campaign_prefix)
+
+
+def _shift_times(text: str) -> tuple[tuple[int, int], ...]:
+    times = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", part)
+        if not match or int(match[1]) > 23 or int(match[2]) > 59:
+            raise ValueError(f"--shifts '{text}' is not a list of times like 06:00,14:00,22:00")
+        times.add((int(match[1]), int(match[2])))
+    return tuple(sorted(times))
+
+
 def setup(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Print the balance windows and alarm events of CONFIG's gateway kept in its state "
-        "database (for balance.retention), per node, between --from and --to. Times are "
+        "database (for balance.retention), per node, between --from and --to; with --by, "
+        "their yield and losses summed per batch, shift, day or campaign. Times are "
         "ISO 8601 (UTC unless an offset is given) or durations ago like 24h. Runs beside "
         "the agent: the database is opened read-only. Exit status 0 when something was "
         "found, 1 when the range holds nothing, 2 for bad input."
@@ -121,6 +200,29 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="until", help="end (default: now)")
     p.add_argument("--node", action="append", help="only this node (repeatable)")
     p.add_argument("--json", action="store_true", help="the records as a JSON document")
+    p.add_argument(
+        "--by",
+        choices=BY,
+        help="sum calendar and batch windows per batch, shift, production day or campaign: "
+        "inputs, outputs by class (product, scrap...), yield, known and unaccounted losses",
+    )
+    p.add_argument(
+        "--shifts",
+        metavar="HH:MM,...",
+        help="shift start times for --by shift and day (default: the first calendar node's; "
+        "the day begins at the first shift)",
+    )
+    p.add_argument(
+        "--timezone", help="the plant's time zone for --by shift and day (default: the node's)"
+    )
+    p.add_argument(
+        "--campaign-prefix",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--by campaign without a campaign tag: a batch's campaign is its id's first N "
+        "characters (default: the id less its last part after - _ / . or :, C7-012 → C7)",
+    )
     p.set_defaults(func=run)
 
 
@@ -160,6 +262,15 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_BAD_INPUT
     known |= extra
+    grouping = None
+    if args.by is not None:
+        try:
+            if args.campaign_prefix < 0:
+                raise ValueError(f"--campaign-prefix {args.campaign_prefix} is below zero")
+            grouping = _grouping(args, config, set(args.node or known))
+        except ValueError as exc:
+            print(f"massgate report: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         found = read(config.outbox.path, ("balance", "alarm"), since, until)
     except FileNotFoundError as exc:
@@ -168,6 +279,19 @@ def run(args: argparse.Namespace) -> int:
     wanted = set(args.node or known)
     balances = [b for b in found["balance"] if b["node"] in wanted]
     alarms = [a for a in found["alarm"] if a["node"] in wanted]
+    if grouping is not None:
+        groups, overlapping = summarize(balances, grouping)
+        if args.json:
+            bodies = [g.body() for g in groups]
+            json.dump({"by": args.by, "groups": bodies, "not_summed": overlapping}, sys.stdout,
+                      indent=1)  # fmt: skip
+            print()
+        elif groups or overlapping:
+            print(summary_table(groups, overlapping, args.by))
+        else:
+            print(f"no calendar or batch windows in that range to sum by {args.by}",
+                  file=sys.stderr)  # fmt: skip
+        return EXIT_OK if groups else EXIT_NOTHING
     if args.json:
         json.dump({"balances": balances, "alarms": alarms}, sys.stdout, indent=1)
         print()

@@ -140,10 +140,11 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             )
         if not math.isfinite(node.tolerance_sigma) or node.tolerance_sigma < 0:
             report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
-        if node.batch_tag is not None and node.batch_tag not in tags:
-            close = difflib.get_close_matches(node.batch_tag, list(tags), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            report.add(*where("nodes", i, "window"), f"no device point '{node.batch_tag}'.{hint}")
+        for tag in (node.batch_tag, node.campaign_tag):
+            if tag is not None and tag not in tags:
+                close = difflib.get_close_matches(tag, list(tags), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                report.add(*where("nodes", i, "window"), f"no device point '{tag}'.{hint}")
     if report.problems:
         return
     try:

@@ -172,6 +172,13 @@ class InventoryConfig:
 
 ROLLING, CALENDAR, BATCH = "rolling", "calendar", "batch"
 
+# What a node's output is: yield counts product; scrap, waste and emission are losses we know
+# of; byproduct, rework and hold leave the node but are neither yield nor loss (hold: not yet
+# decided). The unaccounted loss is the imbalance.
+PRODUCT = "product"
+LOSS_CLASSES = ("scrap", "waste", "emission")
+OUTPUT_CLASSES = (PRODUCT, "byproduct", "rework", *LOSS_CLASSES, "hold")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
@@ -201,11 +208,14 @@ class NodeConfig:
     calendar: tuple[tuple[int, int], ...] = ()  # (hour, minute) local, sorted
     timezone: str = "UTC"
     batch_tag: str | None = None
+    campaign_tag: str | None = None  # a batch's campaign (a PLC's campaign or order number)
     deadband: float = 0.1  # an alarm clears below (1 − deadband) · tolerance
     re_alarm: float = 0.0  # s between reminders of an alarm still active; 0: none
     drift_k: float = 1.0  # CUSUM allowance, in σ of an interval's imbalance above baseline
     drift_h: float = 8.0  # CUSUM decision interval; 0: no drift detection
     basis: str = "wet"  # wet | dry: kilograms as metered, or their dry share (a dryer's solids)
+    output_classes: tuple[tuple[str, str], ...] = ()  # (output, class) where not product
+    theoretical_yield: float | None = None  # the recipe's product per kg of input
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,3 +316,4 @@ class NodeTerms:
     generation: tuple[str, ...]
     consumption: tuple[str, ...]
     inventories: tuple[str, ...]
+    output_classes: tuple[tuple[str, str], ...] = ()  # (output, class) where not product

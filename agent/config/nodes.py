@@ -24,8 +24,11 @@ from ..core.yamlsource import (
 from .model import (
     BATCH,
     CALENDAR,
+    LOSS_CLASSES,
     MAX_PERIOD,
     MAX_SIGMA,
+    OUTPUT_CLASSES,
+    PRODUCT,
     ROLLING,
     NodeConfig,
     NodeCycle,
@@ -39,7 +42,8 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
     GATEWAY/NAME)."""
     node_name = s.take("name", name)
     inputs = s.take("inputs", terms, ())
-    outputs = s.take("outputs", terms, ())
+    classified = s.take("outputs", _classified(terms), ((), ()))
+    outputs, output_classes = classified if classified is not None else ((), ())
     inventories = s.take("inventories", terms, ())
     generation = s.take("generation", terms, ())
     consumption = s.take("consumption", terms, ())
@@ -63,6 +67,9 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
     fraction = quantity(units.FRACTION, minimum=0.0, maximum=1.0)
     min_coverage = s.take("min_coverage", fraction, 0.9)
     basis = s.take("basis", choice("wet", "dry"), "wet")
+    theoretical_yield = s.take(
+        "theoretical_yield", quantity(units.FRACTION, positive=True, maximum=1.0), None
+    )
     deadband = s.take("deadband", fraction, 0.1)
     re_alarm = s.take("re_alarm", period, 0.0)
     drift_k, drift_h = 1.0, 8.0
@@ -113,8 +120,48 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
         drift_k=drift_k,
         drift_h=drift_h,
         basis=basis,
+        output_classes=output_classes,
+        theoretical_yield=theoretical_yield,
         **window,
     )
+
+
+def _classified(
+    terms: Callable[[Any], tuple[str, ...]],
+) -> Callable[[Any], tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]:
+    """A node's outputs: each a name, or {stream: NAME, class: CLASS} for what it is (scrap,
+    waste...); a name alone is product. Gives the names and the classes that are not product."""
+
+    def convert(value: Any) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        items = value if isinstance(value, list) else [value]
+        found: list[str] = []
+        classes: list[tuple[str, str]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                found += terms(item)
+                continue
+            unknown = sorted(set(item) - {"stream", "class"})
+            if unknown or "stream" not in item:
+                raise Invalid(
+                    f"an output is a stream's name or {{stream: NAME, class: CLASS}} "
+                    f"(class one of {', '.join(OUTPUT_CLASSES)}), got {item!r}"
+                )
+            (stream,) = terms(item["stream"])
+            kind = item.get("class", PRODUCT)
+            if kind not in OUTPUT_CLASSES:
+                raise Invalid(
+                    f"'{kind}' is not an output class ({', '.join(OUTPUT_CLASSES)}); losses "
+                    f"are {', '.join(LOSS_CLASSES)}"
+                )
+            found.append(stream)
+            if kind != PRODUCT:
+                classes.append((stream, kind))
+        if len(set(found)) != len(found):
+            twice = sorted({x for x in found if found.count(x) > 1})
+            raise Invalid(f"an output is listed twice: {', '.join(twice)}")
+        return tuple(found), tuple(classes)
+
+    return convert
 
 
 def _sigma(value: Any) -> float:
@@ -142,12 +189,20 @@ def _clock_time(value: Any) -> tuple[int, int]:
 def _calendar_or_batch(s: Section) -> dict[str, Any]:
     if s.has("batch") == s.has("calendar"):
         s.fail(None, "give 'calendar: [06:00, 14:00, 22:00]' (with 'timezone') or 'batch: TAG'")
-        s.finish(("batch", "calendar", "timezone"))
+        s.finish(("batch", "calendar", "timezone", "campaign"))
         return {}
     if s.has("batch"):
         tag = s.take("batch", values.tag)
+        campaign = s.take("campaign", values.tag, None)
         s.finish()
-        return {"window_kind": BATCH, "batch_tag": tag, "window": math.nan} if s.ok else {}
+        if not s.ok:
+            return {}
+        return {
+            "window_kind": BATCH,
+            "batch_tag": tag,
+            "campaign_tag": campaign,
+            "window": math.nan,
+        }
     times = s.take("calendar", _clock_times)
     zone = s.take("timezone", _timezone, "UTC")
     s.finish()
@@ -219,12 +274,18 @@ def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:
         ins = _union(own.inputs, *(p.inputs for p in parts))
         outs = _union(own.outputs, *(p.outputs for p in parts))
         internal = set(ins) & set(outs)
+        outputs = tuple(x for x in outs if x not in internal)
+        # An inner node's scrap leaving the outer boundary is the outer node's scrap too,
+        # unless the outer node classes that output itself.
+        classes = {k: v for p in reversed(parts) for k, v in p.output_classes}
+        classes.update(node.output_classes)
         result = NodeTerms(
             tuple(x for x in ins if x not in internal),
-            tuple(x for x in outs if x not in internal),
+            outputs,
             _union(own.generation, *(p.generation for p in parts)),
             _union(own.consumption, *(p.consumption for p in parts)),
             _union(own.inventories, *(p.inventories for p in parts)),
+            tuple((x, classes[x]) for x in outputs if x in classes),
         )
         found[node.name] = result
         return result
