@@ -8,8 +8,10 @@ seconds late), `exception` (a Modbus exception reply, `magnitude` is the code, 6
 (a belt scale's belt slips on its speed sensor's pulley: the speed and the rate it reads are
 `magnitude` low, so that share of what the belt carries goes unweighed). `alarm`
 raises one of the meter's own status flags (`point`: empty_pipe, drive_gain_high, ... as
-its profile names them; the flags not raised read 0). `leak` is a plant fault: mass leaves
-the product line unmetered at `magnitude` kg/s.
+its profile names them; the flags not raised read 0). `zero` (a flow meter's zero has
+shifted: it reads `magnitude` kg/s more than flows, and so reads that much on a line that
+stands still). Plant faults: `leak` (mass leaves the product line unmetered at `magnitude`
+kg/s) and `stop` (a line's pump stops).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc", "alarm", "slip")
+KINDS = (
+    "leak", "bias", "drift", "stuck", "dropout", "slow", "exception", "crc", "alarm", "slip",
+    "stop", "zero",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

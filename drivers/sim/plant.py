@@ -75,6 +75,9 @@ class Plant:
         self.line_mass = [0.0] * len(self._lines)
         self.line_volume = [0.0] * len(self._lines)
         self.leak = [0.0] * len(self._lines)
+        # Of each pump's delivery, the share its last step could draw (below 1: the vessel
+        # it draws from ran dry).
+        self.share = [1.0] * len(self._lines)
         rho = self.density_at(0.0)
         self.vessel_mass = [
             v.mass if v.mass is not None else (v.level or 0.0) * (v.area or 0.0) * rho
@@ -94,10 +97,22 @@ class Plant:
         return self.spec.fluid.density_at(self.temperature_at(t))
 
     def _flow(self, i: int, t: float, rho: float) -> float:
-        """kg/s the pump of line i delivers at plant time t."""
+        """kg/s the pump of line i delivers at plant time t (none while it is stopped)."""
+        if self.faults.find("stop", self._lines[i], t) is not None:
+            return 0.0
         line = self.spec.lines[i]
         q = line.flow.at(t)
         return q * rho if line.volumetric else q
+
+    def _delivered(self, i: int, t: float, rho: float) -> float:
+        """kg/s line i carries: its pump's delivery, less what an empty vessel cannot give.
+        What the meters on it measure."""
+        return self._flow(i, t, rho) * self.share[i]
+
+    def _zero(self, meter: MeterSpec, t: float) -> float:
+        """The meter's zero offset (kg/s): what it reads on a line that stands still."""
+        fault = self.faults.find("zero", meter.name, t)
+        return fault.magnitude if fault is not None else 0.0
 
     def _leak(self, i: int, t: float) -> float:
         fault = self.faults.find("leak", self._lines[i], t)
@@ -127,12 +142,14 @@ class Plant:
             for i, line in enumerate(lines):
                 q = self._flow(i, mid, rho) * h
                 leak = self._leak(i, mid) * h
+                self.share[i] = 1.0
                 if line.source != OUTSIDE:
                     j = self._index[line.source]
                     available = max(self.vessel_mass[j], 0.0)
                     if q + leak > available:  # the vessel ran dry: the pump draws what is left
                         share = available / (q + leak) if q + leak > 0 else 0.0
                         q, leak = q * share, leak * share
+                        self.share[i] = share
                     self.vessel_mass[j] -= q + leak
                 else:
                     leak = min(leak, q)
@@ -221,7 +238,8 @@ class Plant:
         i, t = self._line_index(meter), self.t
         temperature = self.temperature_at(t)
         rho = self.density_at(t)
-        mass_flow = self._flow(i, t, rho) * (1 + self._noise(meter.accuracy / 2))
+        noise = 1 + self._noise(meter.accuracy / 2)
+        mass_flow = self._delivered(i, t, rho) * noise + self._zero(meter, t)
         return {
             "mass_flow": mass_flow,
             "density": rho,
@@ -233,7 +251,8 @@ class Plant:
     def _magmeter(self, meter: MeterSpec) -> dict[str, float]:
         i, t = self._line_index(meter), self.t
         rho = self.density_at(t)
-        volume_flow = self._flow(i, t, rho) / rho * (1 + self._noise(meter.accuracy / 2))
+        noise = 1 + self._noise(meter.accuracy / 2)
+        volume_flow = (self._delivered(i, t, rho) * noise + self._zero(meter, t)) / rho
         return {"volume_flow": volume_flow, "volume_total": self.line_volume[i]}
 
     def _level(self, meter: MeterSpec) -> dict[str, float]:
@@ -252,9 +271,10 @@ class Plant:
         rate = 0.0
         for i, line in enumerate(self.spec.lines):
             if line.to == name:
-                rate += self._flow(i, t, rho) - (self._leak(i, t) if line.source == OUTSIDE else 0)
+                rate += self._delivered(i, t, rho)
+                rate -= self._leak(i, t) if line.source == OUTSIDE else 0
             if line.source == name:
-                rate -= self._flow(i, t, rho) + self._leak(i, t)
+                rate -= (self._flow(i, t, rho) + self._leak(i, t)) * self.share[i]
         return rate
 
     def _load_cell(self, meter: MeterSpec) -> dict[str, float]:
@@ -295,8 +315,9 @@ BELT_SPEED = 1.6  # m/s: a conveyor's belt, whatever it carries
 
 def _belt_scale(plant: Plant, meter: MeterSpec) -> dict[str, float]:
     i, t = plant._line_index(meter), plant.t
-    carried = plant._flow(i, t, plant.density_at(t))  # kg/s on the belt
-    load = carried / BELT_SPEED * (1 + plant._noise(meter.accuracy / 2))
+    carried = plant._delivered(i, t, plant.density_at(t))  # kg/s on the belt
+    weighed = carried * (1 + plant._noise(meter.accuracy / 2)) + plant._zero(meter, t)
+    load = weighed / BELT_SPEED
     return {
         "load": load,
         "speed": BELT_SPEED,

@@ -61,7 +61,11 @@ FAULT_MAGNITUDES: dict[str, tuple[str, str | None]] = {
     "crc": ("probability", units.FRACTION),
     "alarm": ("", None),
     "slip": ("slip", units.FRACTION),
+    "stop": ("", None),
+    "zero": ("offset", units.MASS_FLOW),
 }
+LINE_FAULTS = ("leak", "stop")
+ZEROED = ("coriolis", "magmeter", "belt_scale")  # flow meters with a zero to shift
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,13 +431,21 @@ def _cross_check(
                 )
     meters = {m.name for m in spec.meters}
     for s, fault in faults:
-        targets, what = (lines, "line") if fault.kind == "leak" else (meters, "meter")
+        targets, what = (lines, "line") if fault.kind in LINE_FAULTS else (meters, "meter")
         if fault.target not in targets:
             s.fail(
                 "target",
                 f"a {fault.kind} fault acts on a {what}; no {what} is named "
                 f"'{fault.target}' ({what}s: {', '.join(sorted(targets))})",
             )
+        elif fault.kind == "zero":
+            profile = next(m.profile for m in spec.meters if m.name == fault.target)
+            if profile not in ZEROED:
+                s.fail(
+                    "target",
+                    f"a zero offset shifts a flow meter ({', '.join(ZEROED)}), not a {profile} "
+                    "meter",
+                )
         elif fault.kind == "slip":
             profile = next(m.profile for m in spec.meters if m.name == fault.target)
             if profile != "belt_scale":

@@ -114,6 +114,32 @@ def test_readings_follow_the_truth_and_the_scheduled_bias():
     assert values["level"] == pytest.approx(true_level, abs=0.003)
 
 
+def test_a_stopped_pump_moves_nothing_and_a_shifted_zero_reads_on_a_still_line():
+    """The fill pump stops from 10 s to 30 s; FT-1's zero shifts by 36 kg/h from 20 s; the
+    hopper's discharge pump runs dry at about 44 s and its meter reads what it delivers."""
+    text = PLANT.replace(
+        "faults:\n",
+        "  - {name: ft5, profile: coriolis, line: discharge, accuracy: 0.1 %}\n"
+        "faults:\n"
+        "  - {kind: stop, target: fill, start: 10s, end: 30s}\n"
+        "  - {kind: zero, target: ft1, start: 20s, offset: 36 kg/h}\n",
+    )
+    plant, clock = _plant(text)
+    clock.now += 10.0
+    before = plant.truth().lines["fill"]
+    clock.now += 5.0  # stopped, the zero still right
+    assert plant.read("ft1")["mass_flow"] == 0.0
+    clock.now += 10.0  # t = 25 s: stopped, the zero shifted
+    assert plant.read("ft1")["mass_flow"] == pytest.approx(0.01, abs=1e-12)
+    assert plant.truth().lines["fill"] == before  # nothing moved while stopped
+    clock.now += 10.0  # t = 35 s: running again, the offset on top of the flow
+    flow = 3.0 * (1 + 0.2 * math.sin(2 * math.pi * 35 / 30))
+    assert plant.read("ft1")["mass_flow"] == pytest.approx(flow + 0.01, rel=0.003)
+    clock.now += 25.0  # t = 60 s: the hopper ran dry at about 44 s
+    assert plant.read("ft5")["mass_flow"] == pytest.approx(0.5, rel=0.003)
+    assert plant.read("wt1")["stable"] == 1.0  # nothing changes in an empty hopper
+
+
 def test_the_same_seed_gives_the_same_readings():
     def readings(seed: int) -> list[float]:
         plant, clock = _plant(PLANT.replace("seed: 3", f"seed: {seed}"))
@@ -183,6 +209,16 @@ BROKEN = [
         "a belt slips under a belt_scale, not a level_radar meter",
     ),
     ("swing: 3 K", "swing: 3 degC", "write a temperature swing in K"),
+    (
+        "kind: bias, target: lt1, start: 30s, end: 40s, error: 5 %",
+        "kind: zero, target: lt1, start: 30s, end: 40s, offset: 1 kg/h",
+        "a zero offset shifts a flow meter (coriolis, magmeter, belt_scale), not a level_radar",
+    ),
+    (
+        "kind: bias, target: lt1, start: 30s, end: 40s, error: 5 %",
+        "kind: stop, target: ft1, start: 30s, end: 40s",
+        "a stop fault acts on a line; no line is named 'ft1'",
+    ),
     ("vessels:", "vessel:", "unknown key 'vessel'. Did you mean 'vessels'?"),
     (
         "meters:\n",
