@@ -32,6 +32,7 @@ from .model import (
     OutboxConfig,
     ReconciliationConfig,
     StreamConfig,
+    ZeroCheckConfig,
 )
 from .nodes import node_terms
 
@@ -58,6 +59,7 @@ __all__ = [
     "OutboxConfig",
     "ReconciliationConfig",
     "StreamConfig",
+    "ZeroCheckConfig",
     "load",
     "loads",
     "node_terms",

@@ -13,7 +13,7 @@ from ..core.yamlsource import (
     Section,
 )
 from .devices import DeviceParsers
-from .model import Config, NodeCycle
+from .model import Config, NodeConfig, NodeCycle, NodeTerms, StreamConfig
 from .nodes import node_terms
 
 
@@ -140,11 +140,13 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             )
         if not math.isfinite(node.tolerance_sigma) or node.tolerance_sigma < 0:
             report.add(*where("nodes", i, "tolerance"), "sigma must be a number ≥ 0")
-        for tag in (node.batch_tag, node.campaign_tag):
+        running = node.zero_check.running if node.zero_check else None
+        for key, tag in (("window", node.batch_tag), ("window", node.campaign_tag),
+                         ("zero_check", running)):  # fmt: skip
             if tag is not None and tag not in tags:
                 close = difflib.get_close_matches(tag, list(tags), n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                report.add(*where("nodes", i, "window"), f"no device point '{tag}'.{hint}")
+                report.add(*where("nodes", i, key), f"no device point '{tag}'.{hint}")
     if report.problems:
         return
     try:
@@ -179,6 +181,11 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
                 "a dry balance needs the dry share of each inventory: "
                 f"{', '.join(wet_vessels)} names no 'moisture' or 'solids' tag",
             )
+    for i, node in enumerate(config.nodes):
+        if node.zero_check is not None:
+            _check_zero_check(
+                node, terms[node.name], by_name, report, where("nodes", i, "zero_check")
+            )
     if config.reconciliation is not None:
         leaves = [n for n in config.nodes if not n.nodes]
         from ..balance.reconcile import network_of  # noqa: PLC0415
@@ -192,3 +199,32 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         except ValueError as exc:
             line = root.data.key_lines.get("balance", 1)
             report.add(line, "balance.reconciliation", f"the nodes do not form a network: {exc}")
+
+
+def _check_zero_check(
+    node: NodeConfig,
+    terms: NodeTerms,
+    streams: dict[str, StreamConfig],
+    report: Any,
+    at: tuple[int, str],
+) -> None:
+    """A zero check needs a meter to check, and a way to know the line stands still."""
+    assert node.zero_check is not None
+    names = [n for g in (terms.inputs, terms.outputs, terms.generation, terms.consumption)
+             for n in g]  # fmt: skip
+    flows = [streams[n] for n in names if streams[n].mass_total is None]
+    if not any(s.zero_stability is not None for s in flows):
+        report.add(
+            *at,
+            "no stream of the node gives its meter's 'zero_stability' (e.g. '2 kg/h'): there "
+            "is no zero to check",
+        )
+    elif node.zero_check.running is None:
+        uncut = [s.name for s in flows if s.low_flow_cutoff <= 0]
+        if uncut:
+            report.add(
+                *at,
+                "without a 'running' tag, the line stands still when every flow meter of the "
+                f"node reads below its low_flow_cutoff: {', '.join(uncut)} has none (give one, "
+                "or the run tag of the line)",
+            )

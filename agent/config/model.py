@@ -138,6 +138,9 @@ class StreamConfig:
     # stream's dry kilograms are integrated beside its wet ones.
     moisture: str | None = None
     solids: str | None = None
+    # kg/s a still meter may read (its rated zero stability): more on a stopped line is a
+    # zero drift (a node's zero_check)
+    zero_stability: float | None = None
 
     @property
     def dry_tag(self) -> str | None:
@@ -216,6 +219,18 @@ class NodeConfig:
     basis: str = "wet"  # wet | dry: kilograms as metered, or their dry share (a dryer's solids)
     output_classes: tuple[tuple[str, str], ...] = ()  # (output, class) where not product
     theoretical_yield: float | None = None  # the recipe's product per kg of input
+    zero_check: ZeroCheckConfig | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZeroCheckConfig:
+    """When the node's line stands still (its `running` tag reads 0, or without one every
+    flow meter of the node reads below its low-flow cut-off) for `settle`, the mean reading
+    of each meter with a zero stability over the next `over` is its zero."""
+
+    running: str | None  # tag: not 0 while the line runs
+    settle: float  # s
+    over: float  # s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,7 @@ from .model import (
     NodeCycle,
     NodeTerms,
     ReconciliationConfig,
+    ZeroCheckConfig,
 )
 
 
@@ -70,6 +71,14 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
     theoretical_yield = s.take(
         "theoretical_yield", quantity(units.FRACTION, positive=True, maximum=1.0), None
     )
+    zero_check = None
+    if (zs := s.section("zero_check", required=False)) is not None:
+        zero_check = ZeroCheckConfig(
+            running=zs.take("running", values.tag, None),
+            settle=zs.take("settle", quantity(units.TIME, minimum=0.0, maximum=DAY), 120.0),
+            over=zs.take("over", quantity(units.TIME, minimum=1.0, maximum=DAY), 300.0),
+        )
+        zs.finish()
     deadband = s.take("deadband", fraction, 0.1)
     re_alarm = s.take("re_alarm", period, 0.0)
     drift_k, drift_h = 1.0, 8.0
@@ -122,6 +131,7 @@ def parse_node(s: Section, terms: Callable[[Any], tuple[str, ...]] = names) -> N
         basis=basis,
         output_classes=output_classes,
         theoretical_yield=theoretical_yield,
+        zero_check=zero_check,
         **window,
     )
 

@@ -236,6 +236,7 @@ def parse_stream(s: Section) -> StreamConfig | None:
     dimension = units.MASS_FLOW if volume_flow is None else units.VOLUME_FLOW
     cutoff = s.take("low_flow_cutoff", quantity(dimension, minimum=0.0), 0.0)
     meter_factor = s.take("meter_factor", _meter_factor, 1.0)
+    zero_stability = s.take("zero_stability", quantity(units.MASS_FLOW, positive=True), None)
     reverse = s.take("reverse", choice(*REVERSE_MODES), "separate")
     rollover = s.take("rollover", quantity(units.MASS, positive=True), None)
     max_flow = s.take("max_flow", quantity(units.MASS_FLOW, positive=True), None)
@@ -283,6 +284,12 @@ def parse_stream(s: Section) -> StreamConfig | None:
         )
     if mass_total is not None and s.has("low_flow_cutoff"):
         s.fail("low_flow_cutoff", "a register counts what the meter counted; no cut-off applies")
+    if mass_total is not None and zero_stability is not None:
+        s.fail(
+            "zero_stability",
+            "a zero check reads the meter's flow while the line stands still; a register has "
+            "no flow to read (check the same meter's mass_flow stream instead)",
+        )
     s.finish()
     if not s.ok:
         return None
@@ -303,6 +310,7 @@ def parse_stream(s: Section) -> StreamConfig | None:
         belt_speed=belt_speed,
         moisture=moisture,
         solids=solids,
+        zero_stability=zero_stability,
     )
 
 

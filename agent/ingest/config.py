@@ -259,6 +259,12 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
                 "a node across gateways has a rolling or calendar window: a batch tag is read "
                 "by one gateway, so balance its batches there",
             )
+        if node.zero_check is not None:
+            item.fail(
+                "zero_check",
+                "a zero check reads a meter's flow while its line stands still: the gateway "
+                "that reads the meter checks it, in its own node",
+            )
         if node.name in seen:
             item.fail("name", f"'{node.name}' is already used by nodes[{seen[node.name]}]")
         if node.name == "network":

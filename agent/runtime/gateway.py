@@ -19,7 +19,8 @@ from ..balance import audit
 from ..balance.nodes import NodeBalance
 from ..balance.reconciler import Reconciler, SuspectEvent, log_suspect, suspect_body
 from ..balance.terms import AlarmEvent, Weighed, alarm_body, balance_body, log_event
-from ..config import Config, node_terms
+from ..balance.zero import Meter, ZeroCheck, zero_body
+from ..config import Config, NodeTerms, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
@@ -106,6 +107,11 @@ class Gateway:
             if n.basis == "dry"
             else NodeBalance(n, terms[n.name], self.streams, self.inventories)
             for n in config.nodes
+        ]
+        self.zero_checks = [
+            ZeroCheck(n.name, n.zero_check, self._zero_meters(terms[n.name]))
+            for n in config.nodes
+            if n.zero_check is not None
         ]
         self.reconciler = (
             Reconciler(config.reconciliation, config.nodes, terms, self.streams, self.inventories)
@@ -314,15 +320,18 @@ class Gateway:
                     hour["dry_kg"] = dry.get(hour["hour_start"])
             self.pending.extend(Record("hourly", hour, wall) for hour in hours)
 
-        def batch_tag(tag: str) -> float:
+        def tag_value(tag: str) -> float:
             return self._fresh(tag, mono, BATCH_TAG_AGE)
 
         for node in self.nodes:
-            results, events = node.tick(mono, wall, batch_tag)
+            results, events = node.tick(mono, wall, tag_value)
             for result in results:
                 self.pending.append(Record("balance", balance_body(result), wall))
             for event in events:
                 self._alarm_record(event, wall)
+        for check in self.zero_checks:
+            for zero in check.tick(mono, wall, tag_value):
+                self.pending.append(Record("alarm", zero_body(zero), wall))
         if self.reconciler is not None:
             body, suspects = self.reconciler.tick(mono, wall)
             if body is not None:
@@ -341,6 +350,15 @@ class Gateway:
             self.sync_now = self.sync_now or self.next_telemetry is None
             self.next_telemetry = mono + self.config.telemetry_interval
             self.pending.append(self._telemetry_record(wall))
+
+    def _zero_meters(self, terms: NodeTerms) -> list[Meter]:
+        """The node's flow meters (a register has no flow to read still)."""
+        names = (*terms.inputs, *terms.outputs, *terms.generation, *terms.consumption)
+        return [
+            Meter(n, s, s.config.low_flow_cutoff, s.config.max_gap, s.config.zero_stability)
+            for n in names
+            if (s := self.streams[n]).config.mass_total is None
+        ]
 
     def _telemetry_due(self, mono: float) -> bool:
         """The first telemetry goes as soon as every device has answered (or failed) once, so

@@ -100,6 +100,11 @@ class StreamTotal:
         self.composition: Composition | None = None
         self.composition_flag: str | None = None
         self.alarm_samples: dict[str, int] = {}  # alarm flag's tag → samples taken under it
+        # The last good sample as the meter gave it, before the low-flow cut-off: its signal
+        # (SI of its kind), its mass flow (kg/s) and its time. A zero check reads them.
+        self.signal = math.nan
+        self.raw_flow = math.nan
+        self.raw_mono = math.nan
 
     def add(
         self,
@@ -250,6 +255,16 @@ class StreamTotal:
             self.state = self.engine.integrate_flow(
                 t, mass_flow, good, self.state, cfg.max_gap, cfg.low_flow_cutoff * factor
             )
+        if cfg.mass_total is None:
+            raw = flow * averaged["density"] * factor if "density" in averaged else flow * factor
+            finite = np.flatnonzero(np.isfinite(raw))
+            if finite.size:
+                k = int(finite[-1])
+                self.signal, self.raw_flow, self.raw_mono = (
+                    float(flow[k]),
+                    float(raw[k]),
+                    float(t[k]),
+                )
         assert self.hour is not None
         if averaged:
             self.hour.weigh(t, mass_flow, averaged, last_t)

@@ -464,6 +464,15 @@ def test_a_totals_record_full_of_nonsense_does_not_stop_the_judge(site: Site, tm
         ),
         ("- {name: a, nodes: [b], window: 1 h, persistence: 0 s}", "no node named 'b'"),
         (
+            "- {name: a, inputs: [g/x], window: 1 h, persistence: 0 s, zero_check: {}}",
+            "the gateway that reads the meter checks it",
+        ),
+        (
+            "- {name: a, inputs: [g/x], outputs: [{stream: g/y, class: scrap}], window: 1 h, "
+            "persistence: 0 s, theoretical_yield: 101 %}",
+            "theoretical_yield: must be at most",
+        ),
+        (
             "- {name: network, inputs: [g/x], window: 1 h, persistence: 0 s}",
             "names the reconciliation's alarms",
         ),
