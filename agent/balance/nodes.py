@@ -80,7 +80,14 @@ class NodeBalance:
         self._open_wall = math.nan  # the calendar boundary it began at
         self._close_at = math.nan
         self._batch: float | None = None  # the running batch's tag value
+        self._label: str | None = None  # the running batch's id
         self._campaign: str | None = None  # the running batch's campaign
+        # Batches by command (massgate batch start|end): what the next cycle applies, in
+        # order, and the batch as the commands given so far leave it.
+        self._commands: list[tuple[str | None, str | None, str]] = []  # (batch, campaign, by)
+        self._commanded: str | None = None
+        self.started_by = ""
+        self._ended_by = ""
         self._next_evaluation: float | None = None
 
     @property
@@ -152,9 +159,11 @@ class NodeBalance:
         if kind == CALENDAR:
             judged += self._calendar(snap)
         elif kind == BATCH:
-            value = tag(self.config.batch_tag) if tag and self.config.batch_tag else math.nan
-            judged += self._batch_step(snap, value)
-            if self._batch is not None and self._campaign is None and self.config.campaign_tag:
+            if self.config.batch_tag is None:
+                judged += self._command_step(snap)
+            else:
+                judged += self._batch_step(snap, tag(self.config.batch_tag) if tag else math.nan)
+            if self._label is not None and self._campaign is None and self.config.campaign_tag:
                 # The campaign the batch began in: its first good reading of the tag.
                 campaign = tag(self.config.campaign_tag) if tag else math.nan
                 self._campaign = batch_label(campaign) if math.isfinite(campaign) else None
@@ -219,19 +228,55 @@ class NodeBalance:
     ) -> list[tuple[WindowResult, list[AlarmEvent]]]:
         if not math.isfinite(value) or value == self._batch or (self._batch is None and value == 0):
             return []  # an unreadable tag changes nothing: the batch runs on
+        self._batch = value if value != 0 else None
+        return self._switch(snap, batch_label(value) if value != 0 else None, None)
+
+    def _command_step(self, snap: Snapshot) -> list[tuple[WindowResult, list[AlarmEvent]]]:
         judged = []
-        if self._batch is not None and self._open is not None:
+        for batch, campaign, by in self._commands:
+            self._ended_by = by if batch is None else ""
+            judged += self._switch(snap, batch, campaign)
+            self.started_by = by if batch is not None else ""
+        self._commands.clear()
+        return judged
+
+    def _switch(
+        self, snap: Snapshot, label: str | None, campaign: str | None
+    ) -> list[tuple[WindowResult, list[AlarmEvent]]]:
+        """The running batch (if any) ends here; `label` (if any) begins."""
+        judged = []
+        if self._label is not None and self._open is not None:
             span = snap.mono - self._open.mono
-            label = batch_label(self._batch)
-            judged.append(self._judge(self._open, self._open_data, snap, span, label))
-        self._campaign = None
-        if value != 0:
-            self._batch = value
+            judged.append(self._judge(self._open, self._open_data, snap, span, self._label))
+        self._label, self._campaign = label, campaign
+        if label is not None:
             self._open, self._open_data = snap, snap if snap.ok else None
         else:
-            self._batch = None
             self._open = self._open_data = None
         return judged
+
+    @property
+    def batch(self) -> str | None:
+        """The batch running, as the commands given so far leave it (or its tag says)."""
+        return self._commanded if self.config.batch_tag is None else self._label
+
+    def command(self, batch: str | None, *, campaign: str | None = None, by: str = "") -> None:
+        """Start `batch`, or end the running one (None), with the next cycle.
+
+        Raises ValueError when the node's batches follow a tag, when a batch is started while
+        one runs, or ended while none does.
+        """
+        cfg = self.config
+        if cfg.window_kind != BATCH:
+            raise ValueError(f"node {cfg.name} has a {cfg.window_kind} window, not batches")
+        if cfg.batch_tag is not None:
+            raise ValueError(f"node {cfg.name}'s batches follow its tag {cfg.batch_tag}")
+        if batch is not None and self._commanded is not None:
+            raise ValueError(f"batch {self._commanded} is running on node {cfg.name}: end it first")
+        if batch is None and self._commanded is None:
+            raise ValueError(f"no batch is running on node {cfg.name}")
+        self._commands.append((batch, campaign, by))
+        self._commanded = batch
 
     def _judge(
         self,
@@ -304,6 +349,8 @@ class NodeBalance:
             cusum_low=self.drift.cusum_low,
             theoretical_yield=cfg.theoretical_yield,
             campaign=self._campaign or "" if label else "",
+            started_by=self.started_by if label else "",
+            ended_by=self._ended_by if label else "",
         )
         self.last = result
         return result, [

@@ -103,7 +103,9 @@ class WindowResult:
     cusum_high: float
     cusum_low: float
     theoretical_yield: float | None = None
-    campaign: str = ""  # the campaign tag's value when the batch ended; empty otherwise
+    campaign: str = ""  # the batch's campaign (its tag's value or the command's); or empty
+    started_by: str = ""  # who started and ended a batch by command
+    ended_by: str = ""
 
     @property
     def imbalance(self) -> float:
@@ -177,6 +179,8 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
         "alarm_active": r.alarm_active,
         "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
         "campaign": r.campaign or None,
+        "started_by": r.started_by or None,
+        "ended_by": r.ended_by or None,
         "accounting": accounting(r),
     }
 

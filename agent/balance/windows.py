@@ -43,3 +43,21 @@ def batch_label(value: float) -> str:
     if not math.isfinite(value):  # never from a tag (bad readings are NaN), but never a crash
         return repr(value)
     return str(int(value)) if value == int(value) else repr(value)
+
+
+MAX_LABEL = 64
+
+
+def check_label(value: object, what: str) -> str:
+    """A batch id, campaign or operator name as typed: printable text of 1 to 64 characters.
+
+    Raises ValueError saying what is wrong.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what}: give a name or id, like C7-012")
+    text = value.strip()
+    if len(text) > MAX_LABEL:
+        raise ValueError(f"{what}: at most {MAX_LABEL} characters, got {len(text)}")
+    if not text.isprintable():
+        raise ValueError(f"{what}: {text!r} holds a control character")
+    return text

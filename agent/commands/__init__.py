@@ -46,6 +46,9 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "report:setup", "print the kept balance windows and alarms per node for a time range"
     ),
+    "batch": Command(
+        "batch:setup", "start or end a node's batch in the running agent (batches by command)"
+    ),
     "density": Command(
         "density:setup",
         "compute a density as the agent does (API 11.1, water), to check a flow computer",

@@ -12,12 +12,15 @@ from ..core.yamlsource import (
     Section,
     text,
 )
+from .model import COMMAND_SOCKET
 
 
 def check_socket(s: Section, socket: Path, user: Any) -> None:
-    if (problem := preflight.socket_path_problem(socket)) is not None:
-        s.fail("socket", problem)
-        return
+    # The command socket (massgate batch) lies beside the status socket, one letter longer.
+    for path in (socket, socket.with_name(COMMAND_SOCKET)):
+        if (problem := preflight.socket_path_problem(path)) is not None:
+            s.fail("socket", problem)
+            return
     try:
         preflight.writable_dir(socket.parent, user=user)
     except preflight.PreflightError as exc:

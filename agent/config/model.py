@@ -15,6 +15,7 @@ from ..totalize import density as density_models
 from ..totalize.gas import Composition
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
+COMMAND_SOCKET = "command.sock"  # beside the status socket: massgate batch
 
 # Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
 # (The drivers' own bounds are in drivers/<protocol>/config.py.)

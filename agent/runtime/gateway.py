@@ -19,8 +19,9 @@ from ..balance import audit
 from ..balance.nodes import NodeBalance
 from ..balance.reconciler import Reconciler, SuspectEvent, log_suspect, suspect_body
 from ..balance.terms import AlarmEvent, Weighed, alarm_body, balance_body, log_event
+from ..balance.windows import check_label
 from ..balance.zero import Meter, ZeroCheck, zero_body
-from ..config import Config, NodeTerms, node_terms
+from ..config import BATCH, Config, NodeTerms, node_terms
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
@@ -108,6 +109,9 @@ class Gateway:
             else NodeBalance(n, terms[n.name], self.streams, self.inventories)
             for n in config.nodes
         ]
+        self._batch_state: dict[str, dict[str, Any]] = {}  # node → its batch by command
+        for node in self.nodes:
+            self._resume_batch(node, saved.get(batch_key(node.config.name)))
         self.zero_checks = [
             ZeroCheck(n.name, n.zero_check, self._zero_meters(terms[n.name]))
             for n in config.nodes
@@ -351,6 +355,61 @@ class Gateway:
             self.next_telemetry = mono + self.config.telemetry_interval
             self.pending.append(self._telemetry_record(wall))
 
+    def _resume_batch(self, node: NodeBalance, kept: Any) -> None:
+        """A batch started by command and running when the agent stopped goes on; its
+        window begins again (what ran before the stop is not in memory any more)."""
+        cfg = node.config
+        if cfg.window_kind != BATCH or cfg.batch_tag is not None or not isinstance(kept, dict):
+            return
+        batch, campaign, by = kept.get("batch"), kept.get("campaign"), kept.get("by")
+        if not isinstance(batch, str) or node.batch is not None:
+            return
+        campaign = campaign if isinstance(campaign, str) else None
+        by = by if isinstance(by, str) else ""
+        node.command(batch, campaign=campaign, by=by)
+        self._batch_state[cfg.name] = {"batch": batch, "campaign": campaign, "by": by}
+        log.warning(
+            "node %s: batch %s (started by %s) goes on after the restart; its window begins "
+            "again now (report --by batch sums its parts)",
+            cfg.name,
+            batch,
+            by or "unknown",
+            extra={"node": cfg.name},
+        )
+
+    def command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """An operator's command from the command socket: {"command": "batch", "node",
+        "action": "start"|"end", "batch", "campaign", "by"}. Refusals are answers, never
+        exceptions."""
+        if request.get("command") != "batch":
+            return {"ok": False, "error": f"unknown command {request.get('command')!r} (batch)"}
+        name = request.get("node")
+        node = next((n for n in self.nodes if n.config.name == name), None)
+        if node is None:
+            known = ", ".join(n.config.name for n in self.nodes) or "none"
+            return {"ok": False, "error": f"no node named {name!r} (nodes: {known})"}
+        action, by = request.get("action"), request.get("by")
+        if action not in ("start", "end"):
+            return {"ok": False, "error": f"unknown action {action!r} (start, end)"}
+        try:
+            by = check_label(by, "by") if by is not None else ""
+            batch = check_label(request.get("batch"), "batch") if action == "start" else None
+            campaign = request.get("campaign")
+            campaign = check_label(campaign, "campaign") if campaign is not None else None
+            running = node.batch
+            node.command(batch, campaign=campaign, by=by)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        which = batch if batch is not None else running
+        log.info(
+            "node %s: batch %s %s by %s", name, which, "started" if batch else "ended",
+            by or "unknown", extra={"node": name},
+        )  # fmt: skip
+        self._batch_state[node.config.name] = {"batch": batch, "campaign": campaign, "by": by}
+        self._totals_saved_at = -math.inf  # saved with the next commit: a restart resumes it
+        verb = "begins" if batch else "ends"
+        return {"ok": True, "message": f"node {name}: batch {which} {verb} with the next cycle"}
+
     def _zero_meters(self, terms: NodeTerms) -> list[Meter]:
         """The node's flow meters (a register has no flow to read still)."""
         names = (*terms.inputs, *terms.outputs, *terms.generation, *terms.consumption)
@@ -453,7 +512,13 @@ class Gateway:
         self._totals_saved_at = mono
         totals = {name: s.saved() for name, s in self.streams.items()}
         totals.update({dry_key(name): twin.saved() for name, twin in self.dry.items()})
+        totals.update({batch_key(n): state for n, state in self._batch_state.items()})
         return records, totals
+
+
+def batch_key(node: str) -> str:
+    """Where a node's batch by command is saved (no stream name holds a '/')."""
+    return f"batch/{node}"
 
 
 def dry_key(stream: str) -> str:

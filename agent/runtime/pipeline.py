@@ -33,6 +33,7 @@ from ..store.outbox import Outbox
 from ..store.writer import Writer
 from ..totalize.engine import Engine, kernels_for, warmed
 from ..totalize.streams import StreamTotal
+from .commandserver import CommandServer, command_socket
 from .gateway import Gateway, outbox_reset_record
 from .health import SNAPSHOT_EVERY, Progress, snapshot, summary_line
 from .refusal import REFUSALS, StartError, preflight_reload, why
@@ -115,7 +116,14 @@ async def run(
         # First, before the outbox is touched: no other agent may be running on this state.
         locks.hold(locks_of(config))
         server = await _status_server(config)
+        commands = CommandServer(command_socket(config.health.socket))
         try:
+            try:
+                await commands.start()
+            except OSError as exc:
+                raise StartError(
+                    f"cannot open the command socket {commands.path}: {exc.strerror or exc}"
+                ) from None
             return await _run(
                 config,
                 shutdown=shutdown,
@@ -127,11 +135,13 @@ async def run(
                 notifier=notifier,
                 started=started,
                 server=server,
+                commands=commands,
                 carried=Carried() if carried is None else carried,
                 locks=locks,
                 refused=refused,
             )
         finally:
+            await commands.close()
             await server.close()
     finally:
         if own_locks:
@@ -161,6 +171,7 @@ async def _run(
     notifier: Notifier,
     started: float,
     server: StatusServer,
+    commands: CommandServer,
     carried: Carried,
     locks: StateLocks,
     refused: str | None,
@@ -224,6 +235,7 @@ async def _run(
             # The status topic carries the same health as `massgate status`.
             publisher.health = lambda: _topic_health(agent.health)
         server.get = lambda: agent.health
+        commands.handle = gateway.command
         metrics = None
         if config.health.metrics is not None:
             from .metrics import MetricsServer  # noqa: PLC0415  # only when asked for
@@ -252,6 +264,7 @@ async def _run(
             if metrics is not None:
                 metrics.close()
     finally:
+        commands.idle()
         writer.close()  # every call handed over is done; the outbox is the loop's again
         outbox.close()
     return next_config

@@ -26,10 +26,20 @@ class StatusUnavailable(OSError):
 
 def fetch(path: Path, *, timeout: float = 5.0) -> dict[str, Any]:
     """The running agent's snapshot, or StatusUnavailable."""
+    return exchange(path, None, timeout=timeout, what="a status snapshot")
+
+
+def exchange(
+    path: Path, request: bytes | None, *, timeout: float = 5.0, what: str = "an answer"
+) -> dict[str, Any]:
+    """Send `request` (if any) on the agent's socket `path` and read its JSON answer to the
+    end; StatusUnavailable, in the operator's words, when no agent answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
+            if request is not None:
+                sock.sendall(request)
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
@@ -51,10 +61,14 @@ def fetch(path: Path, *, timeout: float = 5.0) -> dict[str, Any]:
             raise StatusUnavailable(
                 f"the agent did not answer on {path} within {timeout:g} s"
             ) from exc
+        except OSError as exc:  # the agent closed on us mid-way (it stopped)
+            raise StatusUnavailable(f"the agent on {path} hung up: {exc.strerror or exc}") from exc
     try:
         result: dict[str, Any] = json.loads(b"".join(chunks))
     except ValueError as exc:
-        raise StatusUnavailable(f"the answer on {path} is not a status snapshot: {exc}") from exc
+        raise StatusUnavailable(f"the answer on {path} is not {what}: {exc}") from exc
+    if not isinstance(result, dict):
+        raise StatusUnavailable(f"the answer on {path} is not {what}")
     return result
 
 

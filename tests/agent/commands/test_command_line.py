@@ -70,6 +70,10 @@ MISUSE = [
     ["density", "gas", "--model", "aga8", "--composition", "methane=1", "--temperature",
      "15 degC", "--pressure", "1 bar"],
     ["reconcile", "--network", "n.yaml", "--data", "d.csv", "--estimator", "tukey"],
+    ["report", "cfg.yaml", "--by", "shift"],
+    ["report", "cfg.yaml", "--by", "day", "--shifts", "6h"],
+    ["batch", "start", "cfg.yaml", "--node", "reactor", "--batch", "C7-012"],
+    ["batch", "end", "cfg.yaml"],
     ["nosuchcommand"],
 ]  # fmt: skip
 

@@ -339,3 +339,39 @@ def test_a_reload_that_passes_its_checks_and_cannot_start_runs_the_old_one_again
     db = sqlite3.connect(newer)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 999, "the newer file untouched"
     db.close()
+
+
+def test_the_running_agent_answers_commands_on_its_socket_until_it_stops(tmp_path: Path):
+    """The command socket beside the status socket reaches the running gateway; it is gone
+    once the agent stops."""
+    from massgate.agent.commands.demo import site_config
+    from massgate.agent.runtime.commandserver import send
+    from massgate.agent.runtime.statusserver import StatusUnavailable
+    from massgate.drivers.sim.plant import Plant
+    from massgate.drivers.sim.server import SimulatedSite
+
+    async def main() -> tuple[dict[str, object], Path]:
+        site = SimulatedSite(Plant())
+        served = await site.start()
+        try:
+            path = tmp_path / "m.yaml"
+            path.write_text(site_config(served, state_dir=tmp_path / "state"))
+            config = config_module.load(path)
+            shutdown, cycled = asyncio.Event(), asyncio.Event()
+            agent = asyncio.create_task(
+                run(config, shutdown=shutdown, on_cycle=lambda _: cycled.set())
+            )
+            await cycled.wait()
+            where = config.health.socket.with_name("command.sock")
+            request = {"command": "batch", "node": "tank_t100", "action": "end"}
+            answer = await asyncio.to_thread(send, where, request)
+            shutdown.set()
+            await agent
+            return answer, where
+        finally:
+            await site.stop()
+
+    answer, where = run_async(asyncio.wait_for(main(), 90))
+    assert answer == {"ok": False, "error": "node tank_t100 has a rolling window, not batches"}
+    with pytest.raises(StatusUnavailable, match="massgate is not running"):
+        send(where, {"command": "batch"})
