@@ -17,7 +17,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..config import BATCH, CALENDAR, PRODUCT, NodeConfig, NodeTerms
 from ..core.records import utc
@@ -34,6 +34,7 @@ from .terms import (
     OUT,
     WARNING,
     AlarmEvent,
+    Entered,
     Metered,
     Snapshot,
     Terms,
@@ -43,6 +44,15 @@ from .terms import (
 from .windows import batch_label, next_boundary, previous_boundary
 
 log = logging.getLogger(__name__)
+
+KEEP_CLOSED = 200  # closed windows a late entry can still correct, per node
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    data_start: Snapshot
+    data_end: Snapshot
+    result: WindowResult
 
 
 class NodeBalance:
@@ -67,10 +77,13 @@ class NodeBalance:
         ]
         self.classes = tuple(dict.fromkeys(c for c in self.class_of if c))
         self.inventories = [gauges[name] for name in terms.inventories]
+        self.lumpy = any(isinstance(s, Entered) for s in self.streams)
         self.snapshots: deque[Snapshot] = deque()
         self.cycles = 0
         self.complete = 0
         self.last: WindowResult | None = None
+        # Calendar and batch windows judged lately, which a late entry can correct.
+        self.closed: deque[Closed] = deque(maxlen=KEEP_CLOSED)
         self.last_ok: Snapshot | None = None
         self.alarm = Alarm(config)
         self.drift = Drift(config)
@@ -135,11 +148,15 @@ class NodeBalance:
         by_class = dict.fromkeys(self.classes, 0.0)
         variance = 0.0
         for i, stream in enumerate(self.streams):
-            moved = b.flows[i] - a.flows[i]
+            if isinstance(stream, Entered):
+                moved, entered = stream.between(a.wall, b.wall)
+                variance += entered
+            else:
+                moved = b.flows[i] - a.flows[i]
+                variance += (stream.accuracy / 2.0 * moved) ** 2
             sums[self.group_of[i]] += moved
             if self.class_of[i]:
                 by_class[self.class_of[i]] += moved
-            variance += (stream.accuracy / 2.0 * moved) ** 2
         for gauge in self.inventories:
             variance += 2.0 * gauge.sigma**2  # one reading at each end
         return Terms(
@@ -191,11 +208,16 @@ class NodeBalance:
                 result, found = self._rolling(snap)
                 judged.append((result, found))
                 events += found
-            drift = self.drift.step(
-                snap,
-                self.terms,
-                status=self.last.status if self.last else OK,
-                alarm_active=self.alarm.active,
+            # A manual stream's entries come in lumps: no interval of its node is steady.
+            drift = (
+                None
+                if self.lumpy
+                else self.drift.step(
+                    snap,
+                    self.terms,
+                    status=self.last.status if self.last else OK,
+                    alarm_active=self.alarm.active,
+                )
             )
             if drift is not None:
                 events.append(drift)
@@ -278,6 +300,31 @@ class NodeBalance:
         self._commands.append((batch, campaign, by))
         self._commanded = batch
 
+    def correct(self, wall: float) -> list[WindowResult]:
+        """The closed windows an entry dated `wall` falls in, judged again with it (a late
+        weighbridge ticket): their amounts and status; the alarm is not run again."""
+        found = []
+        for i, closed in enumerate(self.closed):
+            if not closed.data_start.wall < wall <= closed.data_end.wall:
+                continue
+            old = closed.result
+            terms = self.terms(closed.data_start, closed.data_end)
+            cfg = self.config
+            tolerance = (
+                cfg.tolerance_fixed
+                + cfg.tolerance_relative * terms.throughput
+                + cfg.tolerance_sigma * terms.sigma
+            )
+            status = old.status
+            if status in (OK, WARNING):  # an alarm raised stays raised: it is not run again
+                status = WARNING if abs(terms.imbalance) > tolerance else OK
+            result = replace(
+                old, terms=terms, tolerance=tolerance, status=status, revision=old.revision + 1
+            )
+            self.closed[i] = Closed(closed.data_start, closed.data_end, result)
+            found.append(result)
+        return found
+
     def _judge(
         self,
         first: Snapshot,
@@ -353,6 +400,10 @@ class NodeBalance:
             ended_by=self._ended_by if label else "",
         )
         self.last = result
+        if cfg.window_kind in (CALENDAR, BATCH) and usable:
+            assert data_start is not None
+            assert data_end is not None
+            self.closed.append(Closed(data_start, data_end, result))
         return result, [
             AlarmEvent(cfg.name, kind, end.mono, end.wall, since_mono, since_wall, result, hint)
             for kind, since_mono, since_wall, hint in events

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..config import LOSS_CLASSES, PRODUCT
 from ..core.records import num, utc
@@ -32,6 +32,14 @@ class Metered(Protocol):
 
     @property
     def meter_alarms(self) -> tuple[str, ...]: ...  # the meter's own alarms active now
+
+
+@runtime_checkable
+class Entered(Protocol):
+    """A stream of entries (a manual stream): its kilograms are those dated in a window,
+    whenever they were entered."""
+
+    def between(self, start_wall: float, end_wall: float) -> tuple[float, float]: ...
 
 
 class Weighed(Protocol):
@@ -103,6 +111,7 @@ class WindowResult:
     cusum_high: float
     cusum_low: float
     theoretical_yield: float | None = None
+    revision: int = 0  # 0: as judged when it closed; n: its n-th correction by a late entry
     campaign: str = ""  # the batch's campaign (its tag's value or the command's); or empty
     started_by: str = ""  # who started and ended a batch by command
     ended_by: str = ""
@@ -179,6 +188,7 @@ def balance_body(r: WindowResult) -> dict[str, Any]:
         "alarm_active": r.alarm_active,
         "cusum": {"high": num(r.cusum_high), "low": num(r.cusum_low)},
         "campaign": r.campaign or None,
+        "revision": r.revision,
         "started_by": r.started_by or None,
         "ended_by": r.ended_by or None,
         "accounting": accounting(r),

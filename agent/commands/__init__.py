@@ -49,6 +49,9 @@ COMMANDS: dict[str, Command] = {
     "batch": Command(
         "batch:setup", "start or end a node's batch in the running agent (batches by command)"
     ),
+    "enter": Command(
+        "enter:setup", "enter a quantity no meter reads, or a ticket to hold against a meter"
+    ),
     "density": Command(
         "density:setup",
         "compute a density as the agent does (API 11.1, water), to check a flow computer",

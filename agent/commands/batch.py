@@ -4,7 +4,6 @@ through the running agent's command socket."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from .. import config as config_module
 from ..config import BATCH
 from ..core.yamlsource import ConfigError
-from .common import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, print_config_error
+from .common import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, login_name, print_config_error
 
 HOW = (
     "The node's window is {batch: command} in CONFIG. The agent records who did it (--by, "
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     request: dict[str, Any] = {"command": "batch", "node": node.name, "action": args.action}
     try:
-        request["by"] = check_label(args.by if args.by is not None else _login(), "--by")
+        request["by"] = check_label(args.by if args.by is not None else login_name(), "--by")
         if args.action == "start":
             request["batch"] = check_label(args.batch, "--batch")
             if args.campaign is not None:
@@ -89,10 +88,3 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{prog}: refused: {answer.get('error', 'no reason given')}", file=sys.stderr)
     return EXIT_FAILED
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a uid without a name (a container)
-        return "unknown"

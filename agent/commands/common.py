@@ -24,3 +24,13 @@ def setup_logging(verbose: bool) -> None:
     from ..runtime import journal  # noqa: PLC0415  # only the commands that log need it
 
     journal.setup(verbose)
+
+
+def login_name() -> str:
+    """Who runs the command, for the records of what an operator did (--by's default)."""
+    import getpass  # noqa: PLC0415
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (a container)
+        return "unknown"

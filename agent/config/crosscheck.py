@@ -13,7 +13,7 @@ from ..core.yamlsource import (
     Section,
 )
 from .devices import DeviceParsers
-from .model import Config, NodeConfig, NodeCycle, NodeTerms, StreamConfig
+from .model import ROLLING, Config, NodeConfig, NodeCycle, NodeTerms, StreamConfig
 from .nodes import node_terms
 
 
@@ -41,6 +41,15 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
     unique("streams", config.streams)
     unique("inventories", config.inventories)
     unique("nodes", config.nodes)
+    unique("manual_streams", config.manual_streams)
+    metered = {s.name for s in config.streams}
+    for i, manual in enumerate(config.manual_streams):
+        if manual.name in metered:
+            report.add(
+                *where("manual_streams", i, "name"),
+                f"'{manual.name}' is already a metered stream: a meter's stream compares "
+                "entries (compare_entries: true) instead",
+            )
 
     tags = {point.tag: point.unit for device in config.devices for point in device.points}
     parsers.cross_check(config.devices, where, report)
@@ -115,7 +124,8 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             check_tag("inventories", i, "density", density.pressure, units.PRESSURE)
             check_analyzer("inventories", i, density.composition_device)
 
-    stream_names = {s.name for s in config.streams}
+    manual_names = {m.name for m in config.manual_streams}
+    stream_names = {s.name for s in config.streams} | manual_names
     inventory_names = {v.name for v in config.inventories}
     node_names = {n.name for n in config.nodes}
     for i, node in enumerate(config.nodes):
@@ -165,7 +175,7 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             name
             for group in (t.inputs, t.outputs, t.generation, t.consumption)
             for name in group
-            if by_name[name].dry_tag is None
+            if name in manual_names or by_name[name].dry_tag is None
         ]
         if wet:
             report.add(
@@ -182,6 +192,16 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
                 f"{', '.join(wet_vessels)} names no 'moisture' or 'solids' tag",
             )
     for i, node in enumerate(config.nodes):
+        t = terms[node.name]
+        entered = [n for g in (t.inputs, t.outputs, t.generation, t.consumption) for n in g
+                   if n in manual_names]  # fmt: skip
+        if entered and node.window_kind == ROLLING:
+            report.add(
+                *where("nodes", i, "window"),
+                f"{', '.join(entered)} is a manual stream: its entries come in lumps (a "
+                "lorry's ticket), so balance it over batches or shifts (a batch or calendar "
+                "window), not a rolling one",
+            )
         if node.zero_check is not None:
             _check_zero_check(
                 node, terms[node.name], by_name, report, where("nodes", i, "zero_check")
@@ -190,6 +210,18 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
         leaves = [n for n in config.nodes if not n.nodes]
         from ..balance.reconcile import network_of  # noqa: PLC0415
 
+        entered = sorted(
+            n for leaf in leaves for g in (terms[leaf.name].inputs, terms[leaf.name].outputs)
+            for n in g if n in manual_names
+        )  # fmt: skip
+        if entered:
+            line = root.data.key_lines.get("balance", 1)
+            report.add(
+                line,
+                "balance.reconciliation",
+                f"{', '.join(entered)} is a manual stream: reconciliation weighs meters read "
+                "every cycle; leave its node out of the network",
+            )
         try:
             network_of(
                 [n.name for n in leaves],
@@ -212,7 +244,7 @@ def _check_zero_check(
     assert node.zero_check is not None
     names = [n for g in (terms.inputs, terms.outputs, terms.generation, terms.consumption)
              for n in g]  # fmt: skip
-    flows = [streams[n] for n in names if streams[n].mass_total is None]
+    flows = [streams[n] for n in names if n in streams and streams[n].mass_total is None]
     if not any(s.zero_stability is not None for s in flows):
         report.add(
             *at,

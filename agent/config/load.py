@@ -39,7 +39,7 @@ from .model import (
     OutboxConfig,
 )
 from .nodes import parse_node, parse_reconciliation
-from .plant import parse_inventory, parse_stream, with_rollover
+from .plant import parse_inventory, parse_manual_stream, parse_stream, with_rollover
 from .uplink import parse_mqtt, parse_outbox
 
 
@@ -64,6 +64,7 @@ def _build(raw: Any, path: Path) -> Config:
     parsers = DeviceParsers(root, files)
     devices = tuple(parsers.device(s) for s in root.sections("devices", required=True))
     streams = tuple(parse_stream(s) for s in root.sections("streams"))
+    manual_streams = tuple(parse_manual_stream(s) for s in root.sections("manual_streams"))
     inventories = tuple(parse_inventory(s) for s in root.sections("inventories"))
     nodes = tuple(parse_node(s) for s in root.sections("nodes"))
 
@@ -145,6 +146,7 @@ def _build(raw: Any, path: Path) -> Config:
         engine=engine,
         balance_retention=balance_retention,
         reconciliation=reconciliation,
+        manual_streams=manual_streams,  # type: ignore[arg-type]
         telemetry_interval=telemetry_interval,
         outbox=outbox,
         mqtt=mqtt,

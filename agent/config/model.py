@@ -142,6 +142,9 @@ class StreamConfig:
     # kg/s a still meter may read (its rated zero stability): more on a stopped line is a
     # zero drift (a node's zero_check)
     zero_stability: float | None = None
+    # Keep 12 h of the running total, to compare entries of the same deliveries with it
+    # (a weighbridge's tickets against the flow meter): massgate enter --from --to.
+    compare_entries: bool = False
 
     @property
     def dry_tag(self) -> str | None:
@@ -152,6 +155,15 @@ class StreamConfig:
         tag = self.mass_flow or self.volume_flow or self.mass_total or self.belt_load
         assert tag is not None
         return tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManualStreamConfig:
+    """A stream no meter reads: weighbridge tickets, dip readings, MES issues and receipts,
+    entered with `massgate enter`. Each entry lands in the window of the time it gives."""
+
+    name: str
+    accuracy: float  # an entry's default uncertainty, relative (read as 2σ, like a meter's)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +308,7 @@ class Config:
     engine: str = "numba"  # the totalizer's arithmetic: numba's kernels or their Python twins
     balance_retention: float = 90 * 86400.0  # s: balance and alarm records kept for reports
     reconciliation: ReconciliationConfig | None = None
+    manual_streams: tuple[ManualStreamConfig, ...] = ()
     telemetry_interval: float
     outbox: OutboxConfig
     mqtt: MqttConfig | None

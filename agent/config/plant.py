@@ -30,6 +30,7 @@ from .model import (
     Config,
     DensityModel,
     InventoryConfig,
+    ManualStreamConfig,
     StreamConfig,
 )
 
@@ -237,6 +238,7 @@ def parse_stream(s: Section) -> StreamConfig | None:
     cutoff = s.take("low_flow_cutoff", quantity(dimension, minimum=0.0), 0.0)
     meter_factor = s.take("meter_factor", _meter_factor, 1.0)
     zero_stability = s.take("zero_stability", quantity(units.MASS_FLOW, positive=True), None)
+    compare_entries = s.take("compare_entries", boolean, False)
     reverse = s.take("reverse", choice(*REVERSE_MODES), "separate")
     rollover = s.take("rollover", quantity(units.MASS, positive=True), None)
     max_flow = s.take("max_flow", quantity(units.MASS_FLOW, positive=True), None)
@@ -311,6 +313,7 @@ def parse_stream(s: Section) -> StreamConfig | None:
         moisture=moisture,
         solids=solids,
         zero_stability=zero_stability,
+        compare_entries=compare_entries,
     )
 
 
@@ -418,3 +421,13 @@ def _rows(value: Any) -> list[tuple[float, float]]:
             raise Invalid(f"row {i + 1}: expected [level, volume], got {row!r}")
         rows.append((number(row[0]), number(row[1])))
     return rows
+
+
+def parse_manual_stream(s: Section) -> ManualStreamConfig | None:
+    stream_name = s.take("name", name)
+    accuracy = s.take("accuracy", quantity(units.FRACTION, positive=True, maximum=MAX_ACCURACY))
+    s.take("description", text, "")
+    s.finish()
+    if not s.ok:
+        return None
+    return ManualStreamConfig(name=stream_name, accuracy=accuracy)

@@ -25,6 +25,7 @@ KIND_PRIORITY = {
     "totals": Priority.TOTALS,
     "hourly": Priority.TOTALS,
     "audit": Priority.BALANCE,
+    "entry": Priority.BALANCE,
     "balance": Priority.BALANCE,
     "reconciliation": Priority.BALANCE,
     "alarm": Priority.ALARM,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Kinds the gateway keeps a copy of after sending, for `massgate report` and audits.
-ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation")
+ARCHIVED = ("hourly", "audit", "balance", "alarm", "reconciliation", "entry")
 
 
 def copy(conn: sqlite3.Connection, rows: Sequence[tuple[int, str, float, bytes]]) -> None:

@@ -19,6 +19,7 @@ from massgate.agent.commands.cli import main
 from massgate.agent.runtime.commandserver import MAX_REQUEST, CommandServer, Handler, send
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import DEVICES, PLANT
+from tests.agent.publish.test_payload_schemas import problems
 
 NODES = """\
 nodes:
@@ -97,8 +98,12 @@ def test_a_batch_started_and_ended_by_command_is_judged_with_who_did_it(
             assert "no node named 'tnak'" in capsys.readouterr().err
             assert _batch(config, "start", "--node", "tank", "--batch", "a\tb") == 2
             assert "holds a control character" in capsys.readouterr().err
+        published = [json.loads(m.payload) for m in run.outbox.take(10**6)]
     (window,) = [b for b in run.of("balance") if b["node"] == "tank"]
     assert (window["batch"], window["campaign"]) == ("C7-012", "C7")
+    (record,) = [p for p in published if p["kind"] == "balance" and p["node"] == "tank"]
+    assert problems("balance", record) == []
+    assert record["accounting"]["outputs_kg"] == {"product": window["out_kg"]}
     assert (window["started_by"], window["ended_by"]) == ("alice", "bob")
     assert window["status"] == "ok"
     # The window runs from the cycle after the start to the cycle after the end (one 2 s
@@ -147,7 +152,8 @@ def test_a_batch_running_at_a_restart_goes_on(tmp_path: Path, caplog):
 @pytest.mark.parametrize(
     ("request_", "error"),
     [
-        ({"command": "enter"}, "unknown command 'enter'"),
+        ({"command": "open"}, "unknown command 'open' (batch, enter)"),
+        ({"command": "enter", "stream": "x"}, "no manual or compared stream named 'x' (none)"),
         ({"command": "batch", "node": "tank", "action": "pause"}, "unknown action 'pause'"),
         ({"command": "batch", "node": "x", "action": "end"}, "no node named 'x'"),
         ({"command": "batch", "node": "tank", "action": "start"}, "batch: give a name or id"),

@@ -5,6 +5,7 @@ its pumps stop by schedule."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from massgate.agent.core.yamlsource import ConfigError
 from massgate.drivers.sim.faults import Fault
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import DEVICES, PLANT
+from tests.agent.publish.test_payload_schemas import problems
 
 HOUR = 3600.0
 PLC = (
@@ -66,7 +68,12 @@ def test_a_shifted_zero_is_found_when_the_line_stops_and_cleared_after_re_zeroin
         _stop(run, 4 * HOUR, 4.25 * HOUR)
         with caplog.at_level("INFO"):
             run.run_for(4.5 * HOUR)
+        published = [json.loads(m.payload) for m in run.outbox.take(10**6)]
     events = _zero_events(run)
+    zeros = [p for p in published if p["kind"] == "alarm" and "zero_check" in p]
+    assert len(zeros) == 2
+    for payload in zeros:
+        assert problems("alarm", payload) == [], payload
     assert [(e["event"], e["zero_check"]["stream"]) for e in events] == [
         ("zero_drift", "feed_b"),
         ("zero_ok", "feed_b"),

@@ -74,6 +74,8 @@ MISUSE = [
     ["report", "cfg.yaml", "--by", "day", "--shifts", "6h"],
     ["batch", "start", "cfg.yaml", "--node", "reactor", "--batch", "C7-012"],
     ["batch", "end", "cfg.yaml"],
+    ["enter", "cfg.yaml", "--stream", "lorry", "--quantity", "2 t"],
+    ["enter", "cfg.yaml", "--quantity", "2 t"],
     ["nosuchcommand"],
 ]  # fmt: skip
 

@@ -165,7 +165,7 @@ def _commands() -> list[str]:
 def test_the_command_list_is_the_documented_one():
     assert set(_commands()) == {
         *("check", "run", "status", "sim", "demo", "probe", "scan", "bench"),
-        *("reconcile", "report", "ingest", "density", "batch"),
+        *("reconcile", "report", "ingest", "density", "batch", "enter"),
     }
 
 

@@ -1,0 +1,192 @@
+"""Quantities no meter reads (massgate enter): a manual stream's entries land in the window of
+their time, a late one corrects the closed window it belongs to; tickets held against a meter
+give a comparison with its significance. The plant is the built-in one: lorries' weighbridge
+tickets (the manual stream) go into a yard node that FT-101 pumps out of."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from massgate.agent.commands.cli import main
+from massgate.agent.runtime.commandserver import command_socket
+from tests.agent.balance import plantrun
+from tests.agent.balance.test_balance_plant import DEVICES, PLANT
+from tests.agent.balance.test_batch_commands import serving
+from tests.agent.publish.test_payload_schemas import problems
+
+CONFIG = (
+    DEVICES.replace(
+        "{name: feed_a, mass_flow: ft101.mass_flow, accuracy: 0.1 %}",
+        "{name: feed_a, mass_flow: ft101.mass_flow, accuracy: 0.1 %, compare_entries: true}",
+    )
+    + """\
+manual_streams:
+  - {name: tickets, accuracy: 0.2 %, description: weighbridge WB-1}
+nodes:
+  - name: yard
+    inputs: [tickets]
+    outputs: [feed_a]
+    window: {batch: command}
+    tolerance: {relative: 0.5 %}
+    persistence: 1 h
+"""
+)
+assert "compare_entries" in CONFIG
+
+
+def _command(run: plantrun.PlantRun, **request: Any) -> dict[str, Any]:
+    return run.gateway.command(request)
+
+
+def _at(run: plantrun.PlantRun, seconds: float) -> float:
+    """The wall time `seconds` into the plant run."""
+    return plantrun.WALL0 + seconds
+
+
+def test_entries_land_in_their_window_and_a_late_one_corrects_it(tmp_path: Path):
+    clock = {"now": plantrun.WALL0}
+
+    def step(run: plantrun.PlantRun, seconds: float) -> None:
+        run.run_for(seconds)
+        clock["now"] = _at(run, run.now)
+
+    with plantrun.running(tmp_path, CONFIG, PLANT) as run:
+        run.gateway.clock = lambda: clock["now"]  # the plant's wall clock
+        start = {"command": "batch", "node": "yard", "action": "start", "by": "op"}
+        end = {"command": "batch", "node": "yard", "action": "end", "by": "op"}
+        step(run, 300)
+        assert _command(run, **start, batch="B1")["ok"]
+        moved = run.plant.truth().lines["feed"]
+        step(run, 1200)
+        b1 = run.plant.truth().lines["feed"] - moved
+        assert _command(run, **end)["ok"]
+        step(run, 60)
+        # B1 closed with no ticket: all it pumped out looks missing, outside tolerance.
+        (first,) = [b for b in run.of("balance") if b["batch"] == "B1"]
+        assert (first["in_kg"], first["status"], first["revision"]) == (0.0, "warning", 0)
+        # The ticket of the lorry unloaded during B1, entered late.
+        ticket = {"command": "enter", "stream": "tickets", "by": "weighmaster"}
+        answer = _command(run, **ticket, kg=b1, time=_at(run, 900), ticket="WB-0001")
+        assert answer["ok"], answer
+        assert answer["message"].endswith("; 1 closed window(s) corrected")
+        assert answer["entry"]["corrected"] == [
+            {"node": "yard", "window_start": first["window_start"],
+             "window_end": first["window_end"], "revision": 1}
+        ]  # fmt: skip
+        corrected = run.gateway.pending[-2].body
+        assert (corrected["batch"], corrected["revision"]) == ("B1", 1)
+        assert corrected["in_kg"] == pytest.approx(b1)
+        assert corrected["status"] == "ok"
+        assert abs(corrected["imbalance_kg"]) < 0.005 * b1
+        # Its uncertainty now counts the ticket's ±0.2 % too.
+        assert corrected["uncertainty_kg"] > first["uncertainty_kg"]
+        # The same ticket twice, a time to come, a metered stream without a delivery span.
+        again = _command(run, **ticket, kg=b1, time=_at(run, 900), ticket="WB-0001")
+        assert "ticket WB-0001 of tickets was entered at" in again["error"]
+        future = _command(run, **ticket, kg=1.0, time=clock["now"] + 3600)
+        assert "is in the future" in future["error"]
+        assert (
+            "from: expected a number"
+            in _command(run, command="enter", stream="feed_a", kg=1.0, time=clock["now"], by="x")[
+                "error"
+            ]
+        )
+        assert (
+            "is metered: entries are held against its meter"
+            in _command(run, command="enter", stream="product", kg=1.0, time=clock["now"], by="x")[
+                "error"
+            ]
+        )
+        assert "expected a number" in _command(run, **ticket, kg="12 t", time=clock["now"])["error"]
+        # B2: its ticket comes while it runs: in its window from the start, no correction.
+        assert _command(run, **start, batch="B2")["ok"]
+        moved = run.plant.truth().lines["feed"]
+        step(run, 600)
+        b2 = run.plant.truth().lines["feed"] - moved
+        answer = _command(run, **ticket, kg=b2, time=_at(run, run.now - 300), ticket="WB-0002")
+        assert answer["entry"]["corrected"] == []
+        assert _command(run, **end)["ok"]
+        step(run, 60)
+        published = [json.loads(m.payload) for m in run.outbox.take(10**6)]
+    (second,) = [b for b in run.of("balance") if b["batch"] == "B2"]
+    assert (second["revision"], second["status"]) == (0, "ok")
+    assert second["in_kg"] == pytest.approx(b2)
+    entries = [p for p in published if p["kind"] == "entry"]
+    assert [e["ticket"] for e in entries] == ["WB-0001", "WB-0002"]
+    for payload in entries + [p for p in published if p["kind"] == "balance"]:
+        assert problems(payload["kind"], payload) == [], payload
+    # The entries are kept with the totals: a restart has them.
+    again = plantrun.beside(run, tmp_path, CONFIG, gateway="g")
+    try:
+        kept = again.gateway.manual["tickets"]
+        assert [e.ticket for e in kept.entries] == ["WB-0001", "WB-0002"]
+        assert kept.total == pytest.approx(b1 + b2)
+    finally:
+        again.close()
+
+
+def test_a_ticket_is_held_against_the_meter_of_the_same_delivery(tmp_path: Path, capsys):
+    config = tmp_path / "config.yaml"
+    with plantrun.running(tmp_path, CONFIG, PLANT) as run:
+        run.plant.wall_offset = plantrun.WALL0  # the plant's wall clock is the gateway's
+        run.gateway.clock = lambda: plantrun.WALL0 + run.now
+        run.run_for(600)
+        socket_path = command_socket(run.gateway.config.health.socket)
+        before = run.plant.truth_between(_at(run, 100), _at(run, 400)).lines["feed"]
+        args = ["enter", str(config), "--stream", "feed_a", "--by", "weighmaster"]
+        span = ["--from", "2027-01-15T08:01:40Z", "--to", "2027-01-15T08:06:40Z"]
+        with serving(socket_path, run.gateway.command):
+            assert main([*args, *span, "--quantity", f"{before:.3f} kg", "--ticket", "A"]) == 0
+            assert "kg metered: " in capsys.readouterr().out
+            heavy = f"{before * 1.02:.3f} kg"
+            assert main([*args, *span, "--quantity", heavy, "--ticket", "B", "--json"]) == 0
+            entry = json.loads(capsys.readouterr().out)
+            # Before the meter was read: refused, saying what is kept.
+            early = ["--from", "2027-01-15T07:00:00Z", "--to", "2027-01-15T07:10:00Z"]
+            assert main([*args, *early, "--quantity", "1 t"]) == 1
+            assert "is not kept (kept: 2027-01-15T08:00:0" in capsys.readouterr().err
+            assert main([*args, "--quantity", "1 t"]) == 2
+            assert "give the delivery's --from and --to" in capsys.readouterr().err
+            assert main(["enter", str(config), "--stream", "tickets", "--quantity", "1 t",
+                         *span]) == 2  # fmt: skip
+            assert "--from and --to are for a meter's" in capsys.readouterr().err
+        run.run_for(2)  # the cycle that commits them
+    first, second = [r.body for r in run.records if r.kind == "entry"]
+    assert second == entry  # what --json printed is the record
+    assert first["comparison"]["metered_kg"] == pytest.approx(before, rel=2e-3)
+    assert abs(first["comparison"]["z"]) < 2.576
+    assert first["comparison"]["significant"] is False
+    assert entry["comparison"]["relative"] == pytest.approx(0.02, abs=2e-3)
+    assert entry["comparison"]["significant"] is True
+    assert entry["from"] == "2027-01-15T08:01:40.000000Z"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("{name: tickets, accuracy: 0.2 %", "{name: feed_b, accuracy: 0.2 %",
+         "'feed_b' is already a metered stream"),
+        ("inputs: [tickets]", "inputs: [tickest]", "no stream named 'tickest'"),
+        ("window: {batch: command}", "window: 10 min",
+         "tickets is a manual stream: its entries come in lumps"),
+        ("    persistence: 1 h\n", "    persistence: 1 h\n    basis: dry\n",
+         "each stream: tickets, feed_a names no 'moisture'"),
+        ("{name: tickets, accuracy: 0.2 %", "{name: tickets, accuracy: 2 kg",
+         "a fraction is expected"),
+        ("    persistence: 1 h\n",
+         "    persistence: 1 h\nbalance:\n  reconciliation: {window: 10 min}\n",
+         "tickets is a manual stream: reconciliation weighs meters"),
+    ],
+)  # fmt: skip
+def test_manual_stream_configuration_errors(tmp_path: Path, old: str, new: str, message: str):
+    from massgate.agent import config as config_module
+    from massgate.agent.core.yamlsource import ConfigError
+
+    assert old in CONFIG
+    with pytest.raises(ConfigError) as err:
+        config_module.loads(CONFIG.replace(old, new), path=tmp_path / "c.yaml")
+    assert message in str(err.value)
