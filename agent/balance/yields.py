@@ -168,6 +168,17 @@ class Grouping:
         return datetime.fromtimestamp(began, zone).date().isoformat()
 
 
+def latest(balances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each window once, at its latest revision: a late entry's correction replaces the
+    record of the same node and window (in the order they came)."""
+    found: dict[tuple[str, str, str, str | None], dict[str, Any]] = {}
+    for b in balances:
+        key = (b["node"], b.get("window", ""), b.get("window_start") or "", b.get("window_end"))
+        if key not in found or (b.get("revision") or 0) >= (found[key].get("revision") or 0):
+            found[key] = b
+    return list(found.values())
+
+
 def summarize(
     balances: Iterable[dict[str, Any]], grouping: Grouping
 ) -> tuple[list[Group], list[str]]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..balance.yields import BY, Grouping, summarize
+from ..balance.yields import BY, Grouping, latest, summarize
 from ..config import CALENDAR, OUTPUT_CLASSES, PRODUCT
 from ..core import units
 from ..core.yamlsource import ConfigError
@@ -277,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_NOTHING
     wanted = set(args.node or known)
-    balances = [b for b in found["balance"] if b["node"] in wanted]
+    # A window a late entry corrected is kept twice: its correction stands for it.
+    balances = latest(b for b in found["balance"] if b["node"] in wanted)
     alarms = [a for a in found["alarm"] if a["node"] in wanted]
     if grouping is not None:
         groups, overlapping = summarize(balances, grouping)

@@ -116,6 +116,7 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
         check_tag("inventories", i, "mass", inventory.mass, units.MASS)
+        check_tag("inventories", i, "count", inventory.count, units.DIMENSIONLESS)
         check_tag("inventories", i, "moisture", inventory.moisture, units.FRACTION)
         check_tag("inventories", i, "solids", inventory.solids, units.FRACTION)
         if inventory.density is not None:

@@ -168,7 +168,8 @@ class ManualStreamConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryConfig:
-    """Mass in a vessel: ρ · A · level, ρ · strapping(level), or load cells' mass directly."""
+    """Mass in a vessel: ρ · A · level, ρ · strapping(level), or load cells' mass directly;
+    or work in progress: a count of units × the mass of one."""
 
     name: str
     level: str | None  # tag, m
@@ -178,6 +179,10 @@ class InventoryConfig:
     max_age: float  # s
     strapping: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # ... or (m, m³)
     mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
+    # Work in progress counted, not weighed: pieces, pallets, bags × the mass of one
+    # (accuracy is then one unit's ±, kg, and units vary independently).
+    count: str | None = None
+    unit_mass: float | None = None  # kg
     moisture: str | None = None  # an analyzer's water share of what the vessel holds ...
     solids: str | None = None  # ... or its dry share: its dry kilograms for a dry balance
 

@@ -335,18 +335,34 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
     inventory_name = s.take("name", name)
     level = s.take("level", values.tag, None)
     mass = s.take("mass", values.tag, None)
+    count = s.take("count", values.tag, None)
+    unit_mass = s.take("unit_mass", quantity(units.MASS, positive=True), None)
     area = s.take("area", quantity(units.AREA, positive=True), None)
     strapping = _strapping(s.section("strapping", required=False))
     density = None
     if level is not None or s.has("density"):
         density = parse_density(s.section("density"))
-    accuracy_unit = units.MASS if mass is not None else units.LENGTH
+    accuracy_unit = units.MASS if mass is not None or count is not None else units.LENGTH
     accuracy = s.take("accuracy", quantity(accuracy_unit, positive=True))
     max_age = s.take("max_age", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
-    if level is None and mass is None and s.ok:
-        s.fail(None, "an inventory needs 'level' (a tank) or 'mass' (load cells)")
-    if level is not None and mass is not None:
-        s.fail("mass", "give either 'level' or 'mass', not both")
+    given = [k for k, tag in (("level", level), ("mass", mass), ("count", count)) if tag]
+    if not given and s.ok:
+        s.fail(
+            None,
+            "an inventory needs 'level' (a tank), 'mass' (load cells) or 'count' with "
+            "'unit_mass' (work in progress)",
+        )
+    if len(given) > 1:
+        s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
+    if (count is None) != (unit_mass is None) and s.ok:
+        s.fail(
+            "unit_mass" if count is None else "count",
+            "work in progress is a 'count' (a counter's tag) times a 'unit_mass': give both",
+        )
+    if count is not None:
+        for key in ("area", "strapping", "density"):
+            if s.has(key):
+                s.fail(key, "a count of units times their mass needs no gauge; remove this key")
     if mass is not None:
         for key in ("area", "strapping", "density"):
             if s.has(key):
@@ -361,6 +377,8 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
         name=inventory_name,
         level=level,
         mass=mass,
+        count=count,
+        unit_mass=unit_mass,
         area=area,
         strapping=strapping,
         density=density,

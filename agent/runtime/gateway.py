@@ -448,7 +448,7 @@ class Gateway:
             )
             raise ValueError(f"no manual or compared stream named {name!r} ({known or 'none'})")
         kg = _finite(request.get("kg"), "kg")
-        wall = _finite(request.get("time"), "time")
+        wall = _finite(request.get("time", request.get("to")), "time")  # default: its end
         if wall > now + FUTURE:
             raise ValueError(f"time {utc(wall)} is in the future (now {utc(now)})")
         if wall < now - KEEP_ENTRIES:

@@ -41,15 +41,23 @@ class InventoryGauge:
 
     @property
     def tag(self) -> str:
-        tag = self.config.level or self.config.mass
+        tag = self.config.level or self.config.mass or self.config.count
         assert tag is not None
         return tag
 
     def update(
         self, mono: float, value: float, temperature: float = math.nan, pressure: float = math.nan
     ) -> None:
-        """A new reading of the level (m) or of the load cells (kg)."""
+        """A new reading of the level (m), of the load cells (kg) or of the count."""
         if math.isnan(value):
+            return
+        if self.config.count is not None:
+            assert self.config.unit_mass is not None
+            if value < 0 or value != round(value):
+                return  # a count is a whole number: anything else is no reading
+            self.level = value  # the count, for sigma
+            self.mass = value * self.config.unit_mass
+            self.mono = mono
             return
         if self.config.mass is not None:
             self.mass = value
@@ -102,6 +110,8 @@ class InventoryGauge:
         """Standard uncertainty of one mass reading, kg (rated accuracy taken as 2σ)."""
         if self.config.mass is not None:
             return self.config.accuracy / 2.0
+        if self.config.count is not None:  # each unit's mass varies on its own
+            return math.sqrt(max(self.level, 1.0)) * self.config.accuracy / 2.0
         assert self.config.density is not None
         return self.config.density.reference * self._slope * self.config.accuracy / 2.0
 

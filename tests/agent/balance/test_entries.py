@@ -119,6 +119,14 @@ def test_entries_land_in_their_window_and_a_late_one_corrects_it(tmp_path: Path)
     assert [e["ticket"] for e in entries] == ["WB-0001", "WB-0002"]
     for payload in entries + [p for p in published if p["kind"] == "balance"]:
         assert problems(payload["kind"], payload) == [], payload
+    # The report counts B1 once, as corrected.
+    from massgate.agent.balance.yields import Grouping, latest, summarize
+
+    groups, _ = summarize(latest(run.of("balance")), Grouping("batch"))
+    assert [(g.key, g.windows, round(g.in_kg, 3)) for g in groups] == [
+        ("B1", 1, round(b1, 3)),
+        ("B2", 1, round(second["in_kg"], 3)),
+    ]
     # The entries are kept with the totals: a restart has them.
     again = plantrun.beside(run, tmp_path, CONFIG, gateway="g")
     try:
