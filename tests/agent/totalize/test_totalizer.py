@@ -125,7 +125,10 @@ def test_register_rollover_comes_from_the_register_type(tmp_path: Path):
             "    strapping: {level_unit: kg, volume_unit: m3, table: [[0, 0], [500, 2]]}\n",
             "but a length is expected",
         ),
-        ("inventories:\n  - {name: v, accuracy: 1 mm}\n", "needs 'level' (a tank), 'mass' (load cells) or 'count'"),
+        (
+            "inventories:\n  - {name: v, accuracy: 1 mm}\n",
+            "needs 'level' (a tank), 'mass' (load cells) or 'count'",
+        ),
     ],
 )
 def test_bad_totalizer_keys_are_refused_with_the_reason(tmp_path: Path, body: str, message: str):
