@@ -309,12 +309,7 @@ class NodeBalance:
                 continue
             old = closed.result
             terms = self.terms(closed.data_start, closed.data_end)
-            cfg = self.config
-            tolerance = (
-                cfg.tolerance_fixed
-                + cfg.tolerance_relative * terms.throughput
-                + cfg.tolerance_sigma * terms.sigma
-            )
+            tolerance = self._tolerance(terms)
             status = old.status
             if status in (OK, WARNING):  # an alarm raised stays raised: it is not run again
                 status = WARNING if abs(terms.imbalance) > tolerance else OK
@@ -324,6 +319,14 @@ class NodeBalance:
             self.closed[i] = Closed(closed.data_start, closed.data_end, result)
             found.append(result)
         return found
+
+    def _tolerance(self, terms: Terms) -> float:
+        cfg = self.config
+        return (
+            cfg.tolerance_fixed
+            + cfg.tolerance_relative * terms.throughput
+            + cfg.tolerance_sigma * terms.sigma
+        )
 
     def _judge(
         self,
@@ -365,11 +368,7 @@ class NodeBalance:
         else:
             terms = replace(NO_TERMS, by_class=tuple((c, math.nan) for c in self.classes))
             coverage = 0.0
-        tolerance = (
-            cfg.tolerance_fixed
-            + cfg.tolerance_relative * terms.throughput
-            + cfg.tolerance_sigma * terms.sigma
-        )
+        tolerance = self._tolerance(terms)
         conclusive = usable and coverage >= cfg.min_coverage and math.isfinite(terms.imbalance)
         events = self.alarm.step(
             end.mono, end.wall, terms.imbalance, tolerance, conclusive=conclusive

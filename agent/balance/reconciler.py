@@ -111,13 +111,40 @@ class Reconciler:
         if end.mono - start.mono < self.config.window - 1e-6:
             return None, []  # not a full window yet
         values, sigmas = self._measured(start, end)
+        # Two meters sharing an error (a density, a temperature): ρ·σa·σb, for the pairs
+        # whose two meters both read in this window.
+        covariances = {
+            (a, b): r * sigmas[a] * sigmas[b]
+            for a, b, r in self.config.correlations
+            if a in sigmas and b in sigmas
+        }
         try:
-            plain, final = rc.diagnose(self.network, values, sigmas, alpha=self.config.alpha)
+            plain, final = rc.diagnose(
+                self.network, values, sigmas, alpha=self.config.alpha, covariances=covariances
+            )
+            robust = None
+            if self.config.estimator != rc.WLS:
+                robust = rc.robust(
+                    self.network, values, sigmas, estimator=self.config.estimator,
+                    alpha=self.config.alpha,
+                )  # fmt: skip
         except (ValueError, ArithmeticError) as exc:  # numpy's LinAlgError is a ValueError
             log.warning("reconciliation skipped for the window ending now: %s", exc)
             return None, []
         self.last = plain, final
-        return self._body(start, end, plain, final), self._events(plain, final, wall)
+        body = self._body(start, end, plain, final)
+        if robust is not None:
+            z = NormalDist().inv_cdf(1 - robust.alpha / 2)
+            body["robust"] = {
+                "estimator": self.config.estimator,
+                "converged": not robust.unconverged,
+                "streams": [
+                    {"stream": s.name, "reconciled_kg": num(s.reconciled),
+                     "interval_kg": num(z * s.reconciled_sigma)}
+                    for s in robust.streams
+                ],
+            }  # fmt: skip
+        return body, self._events(plain, final, wall)
 
     def _measured(self, start: _Snap, end: _Snap) -> tuple[dict[str, float], dict[str, float]]:
         values: dict[str, float] = {}

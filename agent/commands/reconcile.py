@@ -25,6 +25,7 @@ from statistics import NormalDist
 from typing import Any
 
 from ..balance import reconcile as rc
+from ..config.nodes import parse_correlations
 from ..core import units
 from ..core.yamlsource import (
     ConfigError,
@@ -112,23 +113,7 @@ def load_network(path: Path) -> NetworkFile:
             accuracy[stream_name] = rel
         if usual is not None:
             nominal[stream_name] = usual
-    correlations: dict[tuple[str, str], float] = {}
-    measured = set(sigma) | set(accuracy)
-    for c in top.sections("correlations"):
-        pair = c.take("streams", _pair)
-        rho = c.take("correlation", number)
-        c.finish()
-        if pair is None or rho is None:
-            continue
-        if not -1.0 < rho < 1.0:
-            c.fail("correlation", f"a correlation lies strictly between -1 and 1, got {rho}")
-        for end in pair:
-            if end not in measured:
-                c.fail("streams", f"'{end}' is no measured stream of this network")
-        if pair in correlations or pair[::-1] in correlations:
-            c.fail("streams", f"{pair[0]} and {pair[1]} are correlated twice")
-        if c.ok:
-            correlations[pair] = rho
+    correlations = parse_correlations(top.sections("correlations"), set(sigma) | set(accuracy))
     top.finish()
     report.raise_if_any()
     try:
@@ -138,15 +123,6 @@ def load_network(path: Path) -> NetworkFile:
         report.raise_if_any()
         raise
     return NetworkFile(network, sigma, accuracy, alpha, nominal, correlations)
-
-
-def _pair(value: Any) -> tuple[str, str]:
-    if not isinstance(value, YamlSeq) or len(value) != 2:
-        raise Invalid("expected the two streams whose errors are correlated, e.g. [F2, F4]")
-    first, second = name(value[0]), name(value[1])
-    if first == second:
-        raise Invalid("a stream's error is correlated with another stream's, not its own")
-    return first, second
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,6 +215,15 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
             n for leaf in leaves for g in (terms[leaf.name].inputs, terms[leaf.name].outputs)
             for n in g if n in manual_names
         )  # fmt: skip
+        in_network = {n for leaf in leaves for n in _streams_of(terms[leaf.name])}
+        for a, b, _ in config.reconciliation.correlations:
+            for end in (a, b):
+                if end not in in_network or end in manual_names:
+                    report.add(
+                        root.data.key_lines.get("balance", 1),
+                        "balance.reconciliation.correlations",
+                        f"'{end}' is no metered stream of the reconciled nodes",
+                    )
         if entered:
             line = root.data.key_lines.get("balance", 1)
             report.add(
@@ -261,3 +270,7 @@ def _check_zero_check(
                 f"node reads below its low_flow_cutoff: {', '.join(uncut)} has none (give one, "
                 "or the run tag of the line)",
             )
+
+
+def _streams_of(terms: NodeTerms) -> tuple[str, ...]:
+    return (*terms.inputs, *terms.outputs, *terms.generation, *terms.consumption)

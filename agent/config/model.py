@@ -257,6 +257,8 @@ class ReconciliationConfig:
     every: float  # s
     alpha: float
     confirm: int  # evaluations in a row naming one suspect before it is an alarm
+    estimator: str = "wls"  # huber | fair: each record also carries the robust estimate
+    correlations: tuple[tuple[str, str, float], ...] = ()  # (a, b, r): meters' errors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -264,15 +264,69 @@ def _timezone(value: Any) -> str:
     return zone
 
 
-def parse_reconciliation(s: Section) -> ReconciliationConfig:
+def _pair(stream: Callable[[Any], str]) -> Callable[[Any], tuple[str, str]]:
+    def convert(value: Any) -> tuple[str, str]:
+        if not isinstance(value, list) or len(value) != 2:
+            raise Invalid("expected the two streams whose errors are correlated, e.g. [F2, F4]")
+        first, second = stream(value[0]), stream(value[1])
+        if first == second:
+            raise Invalid("a stream's error is correlated with another stream's, not its own")
+        return first, second
+
+    return convert
+
+
+def parse_correlations(
+    sections: list[Section],
+    measured: set[str] | None = None,
+    stream: Callable[[Any], str] = name,
+) -> dict[tuple[str, str], float]:
+    """`correlations: [{streams: [a, b], correlation: r}]`: two meters' errors correlated (a
+    shared density or temperature); `measured`, when known here, the streams that may be;
+    `stream` reads a stream's name (upstream GATEWAY/NAME)."""
+    correlations: dict[tuple[str, str], float] = {}
+    for c in sections:
+        pair = c.take("streams", _pair(stream))
+        rho = c.take("correlation", number)
+        c.finish()
+        if pair is None or rho is None:
+            continue
+        if not -1.0 < rho < 1.0:
+            c.fail("correlation", f"a correlation lies strictly between -1 and 1, got {rho}")
+        for end in pair:
+            if measured is not None and end not in measured:
+                c.fail("streams", f"'{end}' is no measured stream of this network")
+        if pair in correlations or pair[::-1] in correlations:
+            c.fail("streams", f"{pair[0]} and {pair[1]} are correlated twice")
+        if c.ok:
+            correlations[pair] = rho
+    return correlations
+
+
+def parse_reconciliation(s: Section, stream: Callable[[Any], str] = name) -> ReconciliationConfig:
     window = s.take("window", quantity(units.TIME, minimum=60.0, maximum=MAX_PERIOD), 3600.0)
     every = s.take("every", quantity(units.TIME, minimum=1.0, maximum=DAY), 300.0)
     alpha = s.take("alpha", quantity(units.FRACTION, positive=True), 0.05)
     confirm = s.take("confirm", integer(1, 1000), 3)
+    estimator = s.take("estimator", choice("wls", "huber", "fair"), "wls")
+    correlations = parse_correlations(s.sections("correlations"), stream=stream)
     s.finish()
     if alpha is not None and alpha >= 0.5:
         s.fail("alpha", "a significance level is small, like 0.05")
-    return ReconciliationConfig(window=window, every=every, alpha=alpha, confirm=confirm)
+    if correlations and estimator != "wls":
+        s.fail(
+            "estimator",
+            "the robust estimators take independent errors: huber or fair cannot weigh "
+            "correlated ones (use wls with correlations, or drop them)",
+        )
+    return ReconciliationConfig(
+        window=window,
+        every=every,
+        alpha=alpha,
+        confirm=confirm,
+        estimator=estimator,
+        correlations=tuple((a, b, r) for (a, b), r in correlations.items()),
+    )
 
 
 def node_terms(nodes: tuple[NodeConfig, ...]) -> dict[str, NodeTerms]:

@@ -247,7 +247,7 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
     nodes = [parse_node(n, gateway_terms) for n in items]
     reconciliation = None
     if (section := s.section("reconciliation", required=False)) is not None:
-        reconciliation = parse_reconciliation(section)
+        reconciliation = parse_reconciliation(section, lambda v: gateway_terms(v)[0])
     s.finish()
     seen: dict[str, int] = {}
     for i, (item, node) in enumerate(zip(items, nodes, strict=True)):
@@ -299,6 +299,12 @@ def _balances(s: Section, sites: tuple[str, ...]) -> BalancesConfig | None:
         except ValueError as exc:
             s.fail("reconciliation", f"the nodes do not form a network: {exc}")
             return None
+        within = {x for n in leaves for g in (terms[n].inputs, terms[n].outputs) for x in g}
+        for a, b, _ in reconciliation.correlations:
+            for end in (a, b):
+                if end not in within:
+                    s.fail("reconciliation", f"'{end}' is no stream of the reconciled nodes")
+                    return None
     assert site is not None
     return BalancesConfig(
         site=site,

@@ -1,5 +1,5 @@
-"""The local socket operators command the running agent through (`massgate batch`): one JSON
-request line per connection, one JSON answer, then close.
+"""The local socket operators command the running agent through (`massgate batch`, `enter`): one
+JSON request line per connection, one JSON answer, then close.
 
 Beside the status socket, not on it: status is read by anyone in the massgate group and by
 monitoring every few seconds, and a command changes what the agent records. Both are 0660 in
@@ -10,17 +10,14 @@ opened. A request never reaches a device: it changes the gateway's own records o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config.model import COMMAND_SOCKET
-from ..core.preflight import socket_path_problem
-from .statusserver import exchange
+from .statusserver import LocalServer, exchange
 
 log = logging.getLogger(__name__)
 
@@ -44,41 +41,20 @@ def _busy(_: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "error": "the agent is starting or reloading its configuration; try again"}
 
 
-class CommandServer:
+class CommandServer(LocalServer):
     """Answers each request line on `path` with `handle(request)`, run on the event loop (so
     it never races the pipeline's cycle)."""
 
+    what = "command socket"
+    limit = MAX_REQUEST
+
     def __init__(self, path: Path, handle: Handler = _busy) -> None:
-        self.path = path
+        super().__init__(path)
         self.handle = handle
-        self._server: asyncio.AbstractServer | None = None
 
     def idle(self) -> None:
         """No gateway to command (a reload is between two)."""
         self.handle = _busy
-
-    async def start(self) -> None:
-        if (problem := socket_path_problem(self.path)) is not None:
-            raise OSError(f"command socket: {problem}")
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by an agent that was killed: we hold the state lock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_unix_server(
-            self._serve, path=str(self.path), limit=MAX_REQUEST
-        )
-        os.chmod(self.path, 0o660)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            answer = await self._answer(reader)
-            writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the client went away; nothing to tell it
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
 
     async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
@@ -104,12 +80,3 @@ class CommandServer:
                 "ok": False,
                 "error": "the agent failed to carry out the command (see its journal)",
             }
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()

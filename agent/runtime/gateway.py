@@ -29,13 +29,12 @@ from ..totalize.engine import Engine, PythonEngine
 from ..totalize.engine import load as load_engine
 from ..totalize.engine import loaded as engine_loaded
 from ..totalize.inventories import DryGauge, InventoryGauge
-from ..totalize.manual import KEEP_ENTRIES, Entry, History, ManualStream, comparison
+from ..totalize.manual import History, ManualStream
 from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
 
 FIRST_VALUES_WAIT = 10.0  # s: without telemetry, how long the first values may take at most
-FUTURE = 300.0  # s an entry's time may lie ahead of this clock (the other one's skew)
 BATCH_TAG_AGE = 60.0  # s: an older batch tag value is unknown, and the batch runs on
 SAVE_TOTALS_EVERY = 10.0  # s between saves of the running totals (see take_pending)
 REPORTS_TOTALS = frozenset({"totals", "hourly"})  # records committed with the totals they report
@@ -392,8 +391,10 @@ class Gateway:
         "action": "start"|"end", "batch", "campaign", "by"} or {"command": "enter", ...} (see
         enter). Refusals are answers, never exceptions."""
         if request.get("command") == "enter":
+            from .entries import enter  # noqa: PLC0415  (entries imports this module)
+
             try:
-                return self.enter(request, self.clock())
+                return enter(self, request, self.clock())
             except ValueError as exc:
                 return {"ok": False, "error": str(exc)}
         if request.get("command") != "batch":
@@ -424,112 +425,15 @@ class Gateway:
             by or "unknown", extra={"node": name},
         )  # fmt: skip
         self._batch_state[node.config.name] = {"batch": batch, "campaign": campaign, "by": by}
-        self._totals_saved_at = -math.inf  # saved with the next commit: a restart resumes it
-        self.sync_now = True
+        self.save_soon()  # a restart resumes it
         verb = "begins" if batch else "ends"
         return {"ok": True, "message": f"node {name}: batch {which} {verb} with the next cycle"}
 
-    def enter(self, request: dict[str, Any], now: float) -> dict[str, Any]:
-        """A quantity no meter read (a manual stream's entry), or one to hold against a
-        meter (a weighbridge ticket for a delivery its flow meter measured). The request:
-        stream, kg, time (epoch s), by, and optionally ticket, uncertainty_kg (±, 95 %), and
-        for a metered stream from and to (the delivery's span). Raises ValueError saying
-        why it is refused. Nothing of it is ever sent to a device."""
-        name = request.get("stream")
-        manual, metered = self.manual.get(str(name)), self.streams.get(str(name))
-        if manual is None and (metered is None or not metered.config.compare_entries):
-            if metered is not None:
-                raise ValueError(
-                    f"stream {name} is metered: entries are held against its meter when it "
-                    "has compare_entries: true"
-                )
-            known = ", ".join(
-                [*self.manual, *(n for n, s in self.streams.items() if s.config.compare_entries)]
-            )
-            raise ValueError(f"no manual or compared stream named {name!r} ({known or 'none'})")
-        kg = _finite(request.get("kg"), "kg")
-        wall = _finite(request.get("time", request.get("to")), "time")  # default: its end
-        if wall > now + FUTURE:
-            raise ValueError(f"time {utc(wall)} is in the future (now {utc(now)})")
-        if wall < now - KEEP_ENTRIES:
-            raise ValueError(f"time {utc(wall)} is older than {KEEP_ENTRIES / 86400:.0f} days")
-        by = check_label(request.get("by"), "by")
-        ticket = request.get("ticket")
-        ticket = check_label(ticket, "ticket") if ticket is not None else ""
-        given = request.get("uncertainty_kg")
-        accuracy = (manual or metered).accuracy  # type: ignore[union-attr]
-        uncertainty = abs(kg) * accuracy if given is None else _finite(given, "uncertainty_kg")
-        if uncertainty < 0:
-            raise ValueError("uncertainty_kg: a ± is not negative")
-        body: dict[str, Any] = {
-            "stream": name, "quantity_kg": kg, "uncertainty_kg": uncertainty,
-            "time": utc(wall), "by": by, "ticket": ticket or None, "entered": utc(now),
-        }  # fmt: skip
-        if manual is not None:
-            if ticket and (earlier := manual.ticket(ticket)) is not None:
-                raise ValueError(
-                    f"ticket {ticket} of {name} was entered at {utc(earlier.entered)} by "
-                    f"{earlier.by}: {earlier.kg:g} kg"
-                )
-            manual.add(Entry(str(name), kg, wall, uncertainty, by, ticket, now), now)
-            corrected = []
-            for node in self.nodes:
-                if any(s is manual for s in node.streams):
-                    for result in node.correct(wall):
-                        self.pending.append(Record("balance", balance_body(result), now))
-                        corrected.append(
-                            {"node": result.node, "window_start": utc(result.start_wall),
-                             "window_end": utc(result.end_wall), "revision": result.revision}
-                        )  # fmt: skip
-            body.update(comparison=None, corrected=corrected)
-            message = f"{name}: {kg:g} kg at {utc(wall)} entered"
-            if corrected:
-                message += f"; {len(corrected)} closed window(s) corrected"
-        else:
-            assert metered is not None
-            body.update(self._compared(str(name), metered, request, kg, uncertainty), corrected=[])
-            comparison = body["comparison"]
-            message = (
-                f"{name}: {kg:g} kg against {comparison['metered_kg']:.6g} kg metered: "
-                f"{comparison['difference_kg']:+.6g} kg"
-                + (" (significant at 99 %)" if comparison["significant"] else "")
-            )
-            if comparison["significant"]:
-                log.warning("stream %s: entry %s: %s", name, ticket or utc(wall), message)
-        log.info("entry by %s: %s", by, message)
-        self.pending.append(Record("entry", body, now))
-        # Saved and synced with the next commit, as an alarm is: an operator's entry is not
-        # made twice.
+    def save_soon(self) -> None:
+        """What an operator did (a batch command, an entry): the running totals (where it
+        is kept) saved and synced with the next commit, as an alarm is."""
         self._totals_saved_at = -math.inf
         self.sync_now = True
-        return {"ok": True, "message": message, "entry": body}
-
-    def _compared(
-        self,
-        name: str,
-        metered: StreamTotal,
-        request: dict[str, Any],
-        kg: float,
-        uncertainty: float,
-    ) -> dict[str, Any]:
-        start = _finite(request.get("from"), "from")
-        end = _finite(request.get("to"), "to")
-        if not start < end:
-            raise ValueError("from: the delivery must end after it starts")
-        history = self.history[name]
-        span = history.span
-        at_start, at_end = history.at(start), history.at(end)
-        if span is None or at_start is None or at_end is None:
-            kept = f"{utc(span[0])} to {utc(span[1])}" if span else "nothing yet"
-            raise ValueError(
-                f"the meter's running total for {utc(start)} to {utc(end)} is not kept "
-                f"(kept: {kept}, the last 12 h); enter it once the meter has been read past "
-                "the delivery's end, within 12 h"
-            )
-        found = comparison(kg, uncertainty, at_end - at_start, metered.accuracy)
-        return {"from": utc(start), "to": utc(end), "comparison": {
-            k: num(v) if isinstance(v, float) else v for k, v in found.items()
-        }}  # fmt: skip
 
     def _zero_meters(self, terms: NodeTerms) -> list[Meter]:
         """The node's flow meters (a register has no flow to read still)."""
@@ -641,12 +545,6 @@ class Gateway:
 def manual_key(stream: str) -> str:
     """Where a manual stream's entries are saved (no stream name holds a '/')."""
     return f"manual/{stream}"
-
-
-def _finite(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what}: expected a number, got {value!r}")
-    return float(value)
 
 
 def batch_key(node: str) -> str:

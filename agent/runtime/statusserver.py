@@ -72,31 +72,40 @@ def exchange(
     return result
 
 
-class StatusServer:
-    """Serves `get()` as JSON to every connection on `path`."""
+class LocalServer:
+    """A Unix socket in the state directory, 0660 (the massgate group), answering each
+    connection with one JSON line from `_answer`, then closing it."""
 
-    def __init__(self, path: Path, get: Callable[[], dict[str, Any]]) -> None:
+    what = "socket"
+    limit = 2**16  # bytes of a line read from a client
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.get = get
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         if (problem := socket_path_problem(self.path)) is not None:
-            raise OSError(f"status socket: {problem}")
+            raise OSError(f"{self.what}: {problem}")
         # We hold the state lock: a socket here was left by an agent that was killed.
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        # The group (massgate) may read the status; others may not.
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=self.limit
+        )
+        # The group (massgate) may ask; others may not.
         os.chmod(self.path, 0o660)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        raise NotImplementedError
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(json.dumps(self.get(), separators=(",", ":")).encode() + b"\n")
+            answer = await self._answer(reader)
+            writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, OSError):
-            pass  # the reader went away; nothing to tell it
+            pass  # the client went away; nothing to tell it
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -110,3 +119,16 @@ class StatusServer:
         self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class StatusServer(LocalServer):
+    """Serves `get()` as JSON to every connection on `path`."""
+
+    what = "status socket"
+
+    def __init__(self, path: Path, get: Callable[[], dict[str, Any]]) -> None:
+        super().__init__(path)
+        self.get = get
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        return self.get()

@@ -581,3 +581,26 @@ def test_a_judge_that_fails_says_so_and_starts_over(
         judge.join(30)
     assert "judging failed" in caplog.text
     assert "RuntimeError: a bug" in caplog.text
+
+
+def test_the_site_reconciliation_takes_an_estimator_and_gateway_streams_correlated(
+    tmp_path: Path,
+):
+    path = tmp_path / "ingest.yaml"
+    base = INGEST.format(wait="1 d").split("balances:")[0]
+    nodes = (
+        "balances:\n  nodes:\n"
+        "    - {name: a, inputs: [g/x], outputs: [g/y], window: 1 h, persistence: 0 s}\n"
+        "    - {name: b, inputs: [g/y], outputs: [g/z], window: 1 h, persistence: 0 s}\n"
+        "  reconciliation:\n"
+    )
+    path.write_text(base + nodes + "    correlations: [{streams: [g/x, g/y], correlation: 0.5}]\n")
+    config = ingest_config.load(path)
+    assert config.balances is not None
+    assert config.balances.reconciliation is not None
+    assert config.balances.reconciliation.correlations == (("g/x", "g/y", 0.5),)
+    path.write_text(base + nodes + "    correlations: [{streams: [g/x, g/w], correlation: 0.5}]\n")
+    with pytest.raises(ConfigError, match="'g/w' is no stream of the reconciled nodes"):
+        ingest_config.load(path)
+    path.write_text(base + nodes + "    estimator: huber\n")
+    assert ingest_config.load(path).balances.reconciliation.estimator == "huber"  # type: ignore[union-attr]
