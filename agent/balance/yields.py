@@ -101,14 +101,8 @@ class Group:
         theory = self.theoretical_yield
         product = self.outputs_kg.get(PRODUCT)
         gap = theory * self.fed_kg - product if theory is not None and product is not None else None
-        return {
-            "node": self.node,
-            "group": self.key,
-            "first_window_start": self.start,
-            "last_window_end": self.end,
-            "windows": self.windows,
-            "windows_without_data": self.without_data,
-            "statuses": dict(sorted(self.statuses.items())),
+        summed = self.windows > self.without_data
+        amounts: dict[str, Any] = {
             "in_kg": self.in_kg,
             "out_kg": self.out_kg,
             "generation_kg": self.generation_kg,
@@ -121,6 +115,18 @@ class Group:
             "known_loss_kg": self.known_loss_kg,
             "unaccounted_kg": self.imbalance_kg,
             "unaccounted_uncertainty_kg": self.uncertainty_kg,
+        }
+        if not summed:  # no window had data: nothing was measured, not zero
+            amounts = {k: {} if k == "outputs_kg" else None for k in amounts}
+        return {
+            "node": self.node,
+            "group": self.key,
+            "first_window_start": self.start,
+            "last_window_end": self.end,
+            "windows": self.windows,
+            "windows_without_data": self.without_data,
+            "statuses": dict(sorted(self.statuses.items())),
+            **amounts,
         }
 
 

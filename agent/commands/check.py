@@ -29,7 +29,9 @@ def main(args: argparse.Namespace) -> int:
     brokers = ", ".join(str(b) for b in config.mqtt.brokers) if config.mqtt else "none"
     print(
         f"{args.config}: OK: {len(config.devices)} devices ({points} points), "
-        f"{len(config.streams)} streams, {len(config.inventories)} inventories, "
+        f"{len(config.streams)} streams"
+        + (f" (+{len(config.manual_streams)} manual)" if config.manual_streams else "")
+        + f", {len(config.inventories)} inventories, "
         f"{len(config.nodes)} nodes; brokers: {brokers}; state in {config.gateway.state_dir}"
     )
     return EXIT_OK

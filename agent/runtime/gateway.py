@@ -436,13 +436,17 @@ class Gateway:
         self.sync_now = True
 
     def _zero_meters(self, terms: NodeTerms) -> list[Meter]:
-        """The node's flow meters (a register has no flow to read still)."""
+        """The node's flow meters (a register has no flow to read still; a manual stream is
+        no meter), each then keeping its last raw reading."""
         names = (*terms.inputs, *terms.outputs, *terms.generation, *terms.consumption)
-        return [
+        meters = [
             Meter(n, s, s.config.low_flow_cutoff, s.config.max_gap, s.config.zero_stability)
             for n in names
-            if (s := self.streams[n]).config.mass_total is None
+            if (s := self.streams.get(n)) is not None and s.config.mass_total is None
         ]
+        for meter in meters:
+            self.streams[meter.name].watched = True
+        return meters
 
     def _telemetry_due(self, mono: float) -> bool:
         """The first telemetry goes as soon as every device has answered (or failed) once, so

@@ -101,7 +101,9 @@ class StreamTotal:
         self.composition_flag: str | None = None
         self.alarm_samples: dict[str, int] = {}  # alarm flag's tag → samples taken under it
         # The last good sample as the meter gave it, before the low-flow cut-off: its signal
-        # (SI of its kind), its mass flow (kg/s) and its time. A zero check reads them.
+        # (SI of its kind), its mass flow (kg/s) and its time, kept only while a zero check
+        # watches the stream (`watched`, set by the gateway): a cycle pays nothing otherwise.
+        self.watched = False
         self.signal = math.nan
         self.raw_flow = math.nan
         self.raw_mono = math.nan
@@ -255,7 +257,7 @@ class StreamTotal:
             self.state = self.engine.integrate_flow(
                 t, mass_flow, good, self.state, cfg.max_gap, cfg.low_flow_cutoff * factor
             )
-        if cfg.mass_total is None:
+        if self.watched:
             raw = flow * averaged["density"] * factor if "density" in averaged else flow * factor
             finite = np.flatnonzero(np.isfinite(raw))
             if finite.size:

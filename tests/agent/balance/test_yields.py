@@ -204,3 +204,16 @@ def test_an_outer_node_keeps_the_classes_of_its_inner_nodes(tmp_path: Path):
     again = text.replace("    nodes: [line, tank]\n", "    nodes: [line, tank]\n" + rework)
     terms = config_module.node_terms(config_module.loads(again, path=tmp_path / "c.yaml").nodes)
     assert terms["site"].output_classes == (("scrap", "rework"),)
+
+
+def test_a_batch_without_data_sums_to_nothing_known_not_to_zero():
+    window = {"node": "yard", "window": "batch", "batch": "C1-001", "campaign": None,
+              "window_start": "2027-01-15T08:00:00Z", "window_end": "2027-01-15T09:00:00Z",
+              "in_kg": None, "out_kg": None, "delta_inventory_kg": None, "imbalance_kg": None,
+              "status": "inconclusive"}  # fmt: skip
+    (group,), _ = summarize([window], Grouping("batch"))
+    body = group.body()
+    assert (body["windows"], body["windows_without_data"]) == (1, 1)
+    assert body["in_kg"] is None
+    assert body["unaccounted_kg"] is None
+    assert body["outputs_kg"] == {}

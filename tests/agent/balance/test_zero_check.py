@@ -180,3 +180,20 @@ def test_a_node_without_a_meter_to_zero_is_refused(tmp_path: Path):
     text = DEVICES + NODE.format(zero_check="{running: ft101.mass_flow}")
     with pytest.raises(ConfigError, match="no stream of the node gives its meter's"):
         config_module.loads(text, path=tmp_path / "c.yaml")
+
+
+def test_a_manual_stream_in_a_zero_checked_node_is_no_meter_to_zero(tmp_path: Path):
+    """Entries in the node (a weighbridge's) take no part in the zero check: the gateway
+    builds (it once looked the manual stream up among the meters), and only meters are
+    watched."""
+    config = CUT.replace("inventories:\n", "manual_streams:\n  - {name: tickets, accuracy: 0.1 %}\n"
+                         "inventories:\n") + NODE.format(
+        zero_check="{settle: 1 min, over: 5 min}"
+    ).replace("inputs: [feed_b]", "inputs: [feed_b, tickets]").replace(
+        "window: 10 min", "window: {batch: command}"
+    )  # fmt: skip
+    with plantrun.running(tmp_path, config, PLANT) as run:
+        (check,) = run.gateway.zero_checks
+        assert [m.name for m in check.meters] == ["feed_b", "product"]
+        assert run.gateway.streams["feed_b"].watched
+        assert not run.gateway.streams["feed_a"].watched
