@@ -58,13 +58,15 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
         "stream": name, "quantity_kg": kg, "uncertainty_kg": uncertainty,
         "time": utc(wall), "by": by, "ticket": ticket or None, "entered": utc(now),
     }  # fmt: skip
+    book = manual if manual is not None else gateway.tickets[str(name)]
+    if ticket and (earlier := book.ticket(ticket)) is not None:
+        raise ValueError(
+            f"ticket {ticket} of {name} was entered at {utc(earlier.entered)} by "
+            f"{earlier.by}: {earlier.kg:g} kg"
+        )
+    entry = Entry(str(name), kg, wall, uncertainty, by, ticket, now)
     if manual is not None:
-        if ticket and (earlier := manual.ticket(ticket)) is not None:
-            raise ValueError(
-                f"ticket {ticket} of {name} was entered at {utc(earlier.entered)} by "
-                f"{earlier.by}: {earlier.kg:g} kg"
-            )
-        manual.add(Entry(str(name), kg, wall, uncertainty, by, ticket, now), now)
+        manual.add(entry, now)
         corrected = []
         for node in gateway.nodes:
             if any(s is manual for s in node.streams):
@@ -81,6 +83,7 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
     else:
         assert metered is not None
         body.update(_compared(gateway, str(name), metered, request, kg, uncertainty), corrected=[])
+        gateway.tickets[str(name)].add(entry, now)
         comparison = body["comparison"]
         message = (
             f"{name}: {kg:g} kg against {comparison['metered_kg']:.6g} kg metered: "

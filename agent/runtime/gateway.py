@@ -29,7 +29,7 @@ from ..totalize.engine import Engine, PythonEngine
 from ..totalize.engine import load as load_engine
 from ..totalize.engine import loaded as engine_loaded
 from ..totalize.inventories import DryGauge, InventoryGauge
-from ..totalize.manual import History, ManualStream
+from ..totalize.manual import History, ManualStream, Tickets
 from ..totalize.streams import StreamTotal
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,11 @@ class Gateway:
         }
         # Metered streams whose entries compare with them: their running total for 12 h.
         self.history = {s.name: History() for s in config.streams if s.compare_entries}
+        self.tickets = {
+            s.name: Tickets(saved.get(tickets_key(s.name)))
+            for s in config.streams
+            if s.compare_entries
+        }
         terms = node_terms(config.nodes)
         self.dry_gauges = {
             v.name: DryGauge(self.inventories[v.name])
@@ -543,7 +548,13 @@ class Gateway:
         totals.update({dry_key(name): twin.saved() for name, twin in self.dry.items()})
         totals.update({batch_key(n): state for n, state in self._batch_state.items()})
         totals.update({manual_key(n): m.saved() for n, m in self.manual.items()})
+        totals.update({tickets_key(n): t.saved() for n, t in self.tickets.items() if t.entries})
         return records, totals
+
+
+def tickets_key(stream: str) -> str:
+    """Where a compared stream's tickets are saved (no stream name holds a '/')."""
+    return f"tickets/{stream}"
 
 
 def manual_key(stream: str) -> str:

@@ -81,6 +81,23 @@ class ManualStream:
         return {"total": self.total, "entries": [asdict(e) for e in self.entries]}
 
 
+class Tickets:
+    """The tickets held against a meter (a compared stream's entries): each taken once."""
+
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        self.entries = [Entry(**item) for item in (saved or {}).get("entries", [])]
+
+    def ticket(self, ticket: str) -> Entry | None:
+        return next((e for e in self.entries if ticket and e.ticket == ticket), None)
+
+    def add(self, entry: Entry, now: float) -> None:
+        self.entries = [e for e in self.entries if e.wall >= now - KEEP_ENTRIES]
+        self.entries.append(entry)
+
+    def saved(self) -> dict[str, Any]:
+        return {"entries": [asdict(e) for e in self.entries]}
+
+
 class History:
     """A metered stream's running total (net kg) against wall time, for the last 12 h."""
 

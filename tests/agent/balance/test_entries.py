@@ -153,6 +153,9 @@ def test_a_ticket_is_held_against_the_meter_of_the_same_delivery(tmp_path: Path,
             heavy = f"{before * 1.02:.3f} kg"
             assert main([*args, *span, "--quantity", heavy, "--ticket", "B", "--json"]) == 0
             entry = json.loads(capsys.readouterr().out)
+            # A ticket is held against the meter once.
+            assert main([*args, *span, "--quantity", heavy, "--ticket", "B"]) == 1
+            assert "ticket B of feed_a was entered at" in capsys.readouterr().err
             # Before the meter was read: refused, saying what is kept.
             early = ["--from", "2027-01-15T07:00:00Z", "--to", "2027-01-15T07:10:00Z"]
             assert main([*args, *early, "--quantity", "1 t"]) == 1
