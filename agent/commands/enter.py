@@ -24,13 +24,20 @@ def setup(p: argparse.ArgumentParser) -> None:
         "window it falls in is judged again and published as a correction (revision n). "
         "For a metered stream with compare_entries: true, the entry is held against what "
         "its meter measured from --from to --to (the same delivery), with the difference "
-        "and its significance. Every entry is a record of its own, kept and published; none "
+        "and its significance. --inventory with --count enters a stocktake of work in progress "
+        "(an inventory with count: entry): it stands from now until the next. "
+        "Every entry is a record of its own, kept and published; none "
         "reaches a device. Exit status 0 when the agent took it, 1 when it refused it or is "
         "not running, 2 for bad input."
     )
     p.add_argument("config", metavar="CONFIG", help="the agent's YAML configuration file")
-    p.add_argument("--stream", required=True, help="a manual stream, or a compared one")
-    p.add_argument("--quantity", required=True, help='with its unit, like "12.34 t"')
+    p.add_argument("--stream", help="a manual stream, or a compared one")
+    p.add_argument("--quantity", help='with its unit, like "12.34 t"')
+    p.add_argument(
+        "--inventory",
+        help="a stocktake instead: the inventory (count: entry) whose units were counted",
+    )
+    p.add_argument("--count", type=int, help="a stocktake: the units counted, from now on")
     p.add_argument(
         "--time", help="when it happened: ISO 8601, UTC unless it says (default: now, or --to)"
     )
@@ -48,8 +55,6 @@ def setup(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..balance.windows import check_label  # noqa: PLC0415
-    from ..runtime.commandserver import command_socket, send  # noqa: PLC0415
-    from ..runtime.statusserver import StatusUnavailable  # noqa: PLC0415
     from .report import parse_time  # noqa: PLC0415
 
     def fail(message: str) -> int:
@@ -61,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print_config_error(exc)
         return EXIT_BAD_CONFIG
+    if (args.stream is None) == (args.inventory is None):
+        return fail("give --stream (with --quantity) or --inventory (with --count)")
+    if args.inventory is not None:
+        return _stocktake(args, config, fail)
+    if args.quantity is None or args.count is not None:
+        return fail("a stream's entry is a --quantity with its unit (--count is a stocktake's)")
     manual = {m.name for m in config.manual_streams}
     compared = {s.name for s in config.streams if s.compare_entries}
     if args.stream not in manual | compared:
@@ -91,6 +102,35 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if not all(math.isfinite(v) for v in request.values() if isinstance(v, float)):
         return fail("a quantity or time is not a finite number")
+    return _send(args, config, request)
+
+
+def _stocktake(args: argparse.Namespace, config: Any, fail: Any) -> int:
+    from ..balance.windows import check_label  # noqa: PLC0415
+    from ..config.model import ENTERED  # noqa: PLC0415
+
+    counted = [v.name for v in config.inventories if v.count == ENTERED]
+    if args.inventory not in counted:
+        listed = ", ".join(counted) or "none are configured"
+        return int(fail(f"no inventory counted by entry named '{args.inventory}' ({listed})"))
+    if args.count is None or args.count < 0:
+        return int(fail("a stocktake gives --count, the units counted (0 or more)"))
+    if args.quantity is not None or args.start is not None or args.time is not None:
+        return int(fail("a stocktake is a --count from now on: no --quantity, --time or --from"))
+    request: dict[str, Any] = {"command": "enter", "inventory": args.inventory, "count": args.count}
+    try:
+        request["by"] = check_label(args.by if args.by is not None else login_name(), "--by")
+        if args.ticket is not None:
+            request["ticket"] = check_label(args.ticket, "--ticket")
+    except ValueError as exc:
+        return int(fail(str(exc)))
+    return _send(args, config, request)
+
+
+def _send(args: argparse.Namespace, config: Any, request: dict[str, Any]) -> int:
+    from ..runtime.commandserver import command_socket, send  # noqa: PLC0415
+    from ..runtime.statusserver import StatusUnavailable  # noqa: PLC0415
+
     try:
         answer = send(command_socket(config.health.socket), request)
     except StatusUnavailable as exc:

@@ -13,7 +13,7 @@ from ..core.yamlsource import (
     Section,
 )
 from .devices import DeviceParsers
-from .model import ROLLING, Config, NodeConfig, NodeCycle, NodeTerms, StreamConfig
+from .model import ENTERED, ROLLING, Config, NodeConfig, NodeCycle, NodeTerms, StreamConfig
 from .nodes import node_terms
 
 
@@ -116,7 +116,8 @@ def cross_check(config: Config, root: Section, report: Report, parsers: DevicePa
     for i, inventory in enumerate(config.inventories):
         check_tag("inventories", i, "level", inventory.level, units.LENGTH)
         check_tag("inventories", i, "mass", inventory.mass, units.MASS)
-        check_tag("inventories", i, "count", inventory.count, units.DIMENSIONLESS)
+        counter = inventory.count if inventory.count != ENTERED else None
+        check_tag("inventories", i, "count", counter, units.DIMENSIONLESS)
         check_tag("inventories", i, "moisture", inventory.moisture, units.FRACTION)
         check_tag("inventories", i, "solids", inventory.solids, units.FRACTION)
         if inventory.density is not None:

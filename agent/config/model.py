@@ -181,7 +181,7 @@ class InventoryConfig:
     mass: str | None = None  # tag of a load-cell amplifier's net mass, kg
     # Work in progress counted, not weighed: pieces, pallets, bags × the mass of one
     # (accuracy is then one unit's ±, kg, and units vary independently).
-    count: str | None = None
+    count: str | None = None  # a counter's tag, or ENTERED: a stocktake by massgate enter
     unit_mass: float | None = None  # kg
     moisture: str | None = None  # an analyzer's water share of what the vessel holds ...
     solids: str | None = None  # ... or its dry share: its dry kilograms for a dry balance
@@ -192,6 +192,7 @@ class InventoryConfig:
 
 
 ROLLING, CALENDAR, BATCH = "rolling", "calendar", "batch"
+ENTERED = "entry"  # an inventory's count: entered by hand (a stocktake), not read from a tag
 
 # What a node's output is: yield counts product; scrap, waste and emission are losses we know
 # of; byproduct, rework and hold leave the node but are neither yield nor loss (hold: not yet

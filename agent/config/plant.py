@@ -23,6 +23,7 @@ from ..totalize import density as density_models
 from .model import (
     API_COMMODITIES,
     DENSITY_MODELS,
+    ENTERED,
     MAX_ACCURACY,
     MAX_DENSITY,
     MAX_EXPANSION,
@@ -335,7 +336,7 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
     inventory_name = s.take("name", name)
     level = s.take("level", values.tag, None)
     mass = s.take("mass", values.tag, None)
-    count = s.take("count", values.tag, None)
+    count = s.take("count", _count_source, None)
     unit_mass = s.take("unit_mass", quantity(units.MASS, positive=True), None)
     area = s.take("area", quantity(units.AREA, positive=True), None)
     strapping = _strapping(s.section("strapping", required=False))
@@ -387,6 +388,15 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
         moisture=moisture,
         solids=solids,
     )
+
+
+def _count_source(value: Any) -> str:
+    if value == ENTERED:
+        return ENTERED
+    try:
+        return values.tag(value)
+    except Invalid as exc:
+        raise Invalid(f"{exc}; or 'entry' for a count entered by massgate enter") from None
 
 
 def _dry_share(s: Section) -> tuple[str | None, str | None]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..balance.terms import balance_body
 from ..balance.windows import check_label
+from ..config.model import ENTERED
 from ..core.records import Record, num, utc
 from ..totalize.manual import KEEP_ENTRIES, Entry, comparison
 
@@ -28,6 +29,8 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
     stream, kg, time (epoch s), by, and optionally ticket, uncertainty_kg (±, 95 %), and
     for a metered stream from and to (the delivery's span). Raises ValueError saying
     why it is refused. Nothing of it is ever sent to a device."""
+    if "inventory" in request:
+        return _stocktake(gateway, request, now)
     name = request.get("stream")
     manual, metered = gateway.manual.get(str(name)), gateway.streams.get(str(name))
     if manual is None and (metered is None or not metered.config.compare_entries):
@@ -95,6 +98,37 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
     log.info("entry by %s: %s", by, message)
     gateway.pending.append(Record("entry", body, now))
     gateway.save_soon()  # an operator's entry is not made twice
+    return {"ok": True, "message": message, "entry": body}
+
+
+def _stocktake(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, Any]:
+    """A count of work in progress (an inventory with count: entry): it stands from now until
+    the next one, as the counter's reading would."""
+    name = str(request.get("inventory"))
+    gauge = gateway.inventories.get(name)
+    if gauge is None or gauge.config.count != ENTERED:
+        known = ", ".join(n for n, g in gateway.inventories.items() if g.config.count == ENTERED)
+        raise ValueError(f"no inventory counted by entry named {name!r} ({known or 'none'})")
+    count = request.get("count")
+    if isinstance(count, float) and count.is_integer():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count: a whole number of units, 0 or more, got {count!r}")
+    by = check_label(request.get("by"), "by")
+    ticket = request.get("ticket")
+    ticket = check_label(ticket, "ticket") if ticket is not None else ""
+    gauge.enter_count(count)
+    kg = float(gauge.mass or 0.0)
+    gateway.counts[name] = {"count": count, "entered": now, "by": by}
+    body: dict[str, Any] = {
+        "stream": None, "inventory": name, "count": count, "quantity_kg": kg,
+        "uncertainty_kg": 2 * gauge.sigma, "time": utc(now), "by": by,
+        "ticket": ticket or None, "entered": utc(now), "comparison": None, "corrected": [],
+    }  # fmt: skip
+    message = f"{name}: {count} units, {kg:g} kg, from now on"
+    log.info("entry by %s: %s", by, message)
+    gateway.pending.append(Record("entry", body, now))
+    gateway.save_soon()
     return {"ok": True, "message": message, "entry": body}
 
 

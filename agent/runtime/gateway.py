@@ -22,6 +22,7 @@ from ..balance.terms import AlarmEvent, Weighed, alarm_body, balance_body, log_e
 from ..balance.windows import check_label
 from ..balance.zero import Meter, ZeroCheck, zero_body
 from ..config import BATCH, Config, NodeTerms, node_terms
+from ..config.model import ENTERED
 from ..core.records import Record, num, utc
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
@@ -96,6 +97,13 @@ class Gateway:
         carried.update(self.streams)
         carried.update({dry_key(name): twin for name, twin in self.dry.items()})
         self.inventories = {v.name: InventoryGauge(v, engine=engine) for v in config.inventories}
+        # Stocktakes (count: entry) stand until the next one, across restarts.
+        self.counts: dict[str, dict[str, Any]] = {}
+        for v in config.inventories:
+            kept = saved.get(count_key(v.name))
+            if v.count == ENTERED and isinstance(kept, dict) and isinstance(kept.get("count"), int):
+                self.inventories[v.name].enter_count(kept["count"])
+                self.counts[v.name] = kept
         self.manual = {
             m.name: ManualStream(m, saved.get(manual_key(m.name))) for m in config.manual_streams
         }
@@ -548,8 +556,14 @@ class Gateway:
         totals.update({dry_key(name): twin.saved() for name, twin in self.dry.items()})
         totals.update({batch_key(n): state for n, state in self._batch_state.items()})
         totals.update({manual_key(n): m.saved() for n, m in self.manual.items()})
+        totals.update({count_key(n): kept for n, kept in self.counts.items()})
         totals.update({tickets_key(n): t.saved() for n, t in self.tickets.items() if t.entries})
         return records, totals
+
+
+def count_key(inventory: str) -> str:
+    """Where an inventory's last stocktake is saved (no name holds a '/')."""
+    return f"count/{inventory}"
 
 
 def tickets_key(stream: str) -> str:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from ..config import DensityModel, InventoryConfig
+from ..config.model import ENTERED, DensityModel, InventoryConfig
 from .conditions import density_at
 from .engine import Engine, load
 
@@ -41,7 +41,8 @@ class InventoryGauge:
 
     @property
     def tag(self) -> str:
-        tag = self.config.level or self.config.mass or self.config.count
+        count = self.config.count if self.config.count != ENTERED else ""
+        tag = self.config.level or self.config.mass or count
         assert tag is not None
         return tag
 
@@ -100,7 +101,16 @@ class InventoryGauge:
         self._slope = float((volumes[i] - volumes[i - 1]) / (levels[i] - levels[i - 1]))
         return volume
 
+    def enter_count(self, count: int) -> None:
+        """A stocktake (count: entry): it stands until the next one."""
+        assert self.config.unit_mass is not None
+        self.level = float(count)
+        self.mass = count * self.config.unit_mass
+        self.mono = math.inf
+
     def mass_at(self, mono: float) -> float | None:
+        if self.config.count == ENTERED:
+            return self.mass
         if self.mass is None or mono - self.mono > self.config.max_age:
             return None
         return self.mass

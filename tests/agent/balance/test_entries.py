@@ -201,3 +201,69 @@ def test_manual_stream_configuration_errors(tmp_path: Path, old: str, new: str, 
     with pytest.raises(ConfigError) as err:
         config_module.loads(CONFIG.replace(old, new), path=tmp_path / "c.yaml")
     assert message in str(err.value)
+
+
+STOCK = (
+    DEVICES.replace(
+        "inventories:\n",
+        "inventories:\n  - {name: pallets, count: entry, unit_mass: 50 kg, accuracy: 1 kg}\n",
+    )
+    + """\
+nodes:
+  - name: store
+    inputs: [feed_a]
+    inventories: [pallets]
+    window: {batch: command}
+    tolerance: {fixed: 50 kg, relative: 0.5 %}
+    persistence: 0s
+"""
+)
+
+
+def test_a_stocktake_of_work_in_progress_closes_the_batch(tmp_path: Path, capsys):
+    """The feed is palletized at 50 kg a pallet; nobody counts pallets automatically. The
+    store is counted at the batch's start and end (massgate enter --inventory --count)."""
+    config = tmp_path / "config.yaml"
+    with plantrun.running(tmp_path, STOCK, PLANT) as run:
+        socket_path = command_socket(run.gateway.config.health.socket)
+        args = ["enter", str(config), "--inventory", "pallets", "--by", "storeman"]
+        start = {"command": "batch", "node": "store", "action": "start", "by": "op", "batch": "S1"}
+        with serving(socket_path, run.gateway.command):
+            assert main([*args, "--count", "0"]) == 0
+            assert capsys.readouterr().out == "pallets: 0 units, 0 kg, from now on\n"
+            run.run_for(4)
+            assert run.gateway.command(start)["ok"]
+            before = run.plant.truth().lines["feed"]
+            run.run_for(1200)
+            pallets = round((run.plant.truth().lines["feed"] - before) / 50)
+            assert main([*args, "--count", str(pallets), "--ticket", "ST-2"]) == 0
+            capsys.readouterr()
+            assert run.gateway.command({**start, "action": "end"})["ok"]
+            run.run_for(4)
+            assert main([*args, "--count", "-1"]) == 2
+            assert "--count, the units counted" in capsys.readouterr().err
+            assert main([*args, "--count", "3", "--quantity", "2 t"]) == 2
+            assert "no --quantity, --time or --from" in capsys.readouterr().err
+            assert main(["enter", str(config), "--stream", "feed_a", "--count", "3"]) == 2
+            assert main(["enter", str(config), "--inventory", "nowhere", "--count", "3"]) == 2
+            assert "no inventory counted by entry named 'nowhere' (pallets)" in (
+                capsys.readouterr().err
+            )
+        published = [json.loads(m.payload) for m in run.outbox.take(10**6)]
+    (window,) = [b for b in run.of("balance") if b["node"] == "store"]
+    assert window["delta_inventory_kg"] == pallets * 50
+    assert abs(window["imbalance_kg"]) <= 25 + 1
+    assert window["status"] == "ok"
+    stocktakes = [p for p in published if p["kind"] == "entry"]
+    assert [(e["inventory"], e["count"], e["ticket"]) for e in stocktakes] == [
+        ("pallets", 0, None),
+        ("pallets", pallets, "ST-2"),
+    ]
+    for payload in stocktakes:
+        assert problems("entry", payload) == [], payload
+    # The last count stands after a restart.
+    again = plantrun.beside(run, tmp_path, STOCK, gateway="g")
+    try:
+        assert again.gateway.inventories["pallets"].mass_at(0.0) == pallets * 50
+    finally:
+        again.close()
