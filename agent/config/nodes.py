@@ -199,15 +199,6 @@ def _clock_time(value: Any) -> tuple[int, int]:
 COMMAND = "command"
 
 
-def _batch_source(value: Any) -> str | None:
-    if value == COMMAND:
-        return None
-    try:
-        return values.tag(value)
-    except Invalid as exc:
-        raise Invalid(f"{exc}; or 'command' for batches by massgate batch start|end") from None
-
-
 def _calendar_or_batch(s: Section) -> dict[str, Any]:
     if s.has("batch") == s.has("calendar"):
         s.fail(None, "give 'calendar: [06:00, 14:00, 22:00]' (with 'timezone') or 'batch: TAG'")
@@ -215,7 +206,8 @@ def _calendar_or_batch(s: Section) -> dict[str, Any]:
         return {}
     if s.has("batch"):
         # A batch begins and ends by a tag, or by `massgate batch start|end` (no tag).
-        tag = s.take("batch", _batch_source)
+        source = s.take("batch", values.tag_or(COMMAND, "batches by massgate batch start|end"))
+        tag = None if source == COMMAND else source
         campaign = s.take("campaign", values.tag, None)
         s.finish()
         if not s.ok:

@@ -336,14 +336,15 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
     inventory_name = s.take("name", name)
     level = s.take("level", values.tag, None)
     mass = s.take("mass", values.tag, None)
-    count = s.take("count", _count_source, None)
+    count = s.take("count", values.tag_or(ENTERED, "a count entered by massgate enter"), None)
     unit_mass = s.take("unit_mass", quantity(units.MASS, positive=True), None)
     area = s.take("area", quantity(units.AREA, positive=True), None)
     strapping = _strapping(s.section("strapping", required=False))
     density = None
     if level is not None or s.has("density"):
         density = parse_density(s.section("density"))
-    accuracy_unit = units.MASS if mass is not None or count is not None else units.LENGTH
+    # By the keys given, not their values: a misspelt tag is one problem, not two.
+    accuracy_unit = units.MASS if s.has("mass") or s.has("count") else units.LENGTH
     accuracy = s.take("accuracy", quantity(accuracy_unit, positive=True))
     max_age = s.take("max_age", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
     given = [k for k, tag in (("level", level), ("mass", mass), ("count", count)) if tag]
@@ -388,15 +389,6 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
         moisture=moisture,
         solids=solids,
     )
-
-
-def _count_source(value: Any) -> str:
-    if value == ENTERED:
-        return ENTERED
-    try:
-        return values.tag(value)
-    except Invalid as exc:
-        raise Invalid(f"{exc}; or 'entry' for a count entered by massgate enter") from None
 
 
 def _dry_share(s: Section) -> tuple[str | None, str | None]:

@@ -71,6 +71,20 @@ def tag(value: Any) -> str:
     return result
 
 
+def tag_or(word: str, meaning: str) -> Callable[[Any], str]:
+    """A tag, or `word` for what `meaning` says (a batch by command, a count by entry)."""
+
+    def convert(value: Any) -> str:
+        if value == word:
+            return word
+        try:
+            return tag(value)
+        except Invalid as exc:
+            raise Invalid(f"{exc}; or '{word}' for {meaning}") from None
+
+    return convert
+
+
 def period(low: float, high: float) -> Any:
     """A time quantity between `low` and `high` seconds."""
     return quantity(units.TIME, minimum=low, maximum=high)

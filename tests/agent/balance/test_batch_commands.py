@@ -205,3 +205,17 @@ def test_the_command_socket_answers_what_is_not_a_request_and_survives_a_bug(tmp
         assert "reloading" in send(path, {"command": "x"})["error"]
     assert seen == [{"boom": True}, {"command": "x"}]
     assert not path.exists()
+
+
+def test_a_misspelt_batch_source_says_what_it_may_be(tmp_path: Path):
+    from massgate.agent import config as config_module
+    from massgate.agent.core.yamlsource import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_module.loads(CONFIG.replace("{batch: command}", "{batch: comand}"),
+                            path=tmp_path / "c.yaml")  # fmt: skip
+    assert [str(p) for p in err.value.problems] == [
+        f"{tmp_path / 'c.yaml'}:{CONFIG.count(chr(10), 0, CONFIG.index('{batch: command}')) + 1}: "
+        "nodes[0].window.batch: 'comand' is not a tag; tags are written <device>.<point>; or "
+        "'command' for batches by massgate batch start|end"
+    ]

@@ -62,6 +62,7 @@ def test_a_count_of_bags_times_their_mass_balances_the_feed(tmp_path: Path):
         ("unit_mass: 25 kg", "unit_mass: 25 m", "a mass is expected"),
         ("count: plc.bags,", "count: plc.bags, mass: wt100.net_weight,", "not 2"),
         ("count: plc.bags,", "count: ft101.mass_flow,", "but a dimensionless is needed"),
+        ("count: plc.bags,", "count: entyr,", "or 'entry' for a count entered by massgate enter"),
     ],
 )
 def test_wip_configuration_errors(tmp_path: Path, old: str, new: str, message: str):
@@ -69,3 +70,4 @@ def test_wip_configuration_errors(tmp_path: Path, old: str, new: str, message: s
     with pytest.raises(ConfigError) as err:
         config_module.loads(CONFIG.replace(old, new), path=tmp_path / "c.yaml")
     assert message in str(err.value)
+    assert len(err.value.problems) == 1, err.value.problems  # a misspelt tag is one problem
