@@ -264,15 +264,12 @@ def parse_stream(s: Section) -> StreamConfig | None:
         ("mass_total", mass_total),
         ("belt", belt_load if belt is None else belt.path),
     )
-    given = [key for key, tag in signals if tag is not None]
-    if not given and s.ok:
-        s.fail(
-            None,
-            "a stream needs 'mass_flow', 'volume_flow', 'mass_total' (the tag of its meter) or "
-            "'belt' (a belt scale's load and speed tags)",
-        )
-    if len(given) > 1:
-        s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
+    _exactly_one(
+        s,
+        signals,
+        "a stream needs 'mass_flow', 'volume_flow', 'mass_total' (the tag of its meter) or "
+        "'belt' (a belt scale's load and speed tags)",
+    )
     if volume_flow is None and s.has("density"):
         s.fail("density", "only a volume-flow stream needs a density")
     if mass_total is None:
@@ -347,15 +344,12 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
     accuracy_unit = units.MASS if s.has("mass") or s.has("count") else units.LENGTH
     accuracy = s.take("accuracy", quantity(accuracy_unit, positive=True))
     max_age = s.take("max_age", quantity(units.TIME, positive=True, maximum=DAY), 5.0)
-    given = [k for k, tag in (("level", level), ("mass", mass), ("count", count)) if tag]
-    if not given and s.ok:
-        s.fail(
-            None,
-            "an inventory needs 'level' (a tank), 'mass' (load cells) or 'count' with "
-            "'unit_mass' (work in progress)",
-        )
-    if len(given) > 1:
-        s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
+    _exactly_one(
+        s,
+        (("level", level), ("mass", mass), ("count", count)),
+        "an inventory needs 'level' (a tank), 'mass' (load cells) or 'count' with "
+        "'unit_mass' (work in progress)",
+    )
     if (count is None) != (unit_mass is None) and s.ok:
         s.fail(
             "unit_mass" if count is None else "count",
@@ -389,6 +383,16 @@ def parse_inventory(s: Section) -> InventoryConfig | None:
         moisture=moisture,
         solids=solids,
     )
+
+
+def _exactly_one(s: Section, keys: tuple[tuple[str, str | None], ...], missing: str) -> None:
+    """One of the keys that say what is measured: `missing` when none is, which ones when
+    several are."""
+    given = [key for key, tag in keys if tag is not None]
+    if not given and s.ok:
+        s.fail(None, missing)
+    if len(given) > 1:
+        s.fail(given[1], f"give one of {' / '.join(given)}, not {len(given)}")
 
 
 def _dry_share(s: Section) -> tuple[str | None, str | None]:

@@ -40,13 +40,15 @@ class ManualStream:
 
     def __init__(self, config: ManualStreamConfig, saved: dict[str, Any] | None = None) -> None:
         self.config = config
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = []  # by time
+        self.walls: list[float] = []  # their times, for bisect
         self.total = 0.0  # kg of every entry ever made, kept across restarts
         if saved is not None:
             self.total = float(saved.get("total", 0.0))
             for item in saved.get("entries", []):
                 self.entries.append(Entry(**item))
             self.entries.sort(key=lambda e: e.wall)
+        self.walls = [e.wall for e in self.entries]
 
     @property
     def accuracy(self) -> float:
@@ -61,9 +63,8 @@ class ManualStream:
 
     def between(self, start_wall: float, end_wall: float) -> tuple[float, float]:
         """kg of the entries dated in (start, end], and the variance of their sum (kg²)."""
-        walls = [e.wall for e in self.entries]
-        first = bisect.bisect_right(walls, start_wall)
-        last = bisect.bisect_right(walls, end_wall)
+        first = bisect.bisect_right(self.walls, start_wall)
+        last = bisect.bisect_right(self.walls, end_wall)
         chosen = self.entries[first:last]
         return sum(e.kg for e in chosen), sum((e.uncertainty / 2) ** 2 for e in chosen)
 
@@ -71,11 +72,12 @@ class ManualStream:
         return next((e for e in self.entries if ticket and e.ticket == ticket), None)
 
     def add(self, entry: Entry, now: float) -> None:
-        bisect.insort(self.entries, entry, key=lambda e: e.wall)
+        at = bisect.bisect_right(self.walls, entry.wall)
+        self.entries.insert(at, entry)
+        self.walls.insert(at, entry.wall)
         self.total += entry.kg
-        horizon = now - KEEP_ENTRIES
-        if self.entries and self.entries[0].wall < horizon:
-            self.entries = [e for e in self.entries if e.wall >= horizon]
+        old = bisect.bisect_left(self.walls, now - KEEP_ENTRIES)
+        del self.entries[:old], self.walls[:old]
 
     def saved(self) -> dict[str, Any]:
         return {"total": self.total, "entries": [asdict(e) for e in self.entries]}
