@@ -34,4 +34,14 @@ def main(args: argparse.Namespace) -> int:
         + f", {len(config.inventories)} inventories, "
         f"{len(config.nodes)} nodes; brokers: {brokers}; state in {config.gateway.state_dir}"
     )
+    if config.mqtt is not None and config.mqtt.commands:
+        from ..core.records import command_topics  # noqa: PLC0415
+
+        request, answer = command_topics(
+            config.mqtt.topic_prefix, config.gateway.site, config.gateway.id
+        )
+        print(
+            f"  commands taken from the broker: {', '.join(config.mqtt.commands)} on {request} "
+            f"(answers on {answer}); the broker's ACL decides who may write there"
+        )
     return EXIT_OK

@@ -13,13 +13,13 @@ import re
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..balance.yields import BY, Grouping, latest, summarize
 from ..config import CALENDAR, OUTPUT_CLASSES, PRODUCT
 from ..core import units
+from ..core.records import parse_utc
 from ..core.yamlsource import ConfigError
 
 EXIT_OK = 0
@@ -36,14 +36,11 @@ def parse_time(value: str, *, now: float) -> float:
         except units.UnitError:
             pass
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError:
         raise ValueError(
             f"'{value}' is neither a time like 2026-11-23T06:00 nor a duration ago like 24h"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def read(

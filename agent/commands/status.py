@@ -128,6 +128,16 @@ def render(snap: dict[str, Any]) -> str:
             f"broker: NOT CONNECTED ({broker['last_error'] or 'connecting'}); last publish "
             f"{_ago(broker['last_publish'], now)}"
         )
+    if broker is not None and (commands := broker.get("commands")) is not None:
+        if commands["subscribed"] is False:
+            state = f"NOT TAKEN: the broker refused the subscription ({commands['broker_refusal']})"
+        else:
+            state = "taken" if commands["subscribed"] else "subscribing"
+        lines.append(
+            f"  commands from the broker ({', '.join(commands['allowed'])}) on "
+            f"{commands['topic']}: {state}; {commands['taken']} carried out, "
+            f"{commands['refused']} refused"
+        )
     box = snap["outbox"]
     dropped = ", ".join(f"{k} {v}" for k, v in box["dropped"].items() if v) or "none"
     oldest = "" if not box["depth"] else f", oldest {age_text(box['oldest_age_s'] or 0.0)}"

@@ -16,6 +16,9 @@ from ..totalize.gas import Composition
 
 STATUS_SOCKET = "status.sock"  # in the state directory, unless health.socket says otherwise
 COMMAND_SOCKET = "command.sock"  # beside the status socket: massgate batch
+# What an operator may command the running agent to do (the command socket; from the broker
+# only those named in mqtt.commands). None of them reaches a device.
+COMMANDS = ("batch", "enter")
 
 # Bounds of what the file may say, each with its reason; config.example.yaml repeats them.
 # (The drivers' own bounds are in drivers/<protocol>/config.py.)
@@ -287,6 +290,9 @@ class MqttConfig:
     password_env: str | None  # name of an environment variable holding the password
     client_id: str
     status_interval: float  # s between health messages on the status topic
+    # Commands taken from <prefix>/<site>/<gateway>/command/request (subscribe only; the
+    # broker's ACL decides who may write there); () takes none and subscribes to nothing.
+    commands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ from ..core.yamlsource import (
     text,
 )
 from .model import (
+    COMMANDS,
     DEFAULT_DRAIN_RATE,
     DEFAULT_OUTBOX_BYTES,
     MAX_CLIENT_ID,
@@ -120,7 +121,20 @@ def env_name(value: Any) -> str:
     return result
 
 
-def parse_mqtt(s: Section, resolve: Any, default_client_id: str, user: Any) -> MqttConfig:
+def _commands(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise Invalid(
+            f"expected a list of the commands taken from the broker, like [enter] "
+            f"({', '.join(COMMANDS)}; [] for none), got {value!r}"
+        )
+    return tuple(dict.fromkeys(choice(*COMMANDS)(v) for v in value))
+
+
+def parse_mqtt(
+    s: Section, resolve: Any, default_client_id: str, user: Any, *, commands: bool = True
+) -> MqttConfig:
+    """The `mqtt` section; `commands`: whether it may take commands (the agent's may, the
+    ingest's may not)."""
     brokers: tuple[BrokerEndpoint, ...] = ()
     raw_brokers = s.take("brokers", lambda v: v)
     if isinstance(raw_brokers, YamlSeq) and raw_brokers:
@@ -159,6 +173,7 @@ def parse_mqtt(s: Section, resolve: Any, default_client_id: str, user: Any) -> M
         status_interval=s.take(
             "status_interval", quantity(units.TIME, minimum=1.0, maximum=DAY), 60.0
         ),
+        commands=(s.take("commands", _commands, ()) or ()) if commands else (),
     )
     if not s.has("client_id") and len(default_client_id) > MAX_CLIENT_ID:
         s.fail(

@@ -66,3 +66,21 @@ def utc(wall: float | None) -> str | None:
 
 def topic(prefix: str, site: str, gateway: str, kind: str) -> str:
     return f"{prefix}/{site}/{gateway}/{kind}"
+
+
+def command_topics(prefix: str, site: str, gateway: str) -> tuple[str, str]:
+    """Where the agent takes commands from the broker, and where it answers them. A level
+    below the records' topics, so that a consumer's <prefix>/<site>/+/+ sees neither."""
+    base = topic(prefix, site, gateway, "command")
+    return f"{base}/request", f"{base}/answer"
+
+
+def parse_utc(text: str) -> float:
+    """An ISO 8601 time as epoch seconds: UTC unless it says otherwise. Raises ValueError."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not a time like 2026-11-23T06:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -158,7 +158,7 @@ def load(path: Path) -> IngestConfig:
                 "give each ingest process a client id of its own: the broker keeps the "
                 "session (and the records waiting in it) by that id",
             )
-        mqtt = parse_mqtt(mqtt_section, resolve, "massgate-ingest", user)
+        mqtt = parse_mqtt(mqtt_section, resolve, "massgate-ingest", user, commands=False)
         if len(mqtt.brokers) > 1:
             # Said, not ignored: the session (and what waits in it) lives on one broker or
             # cluster, so the ingest does not hop between the agent's fail-over list.

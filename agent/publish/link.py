@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import BrokerEndpoint, MqttConfig
 from ..core import preflight
@@ -55,7 +56,11 @@ STABLE_SESSION = 10.0
 SUMMARY_EVERY = 600.0  # s between summaries of a connection failure that keeps repeating
 ACK_POST = 200  # PUBACKs reported to the asyncio side at once...
 ACK_POST_DELAY = 0.02  # ... or after this many seconds
-STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye)
+STATUS_SEQ = -1  # marks a message that is not from the outbox (status, goodbye, answers)
+# MQTT 5: the largest packet the broker may send us (a command; PUBACKs are a few bytes). A
+# larger command is dropped by the broker, not read into this gateway's memory; one of up to
+# this size is read and refused with an answer when it is over commands' own limit.
+MAX_PACKET_IN = 256 * 1024
 NOT_SENT = "not sent"  # paho did not take the message: taken again at once, not refused
 
 
@@ -180,6 +185,11 @@ class _Outgoing:
     generation: int
     message: Message
     retain: bool = False
+    correlation: bytes | None = None  # MQTT 5: an answer carries its request's correlation data
+
+
+def _ignore(*_: Any) -> None:
+    """No command topic: nothing to report."""
 
 
 @dataclass
@@ -189,6 +199,10 @@ class _Events:
     on_connected: Callable[[int, str, int], None]
     on_disconnected: Callable[[int, str | None], None]
     on_acks: Callable[[int, list[tuple[int, str | None]]], None]  # seq, failure reason
+    # The broker's SUBACK for the command topic: None when taken, else its reason code.
+    on_subscribed: Callable[[int, str | None], None] = _ignore
+    # A message on the command topic: payload, its retain flag, its correlation data.
+    on_command: Callable[[int, bytes, bool, bytes | None], None] = _ignore
 
 
 class _Said:
@@ -232,10 +246,12 @@ class BrokerLink(threading.Thread):
         will: bytes,
         events: _Events,
         loop: asyncio.AbstractEventLoop,
+        command_topic: str | None = None,
     ) -> None:
         super().__init__(name="massgate-mqtt", daemon=True)
         self.config = config
         self.status_topic = status_topic
+        self.command_topic = command_topic  # subscribed to at every connection; None: none
         self.birth = birth
         self.will = will
         self.events = events
@@ -356,6 +372,7 @@ class BrokerLink(threading.Thread):
             client.tls_set_context(self.context)
         mids: dict[int, int] = {}
         acks: list[tuple[int, str | None]] = []
+        v5 = self.config.protocol == "5"
         window = min(self.config.in_flight, self._receive_maximum.get(str(endpoint), 65535))
         client.max_inflight_messages_set(window)
         state: dict[str, Any] = {"connack": None, "gone": None, "receive_maximum": None}
@@ -375,11 +392,42 @@ class BrokerLink(threading.Thread):
             if seq is not None and seq != STATUS_SEQ:
                 acks.append((seq, rc.getName() if rc.is_failure else None))
 
+        def on_subscribe(c: mqtt.Client, u: Any, mid: int, codes: list[ReasonCode], p: Any) -> None:
+            refused = next((rc.getName() for rc in codes if rc.is_failure), None)
+            self._post(self.events.on_subscribed, generation, refused)
+
+        def on_message(c: mqtt.Client, u: Any, message: mqtt.MQTTMessage) -> None:
+            # paho acknowledges a QoS 1 message when this returns: the command is then the
+            # agent's to carry out or refuse, and its answer says which.
+            if message.topic != self.command_topic:
+                return  # nothing else is subscribed to; a broker's stray message is no command
+            props = message.properties if v5 else None
+            correlation = getattr(props, "CorrelationData", None) if props is not None else None
+            self._post(
+                self.events.on_command,
+                generation,
+                bytes(message.payload),
+                bool(message.retain),
+                bytes(correlation) if correlation is not None else None,
+            )
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        connect_properties = None
+        if self.command_topic is not None:
+            client.on_subscribe = on_subscribe
+            client.on_message = on_message
+            if v5:
+                connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                connect_properties.MaximumPacketSize = MAX_PACKET_IN
         try:
-            client.connect(endpoint.host, endpoint.port, keepalive=round(self.config.keepalive))
+            client.connect(
+                endpoint.host,
+                endpoint.port,
+                keepalive=round(self.config.keepalive),
+                properties=connect_properties,
+            )
         except (OSError, ssl.SSLError) as exc:
             return describe_failure(endpoint, exc)
 
@@ -413,6 +461,13 @@ class BrokerLink(threading.Thread):
         # thread's to read); a fresh one follows at once.
         mids[client.publish(self.status_topic, self.birth, qos=1, retain=True).mid] = STATUS_SEQ
         self._post(self.events.on_connected, generation, str(endpoint), window)
+        if self.command_topic is not None:
+            # Subscribe only: commands come from whoever the broker's ACL lets write there.
+            # Every connection is a clean session, so this is asked again each time.
+            if v5:
+                client.subscribe(self.command_topic, options=SubscribeOptions(qos=1))
+            else:
+                client.subscribe(self.command_topic, qos=1)
         reason: str | None = None
         acks_since = 0.0
         while state["gone"] is None:
@@ -499,7 +554,17 @@ class BrokerLink(threading.Thread):
                 if item.generation != generation:
                     continue  # handed over for a connection that is gone; still in the outbox
                 message = item.message
-                info = client.publish(message.topic, message.payload, qos=1, retain=item.retain)
+                properties = None
+                if item.correlation is not None and self.config.protocol == "5":
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.CorrelationData = item.correlation
+                info = client.publish(
+                    message.topic,
+                    message.payload,
+                    qos=1,
+                    retain=item.retain,
+                    properties=properties,
+                )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # Not sent; out of the window so that it is taken again from the outbox.
                     if message.seq != STATUS_SEQ:

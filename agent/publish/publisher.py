@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -35,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..config import MqttConfig
-from ..core.records import topic
+from ..core.records import command_topics, topic, utc
 from ..store.outbox import Message, Outbox
 from ..store.writer import Writer
+from .commands import Commands
 from .link import NOT_SENT, STATUS_SEQ, BrokerLink, _Events, _Outgoing
 from .status import LinkStatus, status_payload
 
@@ -83,10 +85,15 @@ class Publisher:
     # call on the outbox to; None runs them here (benches and tests without a pipeline).
     writer: Writer | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    # Commands from the broker (mqtt.commands), None when the file names none; its handler
+    # is the gateway's, set by the pipeline.
+    commands: Commands | None = None
 
     def __post_init__(self) -> None:
         # Records become sendable when a sync has made them durable, not when put.
         self.outbox.on_durable = self._durable
+        if self.config.commands:
+            self.commands = Commands(self.config.commands)
 
     def _durable(self, priority: int) -> None:
         # Called where the outbox commits: the writer thread, so the wake hops to the loop.
@@ -121,6 +128,11 @@ class Publisher:
     def status_topic(self) -> str:
         return topic(self.config.topic_prefix, self.site, self.gateway, "status")
 
+    @property
+    def command_topics(self) -> tuple[str, str]:
+        """Where commands are taken from, and where they are answered."""
+        return command_topics(self.config.topic_prefix, self.site, self.gateway)
+
     def wake(self, priority: int = 0) -> None:
         """New records of up to `priority` were committed."""
         # Records that rank after the last one taken are found by continuing from it; only
@@ -130,6 +142,9 @@ class Publisher:
         self._wake.set()
 
     def status_payload(self, state: str, **extra: Any) -> bytes:
+        if state == "online" and self.commands is not None:
+            # A sender waiting for answers can see why none come (a refused subscription).
+            extra = {"commands": self.commands.summary(self.command_topics[0]), **extra}
         return status_payload(
             state,
             site=self.site,
@@ -148,8 +163,15 @@ class Publisher:
             status_topic=self.status_topic,
             birth=self.status_payload("online"),
             will=self.status_payload("offline", reason="connection lost"),
-            events=_Events(self._connected, self._disconnected, self._acks_in),
+            events=_Events(
+                self._connected,
+                self._disconnected,
+                self._acks_in,
+                on_subscribed=self._subscribed,
+                on_command=self._command,
+            ),
             loop=loop,
+            command_topic=self.command_topics[0] if self.commands is not None else None,
         )
         self._link = link
         self._tokens_at = loop.time()
@@ -281,7 +303,47 @@ class Publisher:
         self.status.connects += 1
         self.status.window = window
         self._next_status = 0.0  # the birth message may be old: a fresh one at once
+        if self.commands is not None:
+            self.commands.subscribed = None  # asked again on every connection
         self._wake.set()
+
+    def _subscribed(self, generation: int, refusal: str | None) -> None:
+        commands = self.commands
+        if commands is None or generation != self._generation:
+            return
+        request = self.command_topics[0]
+        if refusal is None:
+            if commands.subscribed is not True and commands.broker_refusal is not None:
+                log.warning("MQTT: the broker now takes our subscription to %s", request)
+            elif commands.taken + commands.refused == 0 and commands.subscribed is None:
+                log.info("MQTT: commands (%s) taken from %s", ", ".join(commands.allowed), request)
+        elif refusal != commands.broker_refusal:
+            # Said once per reason, not at every reconnect; the records go on regardless.
+            log.error(
+                "MQTT: the broker refused our subscription to %s (%s): no command is taken "
+                "from the broker; its ACL must let this client read that topic",
+                request,
+                refusal,
+            )
+        commands.subscribed = refusal is None
+        commands.broker_refusal = refusal
+        self._next_status = 0.0  # whoever waits for answers sees at once whether any come
+
+    def _command(
+        self, generation: int, payload: bytes, retained: bool, correlation: bytes | None
+    ) -> None:
+        """A request from the command topic: carried out or refused, and answered."""
+        link, commands = self._link, self.commands
+        if commands is None or link is None:
+            return
+        assert self._loop is not None
+        answer = commands.answer(payload, retained, self._loop.time())
+        answer["time"] = utc(time.time())
+        body = json.dumps(answer, separators=(",", ":"), allow_nan=False, default=str).encode()
+        # Not a record: an answer goes on the connection its request came by, or not at all
+        # (what the command did is in the records, which the outbox keeps).
+        message = Message(STATUS_SEQ, 0, self.command_topics[1], body)
+        link.send([_Outgoing(generation, message, correlation=correlation)])
 
     def _disconnected(self, generation: int, reason: str | None) -> None:
         if generation == -1:  # a connection attempt failed

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import COMMAND_SOCKET
+from ..core.requests import MAX_REQUEST, parse_request
 from .statusserver import LocalServer, exchange
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 64 * 1024  # bytes in one request line
 READ_TIMEOUT = 10.0  # s a client may take to send its request
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -67,11 +67,10 @@ class CommandServer(LocalServer):
                 "error": f"a request is one JSON line of at most {MAX_REQUEST} bytes",
             }
         try:
-            request = json.loads(line)
+            request = parse_request(line)
         except ValueError as exc:
-            return {"ok": False, "error": f"a request is one JSON object on one line: {exc}"}
-        if not isinstance(request, dict):
-            return {"ok": False, "error": "a request is one JSON object on one line"}
+            return {"ok": False, "error": str(exc)}
+        request["via"] = "socket"  # not what the client says it is
         try:
             return self.handle(request)
         except Exception:  # a bug must not end the agent, nor leave the client waiting

@@ -26,9 +26,9 @@ FUTURE = 300.0  # s an entry's time may lie ahead of this clock (the other one's
 def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, Any]:
     """A quantity no meter read (a manual stream's entry), or one to hold against a
     meter (a weighbridge ticket for a delivery its flow meter measured). The request:
-    stream, kg, time (epoch s), by, and optionally ticket, uncertainty_kg (±, 95 %), and
-    for a metered stream from and to (the delivery's span). Raises ValueError saying
-    why it is refused. Nothing of it is ever sent to a device."""
+    stream, kg, by, via, and optionally time (epoch s; default now), ticket, uncertainty_kg
+    (±, 95 %), and for a metered stream from and to (the delivery's span). Raises ValueError
+    saying why it is refused. Nothing of it is ever sent to a device."""
     if "inventory" in request:
         return _stocktake(gateway, request, now)
     name = request.get("stream")
@@ -44,7 +44,8 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
         )
         raise ValueError(f"no manual or compared stream named {name!r} ({known or 'none'})")
     kg = _finite(request.get("kg"), "kg")
-    wall = _finite(request.get("time", request.get("to")), "time")  # default: its end
+    # Default: the delivery's end, or now (as massgate enter's).
+    wall = _finite(request.get("time", request.get("to", now)), "time")
     if wall > now + FUTURE:
         raise ValueError(f"time {utc(wall)} is in the future (now {utc(now)})")
     if wall < now - KEEP_ENTRIES:
@@ -60,6 +61,7 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
     body: dict[str, Any] = {
         "stream": name, "quantity_kg": kg, "uncertainty_kg": uncertainty,
         "time": utc(wall), "by": by, "ticket": ticket or None, "entered": utc(now),
+        "via": request["via"],
     }  # fmt: skip
     book = manual if manual is not None else gateway.tickets[str(name)]
     if ticket and (earlier := book.ticket(ticket)) is not None:
@@ -95,7 +97,7 @@ def enter(gateway: Gateway, request: dict[str, Any], now: float) -> dict[str, An
         )
         if comparison["significant"]:
             log.warning("stream %s: entry %s: %s", name, ticket or utc(wall), message)
-    log.info("entry by %s: %s", by, message)
+    log.info("entry by %s (via %s): %s", by, body["via"], message)
     gateway.pending.append(Record("entry", body, now))
     gateway.save_soon()  # an operator's entry is not made twice
     return {"ok": True, "message": message, "entry": body}
@@ -124,9 +126,10 @@ def _stocktake(gateway: Gateway, request: dict[str, Any], now: float) -> dict[st
         "stream": None, "inventory": name, "count": count, "quantity_kg": kg,
         "uncertainty_kg": 2 * gauge.sigma, "time": utc(now), "by": by,
         "ticket": ticket or None, "entered": utc(now), "comparison": None, "corrected": [],
+        "via": request["via"],
     }  # fmt: skip
     message = f"{name}: {count} units, {kg:g} kg, from now on"
-    log.info("entry by %s: %s", by, message)
+    log.info("entry by %s (via %s): %s", by, body["via"], message)
     gateway.pending.append(Record("entry", body, now))
     gateway.save_soon()
     return {"ok": True, "message": message, "entry": body}

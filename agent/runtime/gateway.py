@@ -22,8 +22,9 @@ from ..balance.terms import AlarmEvent, Weighed, alarm_body, balance_body, log_e
 from ..balance.windows import check_label
 from ..balance.zero import Meter, ZeroCheck, zero_body
 from ..config import BATCH, Config, NodeTerms, node_terms
-from ..config.model import ENTERED
+from ..config.model import COMMANDS, ENTERED
 from ..core.records import Record, num, utc
+from ..core.requests import Answered
 from ..core.samples import Batch, Quality
 from ..store.outbox import Outbox
 from ..totalize.engine import Engine, PythonEngine
@@ -129,6 +130,7 @@ class Gateway:
             for n in config.nodes
         ]
         self._batch_state: dict[str, dict[str, Any]] = {}  # node → its batch by command
+        self.answered = Answered(saved.get(ANSWERED_KEY))  # request ids carried out
         for node in self.nodes:
             self._resume_batch(node, saved.get(batch_key(node.config.name)))
         self.zero_checks = [
@@ -400,20 +402,44 @@ class Gateway:
         )
 
     def command(self, request: dict[str, Any]) -> dict[str, Any]:
-        """An operator's command from the command socket: {"command": "batch", "node",
-        "action": "start"|"end", "batch", "campaign", "by"} or {"command": "enter", ...} (see
-        enter). Refusals are answers, never exceptions."""
+        """An operator's command from the command socket or the broker: {"command": "batch",
+        "node", "action": "start"|"end", "batch", "campaign", "by"} or {"command": "enter",
+        ...} (see enter), with "via" (socket, mqtt) and optionally an "id": a request whose id
+        was carried out already is answered again, not carried out twice. Refusals are
+        answers, never exceptions."""
+        now = self.clock()
+        key = request.get("id")
+        if key is not None:
+            try:
+                key = check_label(key, "id")
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            if (done := self.answered.get(key, now)) is not None:
+                at, said = done
+                return {
+                    "ok": True,
+                    "repeat": True,
+                    "message": f"request {key} was carried out at {utc(at)}, not again: {said}",
+                }
+        answer = self._command(request, now)
+        if key is not None and answer.get("ok") is True:
+            self.answered.add(key, now, str(answer.get("message", "")))
+            self.save_soon()  # a retry after a restart is still known
+        return answer
+
+    def _command(self, request: dict[str, Any], now: float) -> dict[str, Any]:
+        via = request.get("via") if request.get("via") in VIA else VIA[0]
         if request.get("command") == "enter":
             from .entries import enter  # noqa: PLC0415  (entries imports this module)
 
             try:
-                return enter(self, request, self.clock())
+                return enter(self, {**request, "via": via}, now)
             except ValueError as exc:
                 return {"ok": False, "error": str(exc)}
         if request.get("command") != "batch":
             return {
                 "ok": False,
-                "error": f"unknown command {request.get('command')!r} (batch, enter)",
+                "error": f"unknown command {request.get('command')!r} ({', '.join(COMMANDS)})",
             }
         name = request.get("node")
         node = next((n for n in self.nodes if n.config.name == name), None)
@@ -434,8 +460,8 @@ class Gateway:
             return {"ok": False, "error": str(exc)}
         which = batch if batch is not None else running
         log.info(
-            "node %s: batch %s %s by %s", name, which, "started" if batch else "ended",
-            by or "unknown", extra={"node": name},
+            "node %s: batch %s %s by %s (via %s)", name, which, "started" if batch else "ended",
+            by or "unknown", via, extra={"node": name},
         )  # fmt: skip
         self._batch_state[node.config.name] = {"batch": batch, "campaign": campaign, "by": by}
         self.save_soon()  # a restart resumes it
@@ -558,7 +584,13 @@ class Gateway:
         totals.update({manual_key(n): m.saved() for n, m in self.manual.items()})
         totals.update({count_key(n): kept for n, kept in self.counts.items()})
         totals.update({tickets_key(n): t.saved() for n, t in self.tickets.items() if t.entries})
+        if self.answered.kept:
+            totals[ANSWERED_KEY] = self.answered.saved()
         return records, totals
+
+
+ANSWERED_KEY = "commands/answered"  # where the ids of requests carried out are saved
+VIA = ("socket", "mqtt")  # where a command came from (the command socket, the broker)
 
 
 def count_key(inventory: str) -> str:

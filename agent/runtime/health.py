@@ -108,6 +108,8 @@ def snapshot(agent: Agent, *, started: float) -> dict[str, Any]:
             "acked": st.acked,
             "connects": st.connects,
         }
+        if publisher.commands is not None:
+            body["broker"]["commands"] = publisher.commands.summary(publisher.command_topics[0])
     if agent.reload_error is not None:
         body["reload_refused"] = agent.reload_error
     body["restarts"] = dict(agent.restarts)

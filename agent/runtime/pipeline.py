@@ -236,6 +236,8 @@ async def _run(
             publisher.health = lambda: _topic_health(agent.health)
         server.get = lambda: agent.health
         commands.handle = gateway.command
+        if publisher is not None and publisher.commands is not None:
+            publisher.commands.handle = gateway.command  # mqtt.commands: the same handler
         metrics = None
         if config.health.metrics is not None:
             from .metrics import MetricsServer  # noqa: PLC0415  # only when asked for

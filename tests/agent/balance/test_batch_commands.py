@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from massgate.agent.commands.cli import main
-from massgate.agent.runtime.commandserver import MAX_REQUEST, CommandServer, Handler, send
+from massgate.agent.core.requests import MAX_REQUEST
+from massgate.agent.runtime.commandserver import CommandServer, Handler, send
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import DEVICES, PLANT
 from tests.agent.publish.test_payload_schemas import problems
@@ -111,8 +112,8 @@ def test_a_batch_started_and_ended_by_command_is_judged_with_who_did_it(
     assert window["in_kg"] == pytest.approx(after - before, rel=5e-3)
     journal = [r.getMessage() for r in caplog.records if "batch C7-012" in r.getMessage()]
     assert journal == [
-        "node tank: batch C7-012 started by alice",
-        "node tank: batch C7-012 ended by bob",
+        "node tank: batch C7-012 started by alice (via socket)",
+        "node tank: batch C7-012 ended by bob (via socket)",
     ]
 
 
@@ -197,13 +198,14 @@ def test_the_command_socket_answers_what_is_not_a_request_and_survives_a_bug(tmp
 
     with serving(path, handle) as server:
         assert _raw(path, b"not json\n")["error"].startswith("a request is one JSON object")
-        assert _raw(path, b"[1, 2]\n")["error"] == "a request is one JSON object on one line"
+        assert _raw(path, b"[1, 2]\n")["error"] == "a request is one JSON object"
         assert "at most" in _raw(path, b"x" * (MAX_REQUEST + 10) + b"\n")["error"]
         assert _raw(path, b'{"boom": true}\n')["error"].startswith("the agent failed")
-        assert send(path, {"command": "x"}) == {"ok": True}
+        assert send(path, {"command": "x", "via": "mqtt"}) == {"ok": True}
         server.idle()  # a reload is between two gateways
         assert "reloading" in send(path, {"command": "x"})["error"]
-    assert seen == [{"boom": True}, {"command": "x"}]
+    # The server says where a request came from, whatever the client claims.
+    assert seen == [{"boom": True, "via": "socket"}, {"command": "x", "via": "socket"}]
     assert not path.exists()
 
 

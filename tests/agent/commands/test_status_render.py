@@ -27,3 +27,26 @@ def test_a_streams_meter_alarms_are_counted_and_the_active_one_is_marked():
     assert text.count("meter alarm") == 2
     assert "flow 2.000 kg/s, dry net 1 104.0 kg" in text
     assert text.count("dry net") == 1
+
+
+def test_commands_from_the_broker_say_whether_the_broker_took_the_subscription():
+    commands = {
+        "topic": "massgate/s/g/command/request", "allowed": ["enter"], "subscribed": False,
+        "broker_refusal": "Not authorized", "taken": 2, "refused": 1,
+    }  # fmt: skip
+    broker = {
+        "connected": True, "broker": "mqtts://b:8883", "last_publish": None, "published": 3,
+        "acked": 3, "last_error": None, "commands": commands,
+    }  # fmt: skip
+    snap = {
+        "site": "s", "gateway": "g", "pid": 1, "uptime_s": 60.0, "config": "c.yaml",
+        "broker": broker, "devices": {}, "nodes": {}, "alarms_active": [], "streams": {},
+        "outbox": {"depth": 0, "bytes": 0, "oldest_age_s": None, "dropped": {},
+                   "held_in_memory": 0},
+    }  # fmt: skip
+    assert (
+        "  commands from the broker (enter) on massgate/s/g/command/request: NOT TAKEN: the "
+        "broker refused the subscription (Not authorized); 2 carried out, 1 refused\n"
+    ) in render(snap)
+    commands.update(subscribed=True, broker_refusal=None)
+    assert "command/request: taken; 2 carried out" in render(snap)
