@@ -3,7 +3,9 @@ broker's command topic: one JSON object of bounded size. The checks both ways sh
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 MAX_REQUEST = 64 * 1024  # bytes in one request
@@ -56,3 +58,21 @@ class Answered:
 
     def saved(self) -> dict[str, object]:
         return {"ids": [[key, at, message] for key, (at, message) in self.kept.items()]}
+
+
+DURABLE_WITHIN = 5.0  # s a command's answer waits for its records to reach the disk
+
+
+async def once_durable(
+    answer: dict[str, Any], committed: Awaitable[str | None] | None
+) -> dict[str, Any]:
+    """`answer`, given once `committed` says the command's records are on the disk (None:
+    nothing to wait for). The answer still says ok when they are not after all: the agent
+    holds them and goes on trying; a warning says so, and the journal says why."""
+    if committed is None:
+        return answer
+    try:
+        note = await asyncio.wait_for(committed, DURABLE_WITHIN)
+    except TimeoutError:
+        note = f"not yet on the disk after {DURABLE_WITHIN:g} s (see the agent's journal)"
+    return answer if note is None else {**answer, "warning": note}

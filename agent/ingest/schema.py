@@ -25,13 +25,17 @@ Everything lives in the schema `massgate`:
   when one of them arrives after all, the gap is marked filled and the nodes over it are
   judged again from its start: a window that comes out different is revised in place, its
   earlier payload kept in `superseded` and the time in `revised_at` (reconciliations too).
+- A gateway's window corrected by a late entry (`revision` n > 0) is a record of its own;
+  `mass_balance_events` shows each window once, at its highest revision (its `revision`
+  column: null for the site's windows, which are revised in place), and `records` keeps
+  every revision.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-VERSION = 4
+VERSION = 5
 
 # A balance window's amounts, read from its payload: the gateways' records and the site's
 # windows give mass_balance_events the same columns.
@@ -42,6 +46,26 @@ _AMOUNTS = """    (payload->>'in_kg')::double precision AS in_kg,
     (payload->>'relative')::double precision AS relative,
     (payload->>'tolerance_kg')::double precision AS tolerance_kg,
 """
+
+
+# A correction replaces the record of the same node and window with a lower revision (see
+# balance.schema.json); a record without a window (not the agent's) is never replaced.
+def _revision(alias: str) -> str:
+    # A payload the ingest stored but no agent wrote may hold anything there: not a cast
+    # that fails the whole view.
+    field = f"{alias}.payload->'revision'"
+    return f"CASE WHEN jsonb_typeof({field}) = 'number' THEN ({field})::numeric ELSE 0 END"
+
+
+_LATEST_REVISION = f"""    {_revision("r")} AS revision
+FROM massgate.records r WHERE kind = 'balance' AND NOT EXISTS (
+    SELECT 1 FROM massgate.records later
+    WHERE later.kind = 'balance' AND later.site = r.site AND later.gateway = r.gateway
+        AND later.payload->>'node' = r.payload->>'node'
+        AND later.payload->>'window_start' = r.payload->>'window_start'
+        AND later.payload->>'window_end' = r.payload->>'window_end'
+        AND {_revision("later")} > {_revision("r")}
+)"""
 
 # The balance records as mass-balance events (migration 1; migration 3 adds the site's).
 _BALANCE_EVENTS = (
@@ -247,6 +271,24 @@ SELECT
 """
     + _AMOUNTS
     + """    status, NULL AS epoch, NULL AS seq
+FROM massgate.site_balances;
+""",
+    # A gateway's corrected windows (massgate enter): each window once, its latest revision.
+    5: """
+CREATE OR REPLACE VIEW massgate.mass_balance_events AS
+"""
+    + _BALANCE_EVENTS.replace("    epoch, seq\n", "    r.epoch, r.seq,\n").replace(
+        "FROM massgate.records WHERE kind = 'balance'", _LATEST_REVISION
+    )
+    + """
+UNION ALL
+SELECT
+    window_end AS time, site, NULL AS gateway, node,
+    payload->>'window' AS window_kind,
+    window_start, window_end,
+"""
+    + _AMOUNTS
+    + """    status, NULL AS epoch, NULL AS seq, NULL AS revision
 FROM massgate.site_balances;
 """,
     # Late records: what the judge gave up as lost, and the windows it judged again.

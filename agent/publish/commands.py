@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ MASSES = {"quantity": "kg", "uncertainty": "uncertainty_kg"}
 TIMES = ("time", "from", "to")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Committed = Callable[[], Awaitable[str | None]]
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Commands:
 
     allowed: tuple[str, ...]
     handle: Handler | None = None  # the gateway's; None while a reload is between two
+    committed: Committed | None = None  # the gateway's: what an answer waits for
     taken: int = 0
     refused: int = 0
     subscribed: bool | None = None  # None: not yet answered on this connection

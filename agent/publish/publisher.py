@@ -31,12 +31,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..config import MqttConfig
 from ..core.records import command_topics, topic, utc
+from ..core.requests import once_durable
 from ..store.outbox import Message, Outbox
 from ..store.writer import Writer
 from .commands import Commands
@@ -88,6 +89,7 @@ class Publisher:
     # Commands from the broker (mqtt.commands), None when the file names none; its handler
     # is the gateway's, set by the pipeline.
     commands: Commands | None = None
+    _answering: set[asyncio.Future[None]] = field(default_factory=set)  # answers to be sent
 
     def __post_init__(self) -> None:
         # Records become sendable when a sync has made them durable, not when put.
@@ -197,6 +199,9 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 0.1))
         finally:
+            for task in self._answering:
+                task.cancel()  # the records are taken; only the answers are not sent
+            await asyncio.gather(*self._answering, return_exceptions=True)
             link.stop(goodbye=self.status_payload("offline", reason="stopped"))
             await asyncio.to_thread(link.join, 10.0)
             link.close()
@@ -338,6 +343,22 @@ class Publisher:
             return
         assert self._loop is not None
         answer = commands.answer(payload, retained, self._loop.time())
+        # Taken now, answered once on the disk (asked before anything else can run).
+        committed = commands.committed if answer.get("ok") is True else None
+        waiter = committed() if committed is not None else None
+        task = asyncio.ensure_future(self._answer(link, generation, answer, waiter, correlation))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(
+        self,
+        link: BrokerLink,
+        generation: int,
+        answer: dict[str, Any],
+        committed: Awaitable[str | None] | None,
+        correlation: bytes | None,
+    ) -> None:
+        answer = await once_durable(answer, committed)
         answer["time"] = utc(time.time())
         body = json.dumps(answer, separators=(",", ":"), allow_nan=False, default=str).encode()
         # Not a record: an answer goes on the connection its request came by, or not at all

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ..config.model import COMMAND_SOCKET
-from ..core.requests import MAX_REQUEST, parse_request
+from ..core.requests import MAX_REQUEST, once_durable, parse_request
 from .statusserver import LocalServer, exchange
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 10.0  # s a client may take to send its request
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# What a command's answer waits for: the commit of what it recorded (Gateway.committed).
+Committed = Callable[[], Awaitable[str | None]]
 
 
 def command_socket(status_socket: Path) -> Path:
@@ -48,13 +50,17 @@ class CommandServer(LocalServer):
     what = "command socket"
     limit = MAX_REQUEST
 
-    def __init__(self, path: Path, handle: Handler = _busy) -> None:
+    def __init__(
+        self, path: Path, handle: Handler = _busy, committed: Committed | None = None
+    ) -> None:
         super().__init__(path)
         self.handle = handle
+        self.committed = committed  # None: answered at once (a gateway without a pipeline)
 
     def idle(self) -> None:
         """No gateway to command (a reload is between two)."""
         self.handle = _busy
+        self.committed = None
 
     async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
@@ -72,7 +78,10 @@ class CommandServer(LocalServer):
             return {"ok": False, "error": str(exc)}
         request["via"] = "socket"  # not what the client says it is
         try:
-            return self.handle(request)
+            answer = self.handle(request)
+            # Taken now, answered once on the disk: asked before anything else can run.
+            committed = self.committed if answer.get("ok") is True else None
+            return await once_durable(answer, committed() if committed is not None else None)
         except Exception:  # a bug must not end the agent, nor leave the client waiting
             log.exception("command %r failed", request.get("command"))
             return {

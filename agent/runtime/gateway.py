@@ -167,6 +167,11 @@ class Gateway:
         self._heard: set[str] = set()  # devices that delivered a batch, good or bad
         self.clock = time.time  # the wall clock that judges an entry's time
         self.sync_now = False  # the records of this cycle are to be synced (and sent) at once
+        # Commands waiting for the commit that makes their records durable (see committed).
+        self._waiting: list[asyncio.Future[str | None]] = []
+        # Set when the pipeline stops (or reloads): what a command records now would come
+        # after the last commit, so it is refused instead.
+        self.stopping = False
         # Set in the cycle that makes the first values (every device heard once, or a wait).
         self.first_values = asyncio.Event()
         # Recent events for the demo table and status; the outbox keeps the full record.
@@ -407,6 +412,11 @@ class Gateway:
         ...} (see enter), with "via" (socket, mqtt) and optionally an "id": a request whose id
         was carried out already is answered again, not carried out twice. Refusals are
         answers, never exceptions."""
+        if self.stopping:
+            return {
+                "ok": False,
+                "error": "the agent is stopping or reloading its configuration; try again",
+            }
         now = self.clock()
         key = request.get("id")
         if key is not None:
@@ -467,6 +477,25 @@ class Gateway:
         self.save_soon()  # a restart resumes it
         verb = "begins" if batch else "ends"
         return {"ok": True, "message": f"node {name}: batch {which} {verb} with the next cycle"}
+
+    def committed(self) -> asyncio.Future[str | None]:
+        """Done when what was put in `pending` so far is committed and synced: an operator
+        is told that an entry was taken once it is on the disk, not before (a power cut after
+        the answer must not lose it). Its result is None, or why the records are not on the
+        disk after all (a full disk holds them in memory)."""
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self.sync_now = True
+        return waiter
+
+    def take_waiting(self) -> list[asyncio.Future[str | None]]:
+        """The commands waiting for the records taken with take_pending (in the same turn)."""
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def wait_again(self, waiting: list[asyncio.Future[str | None]]) -> None:
+        """Their records were not committed: they wait for the next commit."""
+        self._waiting[:0] = waiting
 
     def save_soon(self) -> None:
         """What an operator did (a batch command, an entry): the running totals (where it

@@ -235,9 +235,11 @@ async def _run(
             # The status topic carries the same health as `massgate status`.
             publisher.health = lambda: _topic_health(agent.health)
         server.get = lambda: agent.health
-        commands.handle = gateway.command
+        commands.handle, commands.committed = gateway.command, gateway.committed
         if publisher is not None and publisher.commands is not None:
-            publisher.commands.handle = gateway.command  # mqtt.commands: the same handler
+            # mqtt.commands: the same handler, answered alike once on the disk
+            publisher.commands.handle = gateway.command
+            publisher.commands.committed = gateway.committed
         metrics = None
         if config.health.metrics is not None:
             from .metrics import MetricsServer  # noqa: PLC0415  # only when asked for
@@ -408,6 +410,8 @@ async def _pipeline(
             log.info("stopping: polling ends, totals and outbox are flushed")
         else:
             log.info("reloading: polling ends, totals and outbox are flushed")
+        # A command taken from here on would miss the last commit: refused, said why.
+        gateway.stopping = True
         stop_polling.set()
         # Bounded like the rest of shutdown: a poller stuck in a read is cancelled.
         _, late = await asyncio.wait(poll_tasks, timeout=graceful_timeout)

@@ -91,6 +91,7 @@ async def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final:
     mono = time.monotonic()
     agent.gateway.cycle(mono, time.time(), final=final)
     records, totals = agent.gateway.take_pending(mono)
+    waiting = agent.gateway.take_waiting()  # commands whose records these are
     # The first values wait for no timed sync: they go as soon as they are committed.
     sync, agent.gateway.sync_now = agent.gateway.sync_now, False
     try:
@@ -99,8 +100,15 @@ async def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final:
     except BaseException:
         # Not committed: the records go again with the next cycle, never lost on the way.
         agent.gateway.pending[:0] = records
+        agent.gateway.wait_again(waiting)
         agent.gateway.sync_now = agent.gateway.sync_now or sync
         raise
+    if waiting:
+        held = agent.outbox.held()
+        note = f"held in memory, not on the disk (full): {held} records wait" if held else None
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(note)
     # Committed: whatever fails from here on must not put the records back.
     await agent.writer.call(housekeeping, agent, records)
 

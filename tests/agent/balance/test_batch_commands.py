@@ -221,3 +221,20 @@ def test_a_misspelt_batch_source_says_what_it_may_be(tmp_path: Path):
         "nodes[0].window.batch: 'comand' is not a tag; tags are written <device>.<point>; or "
         "'command' for batches by massgate batch start|end"
     ]
+
+
+def test_a_command_that_comes_while_the_agent_stops_is_refused_not_lost(tmp_path: Path):
+    with plantrun.running(tmp_path, CONFIG, PLANT) as run:
+        run.run_for(60)
+        # The pipeline has begun its last cycle: what a command recorded now would not be
+        # committed, so the operator is told to try again (the next agent takes it).
+        run.gateway.stopping = True
+        before = len(run.gateway.pending)
+        start = {"command": "batch", "node": "tank", "action": "start", "batch": "C7-1"}
+        answer = run.gateway.command({**start, "by": "alice"})
+        assert answer == {
+            "ok": False,
+            "error": "the agent is stopping or reloading its configuration; try again",
+        }
+        assert len(run.gateway.pending) == before
+        assert all(n.batch is None for n in run.gateway.nodes)

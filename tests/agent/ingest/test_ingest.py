@@ -623,3 +623,45 @@ def test_an_ingest_started_before_its_broker_says_so_and_connects_when_it_comes(
     finally:
         running.__exit__()
         later.stop()
+
+
+def test_a_corrected_window_is_one_mass_balance_event_at_its_latest_revision(database: str):
+    envelope = {"schema": 1, "site": "north", "gateway": "skid-7", "epoch": EPOCH}
+    batch = {"window_start": "2026-12-06T06:00:00.000000Z", "window_end": "2026-12-06T08:00:00Z"}
+    later = {"window_start": "2026-12-06T08:00:00.000000Z", "window_end": "2026-12-06T10:00:00Z"}
+    bodies = [
+        {"seq": 1, "node": "yard", **batch, "in_kg": 0.0, "status": "warning", "revision": 0},
+        {"seq": 2, "node": "yard", **later, "in_kg": 5.0, "status": "ok", "revision": 0},
+        # A ticket entered late, twice: the window judged again each time.
+        {"seq": 3, "node": "yard", **batch, "in_kg": 900.0, "status": "ok", "revision": 1},
+        {"seq": 4, "node": "yard", **batch, "in_kg": 1800.0, "status": "ok", "revision": 2},
+        # Another node's window of the same times is its own.
+        {"seq": 5, "node": "dock", **batch, "in_kg": 7.0, "status": "ok"},
+        # What no agent wrote: stored, shown, and no failing cast.
+        {"seq": 6, "node": "odd", **batch, "in_kg": 1.0, "status": "ok", "revision": "x"},
+    ]  # fmt: skip
+    store = Store(database, password=None, prefix="massgate")
+    try:
+        store.write(
+            [
+                Incoming("massgate/north/skid-7/balance", json.dumps({**envelope, **b}).encode())
+                for b in bodies
+            ]
+        )
+        events = store.conn.execute(
+            "SELECT node, window_end, in_kg, status, seq, revision "
+            "FROM massgate.mass_balance_events ORDER BY node, window_end"
+        ).fetchall()
+        kept = store.conn.execute(
+            "SELECT count(*) FROM massgate.records WHERE kind = 'balance'"
+        ).fetchone()
+    finally:
+        store.close()
+    ends = [datetime.fromisoformat(w["window_end"]) for w in (batch, later)]
+    assert events == [
+        ("dock", ends[0], 7.0, "ok", 5, 0),
+        ("odd", ends[0], 1.0, "ok", 6, 0),
+        ("yard", ends[0], 1800.0, "ok", 4, 2),
+        ("yard", ends[1], 5.0, "ok", 2, 0),
+    ]
+    assert kept == (6,)  # every revision is kept in records
