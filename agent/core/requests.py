@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 MAX_REQUEST = 64 * 1024  # bytes in one request
+
+# The gateway's side: what carries a request out (Gateway.command), and what its answer
+# waits for (Gateway.committed: the commit of what it recorded).
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Committed = Callable[[], Awaitable[str | None]]
 
 
 def parse_request(data: bytes) -> dict[str, Any]:

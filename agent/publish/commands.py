@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..balance.windows import check_label
 from ..core import units
 from ..core.records import parse_utc
-from ..core.requests import parse_request
+from ..core.requests import Committed, Handler, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,6 @@ LOG_EVERY = 60.0  # s: at most one line about refused commands this often
 # form sends), as well as in kg and epoch seconds (what `massgate enter` sends).
 MASSES = {"quantity": "kg", "uncertainty": "uncertainty_kg"}
 TIMES = ("time", "from", "to")
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-Committed = Callable[[], Awaitable[str | None]]
 
 
 @dataclass

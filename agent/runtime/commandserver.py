@@ -12,21 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ..config.model import COMMAND_SOCKET
-from ..core.requests import MAX_REQUEST, once_durable, parse_request
+from ..core.requests import MAX_REQUEST, Committed, Handler, once_durable, parse_request
 from .statusserver import LocalServer, exchange
 
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 10.0  # s a client may take to send its request
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-# What a command's answer waits for: the commit of what it recorded (Gateway.committed).
-Committed = Callable[[], Awaitable[str | None]]
 
 
 def command_socket(status_socket: Path) -> Path:

@@ -53,11 +53,17 @@ class Gateway:
     """The pipeline's state between drivers and outbox; driven by the runtime's cycle."""
 
     def __init__(
-        self, config: Config, outbox: Outbox, *, carried: dict[str, StreamTotal] | None = None
+        self,
+        config: Config,
+        outbox: Outbox,
+        *,
+        carried: dict[str, StreamTotal] | None = None,
+        histories: dict[str, History] | None = None,
     ) -> None:
         self.config = config
         saved = outbox.load_totals()
         carried = carried if carried is not None else {}
+        histories = histories if histories is not None else {}
         # A stream whose configuration a reload did not change goes on integrating in
         # memory: the reload is a gap like any other, bridged up to max_gap. A changed or new
         # one starts from the state saved in the outbox (as after a restart).
@@ -94,6 +100,7 @@ class Gateway:
         }
         for stream in (*self.streams.values(), *self.dry.values()):
             stream.engine = engine or stream.engine  # a reload may change the engine
+        before = dict(carried)
         carried.clear()
         carried.update(self.streams)
         carried.update({dry_key(name): twin for name, twin in self.dry.items()})
@@ -108,8 +115,18 @@ class Gateway:
         self.manual = {
             m.name: ManualStream(m, saved.get(manual_key(m.name))) for m in config.manual_streams
         }
-        # Metered streams whose entries compare with them: their running total for 12 h.
-        self.history = {s.name: History() for s in config.streams if s.compare_entries}
+        # Metered streams whose entries compare with them: their running total for 12 h,
+        # carried across a reload with the stream itself (a ticket for a delivery before
+        # the reload is still compared).
+        self.history = {
+            s.name: histories[s.name]
+            if s.name in histories and self.streams[s.name] is before.get(s.name)
+            else History()
+            for s in config.streams
+            if s.compare_entries
+        }
+        histories.clear()
+        histories.update(self.history)
         self.tickets = {
             s.name: Tickets(saved.get(tickets_key(s.name)))
             for s in config.streams
@@ -493,9 +510,22 @@ class Gateway:
         waiting, self._waiting = self._waiting, []
         return waiting
 
-    def wait_again(self, waiting: list[asyncio.Future[str | None]]) -> None:
-        """Their records were not committed: they wait for the next commit."""
+    def not_committed(
+        self,
+        records: list[Record],
+        totals: dict[str, Any] | None,
+        waiting: list[asyncio.Future[str | None]],
+        *,
+        sync: bool,
+    ) -> None:
+        """What take_pending and take_waiting gave was not committed: the records go with
+        the next commit, the running totals too (an entry's stream and its request id are
+        kept there: not 10 s later), and the commands wait for it."""
+        self.pending[:0] = records
         self._waiting[:0] = waiting
+        self.sync_now = self.sync_now or sync
+        if totals is not None:
+            self._totals_saved_at = -math.inf
 
     def save_soon(self) -> None:
         """What an operator did (a batch command, an entry): the running totals (where it

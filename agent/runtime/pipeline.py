@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 from ..store.outbox import Outbox
 from ..store.writer import Writer
 from ..totalize.engine import Engine, kernels_for, warmed
+from ..totalize.manual import History
 from ..totalize.streams import StreamTotal
 from .commandserver import CommandServer, command_socket
 from .gateway import Gateway, outbox_reset_record
@@ -54,6 +55,7 @@ class Carried:
 
     devices: dict[str, DeviceHealth] = field(default_factory=dict)
     streams: dict[str, StreamTotal] = field(default_factory=dict)
+    histories: dict[str, History] = field(default_factory=dict)  # compared streams' 12 h
     link: LinkStatus | None = None
 
 
@@ -196,7 +198,7 @@ async def _run(
         # Damage found while running: a new database, the alarm, and the pipeline goes on
         # (the totals in memory are saved into the new file with the next cycle).
         outbox.on_reset = lambda: outbox_reset_record(outbox)
-        gateway = Gateway(config, outbox, carried=carried.streams)
+        gateway = Gateway(config, outbox, carried=carried.streams, histories=carried.histories)
         batches: asyncio.Queue[Batch] = asyncio.Queue()
         opened = _open_pollers(config, batches.put_nowait)
         pollers = [poller for o in opened for poller in o.pollers]

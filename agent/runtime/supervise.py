@@ -99,9 +99,7 @@ async def process_batches(agent: Agent, batches: asyncio.Queue[Batch], *, final:
         await agent.writer.call(agent.outbox.put, records, totals=totals, sync=sync)
     except BaseException:
         # Not committed: the records go again with the next cycle, never lost on the way.
-        agent.gateway.pending[:0] = records
-        agent.gateway.wait_again(waiting)
-        agent.gateway.sync_now = agent.gateway.sync_now or sync
+        agent.gateway.not_committed(records, totals, waiting, sync=sync)
         raise
     if waiting:
         held = agent.outbox.held()

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from massgate.agent.commands.cli import main
-from massgate.agent.core.requests import MAX_REQUEST
-from massgate.agent.runtime.commandserver import CommandServer, Handler, send
+from massgate.agent.core.requests import MAX_REQUEST, Handler
+from massgate.agent.runtime.commandserver import CommandServer, send
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import DEVICES, PLANT
 from tests.agent.publish.test_payload_schemas import problems

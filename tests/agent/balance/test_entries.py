@@ -13,6 +13,7 @@ import pytest
 
 from massgate.agent.commands.cli import main
 from massgate.agent.runtime.commandserver import command_socket
+from massgate.agent.runtime.gateway import Gateway
 from tests.agent.balance import plantrun
 from tests.agent.balance.test_balance_plant import DEVICES, PLANT
 from tests.agent.balance.test_batch_commands import serving
@@ -166,6 +167,15 @@ def test_a_ticket_is_held_against_the_meter_of_the_same_delivery(tmp_path: Path,
                          *span]) == 2  # fmt: skip
             assert "--from and --to are for a meter's" in capsys.readouterr().err
         run.run_for(2)  # the cycle that commits them
+        # A reload carries the meter's last 12 h with the meter (the pipeline's Carried):
+        # a ticket for a delivery before the reload is still held against it.
+        carried, histories = dict(run.gateway.streams), dict(run.gateway.history)
+        reloaded = Gateway(run.gateway.config, run.outbox, carried=carried, histories=histories)
+        reloaded.clock = run.gateway.clock
+        ticket = {"command": "enter", "stream": "feed_a", "kg": before, "by": "w", "ticket": "C"}
+        answer = reloaded.command({**ticket, "from": _at(run, 100), "to": _at(run, 400)})
+        assert answer["ok"] is True, answer
+        assert answer["entry"]["comparison"]["metered_kg"] == pytest.approx(before, rel=2e-3)
     first, second = [r.body for r in run.records if r.kind == "entry"]
     assert second == entry  # what --json printed is the record
     assert first["comparison"]["metered_kg"] == pytest.approx(before, rel=2e-3)

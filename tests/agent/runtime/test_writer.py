@@ -112,3 +112,65 @@ def test_a_failure_after_the_commit_does_not_commit_the_records_again(
     finally:
         writer.close()
         outbox.close()
+
+
+def test_a_commands_answer_waits_for_the_commit_of_what_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry is answered once its record is committed: not while it is in memory, nor
+    after a commit that failed (it waits for the next one)."""
+    import time
+    from types import SimpleNamespace
+
+    from massgate.agent.core.samples import Batch
+    from massgate.agent.runtime.gateway import Gateway
+    from massgate.agent.runtime.supervise import process_batches
+    from massgate.agent.store.writer import Writer
+
+    config = _config(
+        tmp_path,
+        rest="streams:\n  - {name: feed, mass_flow: ft.mass_flow, accuracy: 0.1 %}\n"
+        "manual_streams:\n  - {name: tickets, accuracy: 0.2 %}\n"
+        "nodes:\n  - {name: yard, inputs: [tickets], outputs: [feed], window: {batch: command},\n"
+        "     tolerance: {relative: 1 %}, persistence: 1 h}\n",
+    )
+    outbox = Outbox(config.outbox.path, max_bytes=1 << 20, site="s", gateway="g")
+    writer = Writer()
+    agent = SimpleNamespace(
+        config=config, gateway=Gateway(config, outbox), outbox=outbox, writer=writer
+    )
+
+    def card_gone(self: Outbox, records, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("the card is gone")
+
+    def entries() -> list[str]:
+        outbox.sync()
+        return [m.topic for m in outbox.take(1000) if m.topic.endswith("/entry")]
+
+    async def main() -> None:
+        batches: asyncio.Queue[Batch] = asyncio.Queue()
+        request = {"command": "enter", "stream": "tickets", "kg": 1200.0, "by": "op"}
+        answer = agent.gateway.command({**request, "id": "r1", "time": time.time()})
+        assert answer["ok"] is True, answer
+        waiter = agent.gateway.committed()
+        assert agent.gateway.sync_now  # the commit that holds it is synced
+        await asyncio.sleep(0)
+        assert not waiter.done()  # in memory only: no answer yet
+        with monkeypatch.context() as patched:
+            patched.setattr(Outbox, "put", card_gone)
+            with pytest.raises(OSError, match="card is gone"):
+                await process_batches(agent, batches, final=False)  # type: ignore[arg-type]
+        assert not waiter.done()  # the commit failed: it waits for the next one
+        assert entries() == []
+        await process_batches(agent, batches, final=False)  # type: ignore[arg-type]
+        assert waiter.done()
+        assert waiter.result() is None  # on the disk, nothing to warn of
+        assert entries() == ["massgate/s/g/entry"]
+
+    try:
+        run_async(main())
+        # The id went with the same commit: a restart knows it.
+        assert "r1" in Gateway(config, outbox).answered.kept
+    finally:
+        writer.close()
+        outbox.close()
