@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if answer.get("ok") is True:
         print(answer.get("message", "done"))
+        if answer.get("warning"):  # taken, but not (yet) on the disk
+            print(f"{prog}: warning: {answer['warning']}", file=sys.stderr)
         return EXIT_OK
     print(f"{prog}: refused: {answer.get('error', 'no reason given')}", file=sys.stderr)
     return EXIT_FAILED

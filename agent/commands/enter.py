@@ -144,4 +144,6 @@ def _send(args: argparse.Namespace, config: Any, request: dict[str, Any]) -> int
         print()
     else:
         print(answer.get("message", "entered"))
+    if answer.get("warning"):  # taken, but not (yet) on the disk
+        print(f"massgate enter: warning: {answer['warning']}", file=sys.stderr)
     return EXIT_OK

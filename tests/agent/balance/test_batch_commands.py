@@ -238,3 +238,25 @@ def test_a_command_that_comes_while_the_agent_stops_is_refused_not_lost(tmp_path
         }
         assert len(run.gateway.pending) == before
         assert all(n.batch is None for n in run.gateway.nodes)
+
+
+def test_a_command_taken_but_not_on_the_disk_says_so(tmp_path: Path, capsys):
+    """The answer waits for the commit; when the records are held in memory (a full disk),
+    the command is still taken, exit 0, and the operator is warned."""
+    config = tmp_path / "config.yaml"
+
+    def held() -> asyncio.Future[str | None]:
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        done.set_result("held in memory, not on the disk (full): 3 records wait")
+        return done
+
+    with plantrun.running(tmp_path, CONFIG, PLANT) as run:
+        socket_path = run.gateway.config.health.socket.with_name("command.sock")
+        with serving(socket_path, run.gateway.command) as server:
+            server.committed = held
+            assert _batch(config, "start", "--node", "tank", "--batch", "C7-9") == 0
+    out, err = capsys.readouterr()
+    assert out == "node tank: batch C7-9 begins with the next cycle\n"
+    assert err == (
+        "massgate batch start: warning: held in memory, not on the disk (full): 3 records wait\n"
+    )
