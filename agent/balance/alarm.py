@@ -23,9 +23,11 @@ class Alarm:
         """One judged window: the events it makes, (kind, since mono, since wall, hint)."""
         cfg = self.config
         if not conclusive:
-            # Evidence must persist without a hole: a data gap restarts both delays.
-            self._exceeded_since = None
+            # Evidence must persist without a hole: a data gap restarts both delays. An
+            # active alarm keeps when it began (its reminders and its clearing name it).
             self._within_since = None
+            if not self.active:
+                self._exceeded_since = None
             return []
         if not self.active:
             if abs(imbalance) <= tolerance:
@@ -56,6 +58,27 @@ class Alarm:
             self._exceeded_since = None
             return [(CLEARED, since, wall - (mono - since), "back within tolerance")]
         return []
+
+    def saved(self) -> dict[str, object]:
+        """What a restart or a reload must know: whether the alarm is active, and since when
+        (wall) its imbalance has been outside tolerance."""
+        if not self.active or self._exceeded_since is None:
+            return {"active": False}
+        return {"active": True, "since": self._exceeded_since[1]}
+
+    def restore(self, kept: object, mono: float, wall: float) -> None:
+        """An alarm active when the agent stopped is active again, not raised a second time:
+        it clears (and says so) when its node is back within tolerance for clear_after. An
+        on-delay under way is not kept: a stop is a hole in the evidence."""
+        if not isinstance(kept, dict) or kept.get("active") is not True:
+            return
+        since = kept.get("since")
+        if isinstance(since, bool) or not isinstance(since, int | float) or since > wall:
+            since = wall  # a wall clock stepped back: counted from now
+        self.active = True
+        self._exceeded_since = (mono - (wall - since), float(since))
+        self._within_since = None
+        self._announced = mono  # re_alarm counts from the restart
 
 
 def _hint(imbalance: float) -> str:

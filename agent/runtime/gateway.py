@@ -148,6 +148,11 @@ class Gateway:
         ]
         self._batch_state: dict[str, dict[str, Any]] = {}  # node → its batch by command
         self.answered = Answered(saved.get(ANSWERED_KEY))  # request ids carried out
+        # An alarm active at the stop (or the reload) is active again, not raised twice:
+        # restored at the first cycle, on the pipeline's clocks.
+        self._alarms_kept: dict[str, object] | None = {
+            n.config.name: saved.get(alarm_key(n.config.name)) for n in self.nodes
+        }
         for node in self.nodes:
             self._resume_batch(node, saved.get(batch_key(node.config.name)))
         self.zero_checks = [
@@ -356,6 +361,10 @@ class Gateway:
 
     def cycle(self, mono: float, wall: float, *, final: bool = False) -> None:
         """Integrate, judge the balances that are due, and queue the records that result."""
+        if self._alarms_kept is not None:
+            for node in self.nodes:
+                node.alarm.restore(self._alarms_kept.get(node.config.name), mono, wall)
+            self._alarms_kept = None
         for name, stream in self.streams.items():
             stream.integrate()
             stream.roll_hour(wall)
@@ -566,6 +575,7 @@ class Gateway:
         self.alarms.append(event)
         log_event(log, event)
         self.pending.append(Record("alarm", alarm_body(event), wall))
+        self._totals_saved_at = -math.inf  # the alarm's state is committed with its event
 
     def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
         log_suspect(log, event)
@@ -645,11 +655,18 @@ class Gateway:
         totals.update({tickets_key(n): t.saved() for n, t in self.tickets.items() if t.entries})
         if self.answered.kept:
             totals[ANSWERED_KEY] = self.answered.saved()
+        # Every node's, inactive too: a saved state is replaced, never deleted.
+        totals.update({alarm_key(n.config.name): n.alarm.saved() for n in self.nodes})
         return records, totals
 
 
 ANSWERED_KEY = "commands/answered"  # where the ids of requests carried out are saved
 VIA = ("socket", "mqtt")  # where a command came from (the command socket, the broker)
+
+
+def alarm_key(node: str) -> str:
+    """Where a node's alarm state is saved (no name holds a '/')."""
+    return f"alarm/{node}"
 
 
 def count_key(inventory: str) -> str:

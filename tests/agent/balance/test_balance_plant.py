@@ -330,3 +330,22 @@ def test_a_meter_in_doubt_is_totalized_but_its_windows_are_not_judged(start):
     before = [b for b in windows if WINDOW + 60 < _t(b["window_end"]) < begin]
     assert all(b["status"] == "ok" and b["coverage"] > 0.99 for b in before)
     assert run.of("alarm") == []
+
+
+def test_an_alarm_active_at_a_restart_is_not_raised_again_and_clears_once(start):
+    from massgate.agent.runtime.gateway import Gateway
+
+    run = start()
+    leak_from, leak_to = 1.0 * HOUR, 2.0 * HOUR
+    run.plant.faults.add(
+        Fault(kind="leak", target="feed", start=leak_from, end=leak_to, magnitude=0.04)
+    )
+    run.run_for(1.5 * HOUR)  # the tank's alarm is raised, the leak goes on
+    (raised,) = _events(run, "raised", "tank")
+    # The agent restarts (or reloads): a new gateway from what the outbox kept.
+    run.gateway = Gateway(run.gateway.config, run.outbox)
+    run.run_for(1.5 * HOUR)
+    # Still the one alarm: not raised a second time after the restart, cleared once.
+    assert _events(run, "raised", "tank") == [raised]
+    (cleared,) = _events(run, "cleared", "tank")
+    assert leak_to < _t(cleared["at"]) <= leak_to + WINDOW + PERSISTENCE + 60

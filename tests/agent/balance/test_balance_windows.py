@@ -157,6 +157,24 @@ def test_re_alarm_reminds_while_the_alarm_stays():
     assert events == [(0.0, "raised"), (30.0, "repeated"), (60.0, "repeated")]
 
 
+def test_an_inconclusive_window_while_the_alarm_is_active_keeps_when_it_began():
+    # A data gap while active used to forget when the alarm began, and the next reminder
+    # failed an assertion in every processing cycle from then on (no record left the
+    # gateway while the imbalance lasted).
+    machine = _machine(persistence=0, re_alarm=25)
+    events = []
+    for i, value in enumerate([11, 11, None, 11, 11, 11, 7, 7, 7]):
+        conclusive = value is not None
+        imbalance = math.nan if value is None else value
+        found = machine.step(i * 10.0, i * 10.0, imbalance, 10.0, conclusive=conclusive)
+        events += [(i * 10.0, kind, since) for kind, since, *_ in found]
+    assert events == [
+        (0.0, "raised", 0.0),
+        (30.0, "repeated", 0.0),  # the alarm began at 0, gap or not
+        (80.0, "cleared", 60.0),
+    ]
+
+
 @pytest.mark.parametrize(
     ("node", "message"),
     [
