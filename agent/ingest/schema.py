@@ -82,6 +82,25 @@ _BALANCE_EVENTS = (
 FROM massgate.records WHERE kind = 'balance'"""
 )
 
+
+def _site_events(extra: str = "") -> str:
+    """The site's own windows as mass-balance events, after the gateways' (migration 3;
+    migration 5 adds `extra` columns)."""
+    return (
+        """
+UNION ALL
+SELECT
+    window_end AS time, site, NULL AS gateway, node,
+    payload->>'window' AS window_kind,
+    window_start, window_end,
+"""
+        + _AMOUNTS
+        + f"""    status, NULL AS epoch, NULL AS seq{extra}
+FROM massgate.site_balances;
+"""
+    )
+
+
 # Each migration takes the database from the version before it to its own; they run in one
 # transaction with the version row, under an advisory lock, so two ingest processes starting
 # together migrate once.
@@ -262,35 +281,7 @@ CREATE TABLE massgate.site_progress (
 CREATE OR REPLACE VIEW massgate.mass_balance_events AS
 """
     + _BALANCE_EVENTS
-    + """
-UNION ALL
-SELECT
-    window_end AS time, site, NULL AS gateway, node,
-    payload->>'window' AS window_kind,
-    window_start, window_end,
-"""
-    + _AMOUNTS
-    + """    status, NULL AS epoch, NULL AS seq
-FROM massgate.site_balances;
-""",
-    # A gateway's corrected windows (massgate enter): each window once, its latest revision.
-    5: """
-CREATE OR REPLACE VIEW massgate.mass_balance_events AS
-"""
-    + _BALANCE_EVENTS.replace("    epoch, seq\n", "    r.epoch, r.seq,\n").replace(
-        "FROM massgate.records WHERE kind = 'balance'", _LATEST_REVISION
-    )
-    + """
-UNION ALL
-SELECT
-    window_end AS time, site, NULL AS gateway, node,
-    payload->>'window' AS window_kind,
-    window_start, window_end,
-"""
-    + _AMOUNTS
-    + """    status, NULL AS epoch, NULL AS seq, NULL AS revision
-FROM massgate.site_balances;
-""",
+    + _site_events(),
     # Late records: what the judge gave up as lost, and the windows it judged again.
     4: """
 CREATE TABLE massgate.site_gaps (
@@ -316,6 +307,14 @@ ALTER TABLE massgate.site_reconciliations
     ADD COLUMN superseded jsonb,
     ADD COLUMN revised_at timestamptz;
 """,
+    # A gateway's corrected windows (massgate enter): each window once, its latest revision.
+    5: """
+CREATE OR REPLACE VIEW massgate.mass_balance_events AS
+"""
+    + _BALANCE_EVENTS.replace("    epoch, seq\n", "    r.epoch, r.seq,\n").replace(
+        "FROM massgate.records WHERE kind = 'balance'", _LATEST_REVISION
+    )
+    + _site_events(", NULL AS revision"),
 }
 
 
