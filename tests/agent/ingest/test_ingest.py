@@ -386,6 +386,11 @@ def test_the_schema_is_made_once_and_a_newer_one_is_refused(database: str):
             "take: {sharde: x}\n",
             "sharde",
         ),
+        (  # commands are the agent's: the ingest takes none
+            "mqtt: {brokers: [mqtts://b:8883], client_id: i, commands: [enter]}\n"
+            "database: {url: postgresql://h/db}\n",
+            "mqtt.commands: unknown key 'commands'",
+        ),
     ],
 )
 def test_a_bad_ingest_configuration_is_said_with_its_line(tmp_path: Path, text: str, expected: str):
