@@ -582,7 +582,7 @@ class Gateway:
         self.pending.append(Record("alarm", suspect_body(event), wall))
 
     def _totals_record(self, mono: float, wall: float) -> Record:
-        streams = []
+        streams: list[dict[str, Any]] = []
         for name, stream in self.streams.items():
             period = stream.close_period()
             streams.append(
@@ -601,6 +601,10 @@ class Gateway:
                     "accuracy": stream.config.accuracy,
                 }
             )
+            if alarms := stream.take_period_alarms():
+                # Which of the period's kilograms came while the meter said it was in doubt
+                # (or not measuring): a consumer weighs the period's quantity by it.
+                streams[-1]["meter_alarms"] = alarms
             if (twin := self.dry.get(name)) is not None:
                 dry_period = twin.close_period()
                 streams[-1]["dry_kg"] = num(dry_period.mass)

@@ -100,6 +100,7 @@ class StreamTotal:
         self.composition: Composition | None = None
         self.composition_flag: str | None = None
         self.alarm_samples: dict[str, int] = {}  # alarm flag's tag → samples taken under it
+        self.period_alarms: dict[str, int] = {}  # the same, since the last totals record
         # The last good sample as the meter gave it, before the low-flow cut-off: its signal
         # (SI of its kind), its mass flow (kg/s) and its time, kept only while a zero check
         # watches the stream (`watched`, set by the gateway): a cycle pays nothing otherwise.
@@ -128,6 +129,7 @@ class StreamTotal:
         self.meter_alarms = alarms
         for tag in alarms:
             self.alarm_samples[tag] = self.alarm_samples.get(tag, 0) + 1
+            self.period_alarms[tag] = self.period_alarms.get(tag, 0) + 1
 
     def integrate(self) -> None:
         """Run the kernel over the samples queued since the last call, hour by hour."""
@@ -350,6 +352,11 @@ class StreamTotal:
             return None
         flow = self.last_flow
         return self.net + (0.0 if math.isnan(flow) else flow * max(age, 0.0))
+
+    def take_period_alarms(self) -> dict[str, int]:
+        """The samples taken under each meter alarm since the last call (a totals period)."""
+        alarms, self.period_alarms = self.period_alarms, {}
+        return alarms
 
     def close_period(self) -> Period:
         """The quantity since the last totals record; the next period starts now."""

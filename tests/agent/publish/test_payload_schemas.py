@@ -60,6 +60,10 @@ def test_real_payloads_of_every_kind_match_their_schema(tmp_path: Path):
     # (node alarms, drift), and past a UTC hour (hourly records).
     run.plant.faults.add(Fault(kind="bias", target="ft103", start=1800, magnitude=0.02))
     run.plant.faults.add(Fault(kind="leak", target="feed", start=2400, magnitude=0.04))
+    # A meter in doubt for a minute (its totals say how many samples).
+    run.plant.faults.add(
+        Fault(kind="alarm", target="ft101", start=3600, end=3660, point="drive_gain_high")
+    )
     try:
         run.run_for(3700)
         payloads = [json.loads(m.payload) for m in run.outbox.take(10**7)]
@@ -71,6 +75,12 @@ def test_real_payloads_of_every_kind_match_their_schema(tmp_path: Path):
     assert {("raised", True), ("raised", False), ("drift", False)} <= set(events), events
     for payload in payloads:
         assert problems(payload["kind"], payload) == [], payload
+    under = Counter[str]()
+    for totals in (p for p in payloads if p["kind"] == "totals"):
+        for stream in totals["streams"]:
+            under.update(stream.get("meter_alarms", {}))
+            assert stream["stream"] == "feed_a" or "meter_alarms" not in stream
+    assert under == {"ft101.drive_gain_high": 30}  # 60 s, a sample every 2 s
 
 
 def test_status_and_outbox_reset_payloads_match_their_schemas(tmp_path: Path):
