@@ -108,12 +108,13 @@ class Gateway:
         # Stocktakes (count: entry) stand until the next one, across restarts.
         self.counts: dict[str, dict[str, Any]] = {}
         for v in config.inventories:
-            kept = saved.get(count_key(v.name))
+            kept = saved.get(saved_key("count", v.name))
             if v.count == ENTERED and isinstance(kept, dict) and isinstance(kept.get("count"), int):
                 self.inventories[v.name].enter_count(kept["count"])
                 self.counts[v.name] = kept
         self.manual = {
-            m.name: ManualStream(m, saved.get(manual_key(m.name))) for m in config.manual_streams
+            m.name: ManualStream(m, saved.get(saved_key("manual", m.name)))
+            for m in config.manual_streams
         }
         # Metered streams whose entries compare with them: their running total for 12 h,
         # carried across a reload with the stream itself (a ticket for a delivery before
@@ -128,7 +129,7 @@ class Gateway:
         histories.clear()
         histories.update(self.history)
         self.tickets = {
-            s.name: Tickets(saved.get(tickets_key(s.name)))
+            s.name: Tickets(saved.get(saved_key("tickets", s.name)))
             for s in config.streams
             if s.compare_entries
         }
@@ -151,10 +152,10 @@ class Gateway:
         # An alarm active at the stop (or the reload) is active again, not raised twice:
         # restored at the first cycle, on the pipeline's clocks.
         self._alarms_kept: dict[str, object] | None = {
-            n.config.name: saved.get(alarm_key(n.config.name)) for n in self.nodes
+            n.config.name: saved.get(saved_key("alarm", n.config.name)) for n in self.nodes
         }
         for node in self.nodes:
-            self._resume_batch(node, saved.get(batch_key(node.config.name)))
+            self._resume_batch(node, saved.get(saved_key("batch", node.config.name)))
         self.zero_checks = [
             ZeroCheck(n.name, n.zero_check, self._zero_meters(terms[n.name]))
             for n in config.nodes
@@ -199,6 +200,10 @@ class Gateway:
         # Recent events for the demo table and status; the outbox keeps the full record.
         self.alarms: deque[AlarmEvent] = deque(maxlen=100)
         self._totals_saved_at = -math.inf
+        # The state beside the stream totals (batches, entries, counts, tickets, request ids,
+        # alarms) changes only by a command or an alarm event: saved then, not rewritten
+        # with every save of the totals.
+        self._state_changed = True
         # The first totals after the database was reset at start say where they restart.
         cause = (outbox.reset or {}).get("cause")
         self.restarted = {"unreadable": "from_zero", "rolled_back": "from_older_state"}.get(
@@ -534,13 +539,17 @@ class Gateway:
         self._waiting[:0] = waiting
         self.sync_now = self.sync_now or sync
         if totals is not None:
-            self._totals_saved_at = -math.inf
+            self._state_due()
 
     def save_soon(self) -> None:
         """What an operator did (a batch command, an entry): the running totals (where it
         is kept) saved and synced with the next commit, as an alarm is."""
-        self._totals_saved_at = -math.inf
+        self._state_due()
         self.sync_now = True
+
+    def _state_due(self) -> None:
+        self._totals_saved_at = -math.inf
+        self._state_changed = True
 
     def _zero_meters(self, terms: NodeTerms) -> list[Meter]:
         """The node's flow meters (a register has no flow to read still; a manual stream is
@@ -575,7 +584,7 @@ class Gateway:
         self.alarms.append(event)
         log_event(log, event)
         self.pending.append(Record("alarm", alarm_body(event), wall))
-        self._totals_saved_at = -math.inf  # the alarm's state is committed with its event
+        self._state_due()  # the alarm's state is committed with its event
 
     def _suspect_record(self, event: SuspectEvent, wall: float) -> None:
         log_suspect(log, event)
@@ -653,14 +662,19 @@ class Gateway:
         self._totals_saved_at = mono
         totals = {name: s.saved() for name, s in self.streams.items()}
         totals.update({dry_key(name): twin.saved() for name, twin in self.dry.items()})
-        totals.update({batch_key(n): state for n, state in self._batch_state.items()})
-        totals.update({manual_key(n): m.saved() for n, m in self.manual.items()})
-        totals.update({count_key(n): kept for n, kept in self.counts.items()})
-        totals.update({tickets_key(n): t.saved() for n, t in self.tickets.items() if t.entries})
+        if not self._state_changed:
+            return records, totals
+        self._state_changed = False
+        totals.update({saved_key("batch", n): state for n, state in self._batch_state.items()})
+        totals.update({saved_key("manual", n): m.saved() for n, m in self.manual.items()})
+        totals.update({saved_key("count", n): kept for n, kept in self.counts.items()})
+        totals.update(
+            {saved_key("tickets", n): t.saved() for n, t in self.tickets.items() if t.entries}
+        )
         if self.answered.kept:
             totals[ANSWERED_KEY] = self.answered.saved()
         # Every node's, inactive too: a saved state is replaced, never deleted.
-        totals.update({alarm_key(n.config.name): n.alarm.saved() for n in self.nodes})
+        totals.update({saved_key("alarm", n.config.name): n.alarm.saved() for n in self.nodes})
         return records, totals
 
 
@@ -668,29 +682,11 @@ ANSWERED_KEY = "commands/answered"  # where the ids of requests carried out are 
 VIA = ("socket", "mqtt")  # where a command came from (the command socket, the broker)
 
 
-def alarm_key(node: str) -> str:
-    """Where a node's alarm state is saved (no name holds a '/')."""
-    return f"alarm/{node}"
-
-
-def count_key(inventory: str) -> str:
-    """Where an inventory's last stocktake is saved (no name holds a '/')."""
-    return f"count/{inventory}"
-
-
-def tickets_key(stream: str) -> str:
-    """Where a compared stream's tickets are saved (no stream name holds a '/')."""
-    return f"tickets/{stream}"
-
-
-def manual_key(stream: str) -> str:
-    """Where a manual stream's entries are saved (no stream name holds a '/')."""
-    return f"manual/{stream}"
-
-
-def batch_key(node: str) -> str:
-    """Where a node's batch by command is saved (no stream name holds a '/')."""
-    return f"batch/{node}"
+def saved_key(kind: str, name: str) -> str:
+    """Where a part of the gateway's state beside the stream totals is saved: kind/name (a
+    node's alarm or batch, an inventory's count, a stream's tickets or manual entries). No
+    name holds a '/', so none is taken for a stream's own key."""
+    return f"{kind}/{name}"
 
 
 def dry_key(stream: str) -> str:

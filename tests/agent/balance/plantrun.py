@@ -76,7 +76,9 @@ class PlantRun:
         self.gateway.cycle(mono, wall)
         records, totals = self.gateway.take_pending(mono)
         self._pending += records
-        self._saved = totals or self._saved
+        # Each save holds what changed since the last one (the state beside the totals only
+        # when it changed): the minute's commit holds them all, as the agent's commits do.
+        self._saved = {**(self._saved or {}), **(totals or {})} or None
         self.records.extend(records)
         # One commit a minute of plant time: a day of plant runs in seconds, not minutes.
         if step % 30 == 29 or last:

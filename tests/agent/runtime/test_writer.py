@@ -154,7 +154,6 @@ def test_a_commands_answer_waits_for_the_commit_of_what_it_recorded(
         assert answer["ok"] is True, answer
         waiter = agent.gateway.committed()
         assert agent.gateway.sync_now  # the commit that holds it is synced
-        await asyncio.sleep(0)
         assert not waiter.done()  # in memory only: no answer yet
         with monkeypatch.context() as patched:
             patched.setattr(Outbox, "put", card_gone)
@@ -173,4 +172,37 @@ def test_a_commands_answer_waits_for_the_commit_of_what_it_recorded(
         assert "r1" in Gateway(config, outbox).answered.kept
     finally:
         writer.close()
+        outbox.close()
+
+
+def test_the_state_beside_the_totals_is_saved_when_it_changes_not_with_every_save(
+    tmp_path: Path,
+) -> None:
+    """Batches, entries, request ids and alarms change by a command or an event: the save
+    every 10 s of the running totals does not rewrite them (a card's wear)."""
+    from massgate.agent.runtime.gateway import Gateway
+
+    config = _config(
+        tmp_path,
+        rest="streams:\n  - {name: feed, mass_flow: ft.mass_flow, accuracy: 0.1 %}\n"
+        "manual_streams:\n  - {name: tickets, accuracy: 0.2 %}\n"
+        "nodes:\n  - {name: yard, inputs: [tickets], outputs: [feed], "
+        "window: {batch: command},\n"
+        "     tolerance: {relative: 1 %}, persistence: 1 h}\n",
+    )
+    outbox = Outbox(config.outbox.path, max_bytes=1 << 20, site="s", gateway="g")
+    try:
+        gateway = Gateway(config, outbox)
+        _, first = gateway.take_pending(0.0)
+        assert first is not None
+        assert {"feed", "manual/tickets", "alarm/yard"} <= set(first)
+        _, later = gateway.take_pending(20.0)  # the next timed save: the totals alone
+        assert later is not None
+        assert set(later) == {"feed"}
+        start = {"command": "batch", "node": "yard", "action": "start", "batch": "B1"}
+        assert gateway.command({**start, "by": "op"})["ok"] is True
+        _, after = gateway.take_pending(21.0)  # a command: saved with the next commit
+        assert after is not None
+        assert {"feed", "batch/yard", "manual/tickets", "alarm/yard"} <= set(after)
+    finally:
         outbox.close()
